@@ -1,0 +1,60 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "atomic-data-publisher",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "atomic-data-publisher", targets: ["Supervisor"]),
+        .executable(name: "atomic-data-table-worker", targets: ["TableWorker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
+    targets: [
+        // One system library target per C library; each is imported by exactly one Swift file.
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq"),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl"),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd"),
+        // pipe2, prctl, posix_spawn helpers: need _GNU_SOURCE, so they live in a tiny C target.
+        .target(name: "CPosix"),
+        .target(
+            name: "Shared",
+            dependencies: [
+                "CLibPQ", "CCurl", "CSystemd", "CPosix",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
+        .executableTarget(
+            name: "Supervisor",
+            dependencies: [
+                "Shared",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "TableWorker",
+            dependencies: [
+                "Shared",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "SharedTests", dependencies: ["Shared"]),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "Shared"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["Shared"],
+            resources: [.copy("Fixtures")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
