@@ -1,0 +1,36 @@
+// Exponential backoff with jitter, a pure function of the attempt number and a random source,
+// so it is unit-tested without sleeping.
+
+public struct Backoff: Sendable, Equatable {
+    public var initial: Double
+    public var maximum: Double
+    public var multiplier: Double
+
+    public init(initial: Double, maximum: Double, multiplier: Double = 2) {
+        self.initial = initial
+        self.maximum = maximum
+        self.multiplier = multiplier
+    }
+
+    /// The ceiling for `attempt` (0-based): initial × multiplier^attempt, capped.
+    public func ceiling(attempt: Int) -> Double {
+        var value = initial
+        var n = 0
+        while n < attempt && value < maximum {
+            value *= multiplier
+            n += 1
+        }
+        return min(value, maximum)
+    }
+
+    /// "Full jitter": uniformly in [0, ceiling]. `unit` is a random number in [0, 1).
+    public func fullJitter(attempt: Int, unit: Double) -> Double {
+        ceiling(attempt: attempt) * unit
+    }
+
+    /// Half jitter: in [ceiling/2, ceiling], so the delay still grows visibly.
+    public func delay(attempt: Int, unit: Double) -> Double {
+        let c = ceiling(attempt: attempt)
+        return c / 2 + c / 2 * unit
+    }
+}

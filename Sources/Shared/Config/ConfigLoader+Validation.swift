@@ -1,0 +1,158 @@
+// Validation of a fully loaded config: everything that can be checked without a database.
+// A failure here makes the service exit 78 (EX_CONFIG) before it touches PostgreSQL.
+// Identifiers are checked strictly (ASCII letters, digits, underscore) because they end up
+// in generated SQL (triggers, tracking tables) and in file and metric names.
+
+extension ConfigLoader {
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+    public static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+    /// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
+    public static let maximumIdentifierBytes = 63
+
+    public static func validate(_ config: PublisherConfig) throws(ConfigError) {
+        try validateDatabase(config.database)
+        try validateIngestor(config.ingestor)
+        try validateService(config.service)
+        try validateLogging(config.logging)
+        try validateWatchedTables(config.service.watchedTables)
+    }
+
+    /// Letters, digits and underscores, not starting with a digit, at most 63 bytes.
+    public static func isValidIdentifier(_ text: String) -> Bool {
+        identifierProblem(text) == nil
+    }
+
+    static func identifierProblem(_ text: String) -> String? {
+        let bytes = Array(text.utf8)
+        guard let first = bytes.first else { return "must not be empty" }
+        if bytes.count > maximumIdentifierBytes {
+            return "'\(text)' is longer than \(maximumIdentifierBytes) bytes, PostgreSQL's limit for identifiers"
+        }
+        func isLetter(_ b: UInt8) -> Bool { (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F }
+        func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+        guard isLetter(first), bytes.allSatisfy({ isLetter($0) || isDigit($0) }) else {
+            return "'\(text)' is not a valid SQL identifier (use letters, digits and underscores, not starting with a digit)"
+        }
+        return nil
+    }
+
+    // MARK: Sections
+
+    private static func validateDatabase(_ database: DatabaseConfig) throws(ConfigError) {
+        try nonEmpty(database.host, "database.host")
+        try port(database.port, "database.port")
+        try nonEmpty(database.username, "database.username")
+        try nonEmpty(database.databaseName, "database.database_name")
+        guard sslModes.contains(database.sslmode) else {
+            throw ConfigError(key: "database.sslmode",
+                              problem: "'\(database.sslmode)' is not an sslmode; expected one of \(sslModes.joined(separator: ", "))")
+        }
+        try positive(database.connectTimeoutSeconds, "database.connect_timeout_seconds")
+        try positive(database.statementTimeoutSeconds, "database.statement_timeout_seconds")
+    }
+
+    private static func validateIngestor(_ ingestor: IngestorConfig) throws(ConfigError) {
+        // The URL is not echoed: it may carry credentials (http://user:secret@host).
+        let url = ingestor.baseURL
+        let afterScheme = url.hasPrefix("https://") ? url.dropFirst(8) : url.hasPrefix("http://") ? url.dropFirst(7) : nil
+        guard let afterScheme, let first = afterScheme.first, first != "/" else {
+            throw ConfigError(key: "ingestor.base_url", problem: "must be an http:// or https:// URL with a host")
+        }
+        try positive(ingestor.timeoutSeconds, "ingestor.timeout_seconds")
+        try atLeast(0, ingestor.maxRetries, "ingestor.max_retries")
+        try positive(ingestor.retryDelaySeconds, "ingestor.retry_delay_seconds")
+        try positive(ingestor.maxRetryDelaySeconds, "ingestor.max_retry_delay_seconds")
+        guard ingestor.maxRetryDelaySeconds >= ingestor.retryDelaySeconds else {
+            throw ConfigError(key: "ingestor.max_retry_delay_seconds",
+                              problem: "must be at least retry_delay_seconds (\(ingestor.retryDelaySeconds)), found \(ingestor.maxRetryDelaySeconds)")
+        }
+        try atLeast(1, ingestor.circuitBreakerFailureThreshold, "ingestor.circuit_breaker_failure_threshold")
+        try positive(ingestor.circuitBreakerResetSeconds, "ingestor.circuit_breaker_reset_seconds")
+    }
+
+    private static func validateService(_ service: ServiceConfig) throws(ConfigError) {
+        try positive(service.pollingIntervalSeconds, "service.polling_interval_seconds")
+        try atLeast(1, service.batchSize, "service.batch_size")
+        try atLeast(1, service.maxConcurrentPublishes, "service.max_concurrent_publishes")
+        try port(service.healthCheckPort, "service.health_check_port")
+        try nonEmpty(service.healthCheckAddress, "service.health_check_address")
+        try atLeast(1, service.deadLetterAfterAttempts, "service.dead_letter_after_attempts")
+        try positive(service.shutdownTimeoutSeconds, "service.shutdown_timeout_seconds")
+    }
+
+    private static func validateLogging(_ logging: LoggingConfig) throws(ConfigError) {
+        guard logLevels.contains(logging.level) else {
+            throw ConfigError(key: "logging.level",
+                              problem: "'\(logging.level)' is not a log level; expected one of \(logLevels.joined(separator: ", "))")
+        }
+        // logging.format is a LogFormat: an unknown name is already rejected while loading.
+    }
+
+    private static func validateWatchedTables(_ tables: [WatchedTable]) throws(ConfigError) {
+        guard !tables.isEmpty else {
+            throw ConfigError(key: "service.watched_tables",
+                              problem: "no watched tables are configured; add at least one [[service.watched_tables]] section")
+        }
+        var seen: [String: Int] = [:]
+        for (index, table) in tables.enumerated() {
+            let prefix = "service.watched_tables[\(index)]"
+            let context = " (watched table '\(table.name)')"
+            func fail(_ key: String, _ problem: String) -> ConfigError {
+                ConfigError(key: "\(prefix).\(key)", problem: problem + context)
+            }
+
+            if let problem = identifierProblem(table.name) { throw fail("name", problem) }
+            if let problem = identifierProblem(table.schema) { throw fail("schema", problem) }
+            if let problem = identifierProblem(table.primaryKey) { throw fail("primary_key", problem) }
+
+            let changeKey = table.changeColumns.count == 1 ? "change_column" : "change_columns"
+            guard !table.changeColumns.isEmpty else { throw fail("change_columns", "must list at least one column") }
+            for (position, column) in table.changeColumns.enumerated() {
+                let key = table.changeColumns.count == 1 ? changeKey : "\(changeKey)[\(position)]"
+                if let problem = identifierProblem(column) { throw fail(key, problem) }
+                if table.changeColumns[..<position].contains(column) { throw fail(key, "'\(column)' is listed twice") }
+            }
+
+            guard !table.operations.isEmpty else {
+                throw fail("operations", "must list at least one of insert, update, delete")
+            }
+            for (position, operation) in table.operations.enumerated() where table.operations[..<position].contains(operation) {
+                throw fail("operations[\(position)]", "'\(operation.rawValue)' is listed twice")
+            }
+
+            guard table.atomicDataQuery.contains("$PRIMARY_KEY") else {
+                throw fail("atomic_data_query", "the query must contain $PRIMARY_KEY, which is replaced by the changed row's primary key")
+            }
+            guard table.publishEndpoint.hasPrefix("/") else {
+                throw fail("publish_endpoint", "must be a path starting with '/', found '\(table.publishEndpoint)'")
+            }
+
+            if let first = seen[table.qualifiedName] {
+                throw fail("name", "'\(table.qualifiedName)' is already watched by service.watched_tables[\(first)]")
+            }
+            seen[table.qualifiedName] = index
+        }
+    }
+
+    // MARK: Checks
+
+    private static func nonEmpty(_ value: String, _ key: String) throws(ConfigError) {
+        guard !value.isEmpty else { throw ConfigError(key: key, problem: "must not be empty") }
+    }
+
+    private static func port(_ value: Int, _ key: String) throws(ConfigError) {
+        guard (1...65535).contains(value) else { throw ConfigError(key: key, problem: "must be a port between 1 and 65535, found \(value)") }
+    }
+
+    private static func atLeast(_ minimum: Int, _ value: Int, _ key: String) throws(ConfigError) {
+        guard value >= minimum else { throw ConfigError(key: key, problem: "must be at least \(minimum), found \(value)") }
+    }
+
+    private static func positive(_ value: Int, _ key: String) throws(ConfigError) {
+        guard value > 0 else { throw ConfigError(key: key, problem: "must be a positive number of seconds, found \(value)") }
+    }
+
+    private static func positive(_ value: Double, _ key: String) throws(ConfigError) {
+        guard value > 0, value.isFinite else { throw ConfigError(key: key, problem: "must be a positive number of seconds, found \(value)") }
+    }
+}

@@ -1,0 +1,14 @@
+// A copy that is safe to print or log: `check-config` and debug logging show the resolved
+// configuration without its secrets.
+
+public extension PublisherConfig {
+    static let redactedPlaceholder = "<redacted>"
+
+    /// The same config with a non-empty `database.password` and `ingestor.auth_token` replaced by "<redacted>".
+    func redacted() -> PublisherConfig {
+        var copy = self
+        if !copy.database.password.isEmpty { copy.database.password = Self.redactedPlaceholder }
+        if !copy.ingestor.authToken.isEmpty { copy.ingestor.authToken = Self.redactedPlaceholder }
+        return copy
+    }
+}

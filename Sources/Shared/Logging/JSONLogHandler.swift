@@ -1,0 +1,113 @@
+// One JSON object per line on stderr (written with write(2): stdio globals are not Sendable in
+// Swift 6 and stdio on a pipe is block-buffered anyway).
+
+import Foundation
+import Logging
+
+public struct JSONLogHandler: LogHandler {
+    public var logLevel: Logger.Level
+    public var metadata: Logger.Metadata = [:]
+    private let label: String
+    private let fd: Int32
+
+    public init(label: String, level: Logger.Level, fd: Int32 = 2) {
+        self.label = label
+        self.logLevel = level
+        self.fd = fd
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var fields: [String: String] = [:]
+        for (k, v) in metadata { fields[k] = "\(v)" }
+        if let extra = event.metadata { for (k, v) in extra { fields[k] = "\(v)" } }
+        var line = "{\"timestamp\":\(jsonString(Timestamp.iso8601(Date())))"
+        line += ",\"level\":\(jsonString(event.level.rawValue))"
+        line += ",\"target\":\(jsonString(label))"
+        line += ",\"message\":\(jsonString(Redactor.redact(event.message.description)))"
+        for key in fields.keys.sorted() {
+            line += ",\(jsonString(key)):\(jsonString(Redactor.redact(fields[key]!)))"
+        }
+        line += ",\"file\":\(jsonString((event.file as NSString).lastPathComponent)),\"line\":\(event.line)}\n"
+        writeAll(fd: fd, Array(line.utf8))
+    }
+}
+
+public enum Timestamp {
+    /// RFC 3339 in UTC with milliseconds: 2026-11-28T10:00:00.123Z
+    public static func iso8601(_ date: Date) -> String {
+        let seconds = date.timeIntervalSince1970
+        var t = time_t(seconds.rounded(.down))
+        let millis = Int((seconds - Double(t)) * 1000)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                      Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
+                      Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), millis)
+    }
+}
+
+/// Masks secrets that could slip into a message: `password=...` pairs and URL credentials.
+public enum Redactor {
+    public static func redact(_ text: String) -> String {
+        guard text.contains("password") || text.contains("@") || text.contains("Bearer") || text.contains("token") else { return text }
+        var out = text
+        for pattern in [#"(password\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)"#, #"(Bearer\s+)\S+"#, #"(token\s*[=:]\s*)\S+"#, #"(://[^:/@\s]+:)[^@/\s]+(@)"#] {
+            guard let regex = try? NSRegularExpression(pattern: pattern, options: [.caseInsensitive]) else { continue }
+            let template = pattern.hasSuffix("(@)") ? "$1<redacted>$2" : "$1<redacted>"
+            out = regex.stringByReplacingMatches(in: out, range: NSRange(out.startIndex..., in: out), withTemplate: template)
+        }
+        return out
+    }
+}
+
+/// JSON string literal for `s`.
+public func jsonString(_ s: String) -> String {
+    var out = "\""
+    out.reserveCapacity(s.utf8.count + 2)
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where scalar.value < 0x20:
+            out += String(format: "\\u%04x", scalar.value)
+        default:
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
+}
+
+/// write(2) until every byte is out (or the descriptor is gone).
+public func writeAll(fd: Int32, _ bytes: [UInt8]) {
+    bytes.withUnsafeBytes { buffer in
+        var offset = 0
+        while offset < buffer.count {
+            let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            offset += n
+        }
+    }
+}
+
+public enum LogSetup {
+    /// Bootstrap swift-log once per process. `level` is validated by the config loader.
+    public static func bootstrap(level: String, format: LogFormat, metadata: Logger.Metadata = [:]) {
+        let parsed = Logger.Level(rawValue: level) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = JSONLogHandler(label: label, level: parsed)
+            handler.metadata = metadata
+            return handler
+        }
+    }
+}

@@ -1,0 +1,148 @@
+// Worker → supervisor messages (DESIGN.md section 6): one JSON object per line on the worker's
+// stdout, at most `WorkerMessage.maxLineBytes`. Counters are cumulative so a lost line loses
+// nothing; the supervisor keeps totals across a worker's restarts.
+
+import Foundation
+
+public struct LatencySummary: Codable, Sendable, Equatable {
+    public var count: Int = 0
+    public var sumSeconds: Double = 0
+    public var maxSeconds: Double = 0
+    public var lastSeconds: Double = 0
+
+    public init() {}
+
+    public mutating func record(_ seconds: Double) {
+        count += 1
+        sumSeconds += seconds
+        maxSeconds = max(maxSeconds, seconds)
+        lastSeconds = seconds
+    }
+
+    public var averageSeconds: Double { count == 0 ? 0 : sumSeconds / Double(count) }
+
+    enum CodingKeys: String, CodingKey {
+        case count, sumSeconds = "sum_seconds", maxSeconds = "max_seconds", lastSeconds = "last_seconds"
+    }
+}
+
+public struct WorkerStats: Codable, Sendable, Equatable {
+    public var changesProcessed = 0
+    public var changesPublished = 0
+    public var publishFailures = 0
+    public var retries = 0
+    public var queryErrors = 0
+    public var deadLettered = 0
+    public var backlog = 0
+    public var oldestChangeAgeSeconds = 0.0
+    public var inFlight = 0
+    public var query = LatencySummary()
+    public var publish = LatencySummary()
+    public var batch = LatencySummary()
+    public var circuitBreaker = "closed"
+    public var database = "down"
+    public var lastPublishAt: String?
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case changesProcessed = "changes_processed", changesPublished = "changes_published"
+        case publishFailures = "publish_failures", retries, queryErrors = "query_errors"
+        case deadLettered = "dead_lettered", backlog, oldestChangeAgeSeconds = "oldest_change_age_seconds"
+        case inFlight = "in_flight", query, publish, batch, circuitBreaker = "circuit_breaker", database
+        case lastPublishAt = "last_publish_at"
+    }
+}
+
+public enum WorkerMessage: Sendable, Equatable {
+    case ready(table: String, pid: Int32)
+    case stats(table: String, stats: WorkerStats)
+    case fatal(error: String)
+
+    public static let maxLineBytes = 64 * 1024
+
+    private struct Envelope: Codable {
+        var type: String
+        var table: String?
+        var pid: Int32?
+        var error: String?
+    }
+
+    private struct StatsEnvelope: Codable {
+        var type: String
+        var table: String
+        var stats: WorkerStats
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: DynamicKey.self)
+            try c.encode(type, forKey: DynamicKey("type"))
+            try c.encode(table, forKey: DynamicKey("table"))
+            try stats.encode(to: encoder)
+        }
+        init(type: String, table: String, stats: WorkerStats) {
+            self.type = type
+            self.table = table
+            self.stats = stats
+        }
+        init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: DynamicKey.self)
+            type = try c.decode(String.self, forKey: DynamicKey("type"))
+            table = try c.decode(String.self, forKey: DynamicKey("table"))
+            stats = try WorkerStats(from: decoder)
+        }
+    }
+
+    private struct DynamicKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ s: String) { stringValue = s }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    /// The message as one line of JSON, newline included.
+    public func encodedLine() -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data: Data?
+        switch self {
+        case let .ready(table, pid):
+            data = try? encoder.encode(Envelope(type: "ready", table: table, pid: pid))
+        case let .stats(table, stats):
+            data = try? encoder.encode(StatsEnvelope(type: "stats", table: table, stats: stats))
+        case let .fatal(error):
+            data = try? encoder.encode(Envelope(type: "fatal", error: String(error.prefix(4096))))
+        }
+        return Array(data ?? Data("{}".utf8)) + [UInt8(ascii: "\n")]
+    }
+
+    public enum DecodeError: Error, Equatable {
+        case tooLong, malformed, unknownType(String)
+    }
+
+    public static func decode(line: some Collection<UInt8>) throws(DecodeError) -> WorkerMessage {
+        if line.count > maxLineBytes { throw .tooLong }
+        let data = Data(line)
+        guard let envelope = try? JSONDecoder().decode(Envelope.self, from: data) else { throw .malformed }
+        switch envelope.type {
+        case "ready":
+            guard let table = envelope.table, let pid = envelope.pid else { throw .malformed }
+            return .ready(table: table, pid: pid)
+        case "stats":
+            guard let s = try? JSONDecoder().decode(StatsEnvelope.self, from: data) else { throw .malformed }
+            return .stats(table: s.table, stats: s.stats)
+        case "fatal":
+            return .fatal(error: envelope.error ?? "")
+        default:
+            throw .unknownType(envelope.type)
+        }
+    }
+}
+
+/// Exit statuses (DESIGN.md section 7).
+public enum ExitStatus {
+    public static let clean: Int32 = 0
+    /// Transient failure: restart with backoff.
+    public static let transient: Int32 = 1
+    /// EX_CONFIG: configuration or permission error. Never restarted.
+    public static let config: Int32 = 78
+}

@@ -1,0 +1,248 @@
+// The SQL objects of DESIGN.md section 4 for one watched table, as text (for `print-sql`) and as
+// idempotent operations (for start-up and `setup`).
+//
+// Invariants:
+// - Every identifier is quoted; names come from validated configuration but are quoted anyway.
+// - Setup runs in one transaction under an advisory lock, so two workers (or a worker and a DBA
+//   running `setup`) never interleave.
+// - An existing trigger whose definition is already right is never dropped. When it must change,
+//   DROP and CREATE happen in the same transaction: DROP TRIGGER takes a lock that makes writers
+//   of the watched table wait until commit, so there is no window in which a change is missed.
+// - The trigger stays lean: one INSERT into the tracking table per changed row, nothing else
+//   (no pg_notify: it takes a global lock at every commit; see DESIGN.md section 4).
+
+import Foundation
+
+public struct TrackingSchema: Sendable {
+    public let table: WatchedTable
+
+    public init(table: WatchedTable) { self.table = table }
+
+    public var schemaIdent: String { quoteIdentifier(table.schema) }
+    public var watchedTable: String { "\(schemaIdent).\(quoteIdentifier(table.name))" }
+    public var changesTableName: String { "\(table.name)_changes" }
+    public var failedTableName: String { "\(table.name)_changes_failed" }
+    public var changesTable: String { "\(schemaIdent).\(quoteIdentifier(changesTableName))" }
+    public var failedTable: String { "\(schemaIdent).\(quoteIdentifier(failedTableName))" }
+    public var functionName: String { "\(table.name)_changes_capture" }
+    public var function: String { "\(schemaIdent).\(quoteIdentifier(functionName))" }
+    public static let triggerName = "atomic_data_publisher_capture"
+    public var retryIndexName: String { "\(table.name)_changes_retry_idx" }
+
+    /// Key for pg_advisory_xact_lock: stable for a table, distinct across tables (mostly).
+    public var advisoryLockKey: Int64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "atomic-data-publisher:\(table.qualifiedName)".utf8 {
+            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
+        }
+        return Int64(bitPattern: hash)
+    }
+
+    private var columnsDDL: String {
+        """
+            primary_key text NOT NULL,
+            operation "char" NOT NULL CHECK (operation IN ('I', 'U', 'D')),
+            change_column_value text,
+            changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            attempts integer NOT NULL DEFAULT 0,
+            last_error text,
+            next_attempt_at timestamptz
+        """
+    }
+
+    public var createTablesSQL: String {
+        """
+        CREATE TABLE IF NOT EXISTS \(changesTable) (
+            id bigserial PRIMARY KEY,
+        \(columnsDDL)
+        );
+        CREATE INDEX IF NOT EXISTS \(quoteIdentifier(retryIndexName)) ON \(changesTable) (primary_key) WHERE next_attempt_at IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS \(failedTable) (
+            id bigint PRIMARY KEY,
+        \(columnsDDL),
+            failed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        """
+    }
+
+    /// The text recorded as `change_column_value`: the column's text for one column, a JSON
+    /// object of the columns for several.
+    private func changeValueExpression(_ record: String) -> String {
+        if table.changeColumns.count == 1 {
+            return "\(record).\(quoteIdentifier(table.changeColumns[0]))::text"
+        }
+        let pairs = table.changeColumns.map { "\(quoteLiteral($0)), \(record).\(quoteIdentifier($0))" }.joined(separator: ", ")
+        return "jsonb_build_object(\(pairs))::text"
+    }
+
+    private func watchedChanged() -> String {
+        let columns = table.changeColumns.map { "NEW.\(quoteIdentifier($0)) IS DISTINCT FROM OLD.\(quoteIdentifier($0))" }
+        return columns.joined(separator: " OR ")
+    }
+
+    public var createFunctionSQL: String {
+        let pk = quoteIdentifier(table.primaryKey)
+        let insert = "INSERT INTO \(changesTable) (primary_key, operation, change_column_value) VALUES"
+        let ops = Set(table.operations)
+        var body = ""
+        body += "    IF TG_OP = 'INSERT' THEN\n"
+        body += ops.contains(.insert) ? "        \(insert) (NEW.\(pk)::text, 'I', \(changeValueExpression("NEW")));\n" : "        NULL;\n"
+        body += "    ELSIF TG_OP = 'UPDATE' THEN\n"
+        if ops.contains(.update) {
+            // A changed primary key is the old key going away and the new one changing.
+            body += "        IF NEW.\(pk) IS DISTINCT FROM OLD.\(pk) THEN\n"
+            body += "            \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n"
+            body += "            \(insert) (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
+            body += "        ELSIF \(watchedChanged()) THEN\n"
+            body += "            \(insert) (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
+            body += "        END IF;\n"
+        } else {
+            body += "        NULL;\n"
+        }
+        body += "    ELSIF TG_OP = 'DELETE' THEN\n"
+        body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
+        body += "    END IF;\n"
+        return """
+        CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql AS $adp$
+        BEGIN
+        \(body)    RETURN NULL;
+        END
+        $adp$;
+        """
+    }
+
+    /// The events, in the order PostgreSQL prints them in pg_get_triggerdef.
+    private var triggerEvents: String {
+        var events: [String] = []
+        let ops = Set(table.operations)
+        if ops.contains(.insert) { events.append("INSERT") }
+        if ops.contains(.delete) { events.append("DELETE") }
+        if ops.contains(.update) {
+            var columns = table.changeColumns
+            if !columns.contains(table.primaryKey) { columns.append(table.primaryKey) }
+            events.append("UPDATE OF " + columns.map(quoteIdentifier).joined(separator: ", "))
+        }
+        return events.joined(separator: " OR ")
+    }
+
+    public var createTriggerSQL: String {
+        "CREATE TRIGGER \(quoteIdentifier(Self.triggerName)) AFTER \(triggerEvents) ON \(watchedTable) FOR EACH ROW EXECUTE FUNCTION \(function)();"
+    }
+
+    /// Everything `setup` does, as a script a DBA can read and apply by hand.
+    public var printableSQL: String {
+        """
+        -- atomic-data-publisher: objects for \(table.qualifiedName)
+        BEGIN;
+        SELECT pg_advisory_xact_lock(\(advisoryLockKey));
+        \(createTablesSQL)
+        \(createFunctionSQL)
+        DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
+        \(createTriggerSQL)
+        COMMIT;
+
+        """
+    }
+
+    public var teardownSQL: String {
+        """
+        DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
+        DROP FUNCTION IF EXISTS \(function)();
+        DROP TABLE IF EXISTS \(changesTable);
+        DROP TABLE IF EXISTS \(failedTable);
+        """
+    }
+}
+
+/// What is wrong with a watched table before anything is created: a config or permission error.
+public struct SchemaProblem: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension TrackingSchema {
+    /// Check that the watched table and its columns exist and are readable. Touches nothing.
+    public func verify(on db: PostgresConnection) throws -> Void {
+        let regclass = try db.execute("SELECT to_regclass($1)::oid", [watchedTable])
+        guard let oid = regclass[0, 0] else {
+            throw SchemaProblem("watched table \(table.qualifiedName) does not exist (service.watched_tables name = \"\(table.name)\", schema = \"\(table.schema)\")")
+        }
+        let columns = try db.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped", [oid])
+        let existing = Set(columns.rows.compactMap { $0[0] })
+        for column in [table.primaryKey] + table.changeColumns where !existing.contains(column) {
+            throw SchemaProblem("column \"\(column)\" does not exist in table \(table.qualifiedName) (check primary_key and change_column(s) for table \"\(table.name)\")")
+        }
+        let privilege = try db.execute("SELECT has_table_privilege($1::oid, 'SELECT')", [oid])
+        if privilege[0, 0] != "t" {
+            throw SchemaProblem("the database user has no SELECT privilege on \(table.qualifiedName): grant it (see README, least privilege)")
+        }
+    }
+
+    /// Create or update the objects, idempotently, in one transaction under an advisory lock.
+    /// Returns true when the trigger was created or replaced.
+    @discardableResult
+    public func install(on db: PostgresConnection) throws -> Bool {
+        try verify(on: db)
+        try db.execute("BEGIN")
+        do {
+            try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
+            try db.executeScript(createTablesSQL)
+            let current = try db.execute("""
+                SELECT p.prosrc, pg_get_triggerdef(t.oid)
+                FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+                WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2
+                """, [watchedTable, Self.triggerName])
+            let functionNow = try db.execute(
+                "SELECT p.prosrc FROM pg_proc p WHERE p.oid = to_regprocedure($1)", [function + "()"])
+            let wantedBody = functionBody
+            if functionNow.rows.first?[0] != wantedBody {
+                try db.executeScript(createFunctionSQL)
+            }
+            var changed = false
+            let wantedDef = createTriggerSQL.replacingOccurrences(of: ";", with: "")
+            if let row = current.rows.first, normalize(row[1] ?? "") == normalize(wantedDef) {
+                // Already right: leave it alone.
+            } else {
+                if !current.rows.isEmpty {
+                    try db.execute("DROP TRIGGER \(quoteIdentifier(Self.triggerName)) ON \(watchedTable)")
+                }
+                try db.execute(createTriggerSQL)
+                changed = true
+            }
+            try db.execute("COMMIT")
+            return changed
+        } catch {
+            _ = try? db.execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    public func uninstall(on db: PostgresConnection) throws {
+        try db.execute("BEGIN")
+        do {
+            try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
+            try db.executeScript(teardownSQL)
+            try db.execute("COMMIT")
+        } catch {
+            _ = try? db.execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// The function body as PostgreSQL stores it in pg_proc.prosrc.
+    private var functionBody: String {
+        let sql = createFunctionSQL
+        guard let start = sql.range(of: "$adp$"), let end = sql.range(of: "$adp$", range: start.upperBound..<sql.endIndex) else { return sql }
+        return String(sql[start.upperBound..<end.lowerBound])
+    }
+
+    /// pg_get_triggerdef prints identifiers unquoted when they need no quotes, and "EXECUTE
+    /// FUNCTION" or "EXECUTE PROCEDURE" depending on version: compare without those differences.
+    private func normalize(_ def: String) -> String {
+        def.replacingOccurrences(of: "\"", with: "")
+            .replacingOccurrences(of: "EXECUTE PROCEDURE", with: "EXECUTE FUNCTION")
+            .replacingOccurrences(of: "public.", with: "")
+            .split(whereSeparator: \.isWhitespace).joined(separator: " ")
+    }
+}

@@ -1,0 +1,325 @@
+// One table's worker: the loop of DESIGN.md section 5, single-threaded.
+//
+// Invariants:
+// - The loop never blocks longer than one batch (bounded by the statement and HTTP timeouts);
+//   between batches it waits in poll(2) on the signal self-pipe and, when supervised, on stdin,
+//   so SIGTERM and the supervisor's death are noticed at once.
+// - A tracking row is deleted only after a 2xx for the payload that covered it. A failure
+//   records attempts, last_error and next_attempt_at in the table, not in memory.
+// - Transient failures (transport errors, timeouts, 5xx, 408, 429) are retried forever with
+//   capped backoff; permanent ones (an atomic data query that fails for that key, other 4xx)
+//   move the key's rows to the dead-letter table after `dead_letter_after_attempts`.
+// - Stats go to stdout at least once a second, cumulative.
+
+import Foundation
+import Logging
+import Shared
+
+final class TableWorker {
+    enum Stop: Error {
+        case requested
+        case permanent(String)
+    }
+
+    let config: PublisherConfig
+    let table: WatchedTable
+    let supervised: Bool
+    var logger: Logger
+
+    private let feed: ChangeFeed
+    private let query: AtomicDataQuery
+    private let http: HTTPClient
+    private var db: PostgresConnection?
+    private var stats = WorkerStats()
+    private var lastStatsAt = 0.0
+    private var lastBacklogAt = 0.0
+    private var stopRequested = false
+    private var idleDelay = 0.0
+    private var random = SystemRandomNumberGenerator()
+    private static let statementName = "adp_atomic_data"
+
+    init(config: PublisherConfig, table: WatchedTable, supervised: Bool, logger: Logger) {
+        self.config = config
+        self.table = table
+        self.supervised = supervised
+        self.logger = logger
+        feed = ChangeFeed(table: table)
+        query = AtomicDataQuery(table.atomicDataQuery)
+        http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
+                          connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
+                          maxConnections: max(8, config.service.maxConcurrentPublishes * 2))
+    }
+
+    /// Runs until asked to stop; returns the exit status.
+    func run() -> Int32 {
+        do {
+            try connectAndPrepare()
+            emit(.ready(table: table.name, pid: getpid()))
+            logger.info("worker ready", metadata: ["database": "\(ConnectionParameters(config.database, applicationName: "").safeDescription)"])
+            while true {
+                try checkStop()
+                emitStatsIfDue()
+                guard let db, db.isConnected else {
+                    try reconnect()
+                    continue
+                }
+                let processed = try processBatch(db)
+                if processed > 0 {
+                    idleDelay = 0
+                } else {
+                    // Adaptive polling: right away while there is work, then backing off from
+                    // 10 ms to the polling interval while idle.
+                    idleDelay = min(max(idleDelay * 2, 0.01), config.service.pollingIntervalSeconds)
+                    try pause(idleDelay)
+                }
+            }
+        } catch Stop.requested {
+            emitStats()
+            logger.info("worker stopped")
+            return ExitStatus.clean
+        } catch let Stop.permanent(message) {
+            logger.error("worker cannot run: \(message)")
+            emit(.fatal(error: message))
+            return ExitStatus.config
+        } catch {
+            logger.error("worker failed: \(error)")
+            emit(.fatal(error: "\(error)"))
+            return ExitStatus.transient
+        }
+    }
+
+    // MARK: - database
+
+    private func connectAndPrepare() throws {
+        var attempt = 0
+        while true {
+            try checkStop()
+            do {
+                let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(table.name)"))
+                do {
+                    try feed.schema.install(on: connection)
+                    try connection.prepare(name: Self.statementName, sql: query.wrapped)
+                } catch let problem as SchemaProblem {
+                    throw Stop.permanent(problem.description)
+                } catch let error as PostgresError where !error.isConnectionLost && error.isPermanent {
+                    throw Stop.permanent("table \(table.qualifiedName): \(error)")
+                }
+                db = connection
+                stats.database = "up"
+                if attempt > 0 { logger.notice("database connection restored") }
+                return
+            } catch let error as PostgresError {
+                if error.sqlState == "28P01" || error.sqlState == "3D000" {
+                    throw Stop.permanent(error.description)
+                }
+                stats.database = "down"
+                let delay = Backoff(initial: 0.5, maximum: 30).delay(attempt: attempt, unit: Double.random(in: 0..<1, using: &random))
+                logger.warning("database unavailable, retrying", metadata: ["error": "\(error)", "retry_in_seconds": "\(String(format: "%.1f", delay))"])
+                attempt += 1
+                try pause(delay)
+            }
+        }
+    }
+
+    private func reconnect() throws {
+        db?.close()
+        db = nil
+        stats.database = "down"
+        emitStats()
+        try connectAndPrepare()
+    }
+
+    /// Handle a database error in the loop: a lost connection reconnects, anything else is a bug
+    /// in our SQL or a permission revoked under us.
+    private func databaseFailed(_ error: PostgresError) throws {
+        if error.isConnectionLost {
+            logger.warning("database connection lost", metadata: ["error": "\(error)"])
+            try reconnect()
+            return
+        }
+        if error.sqlState == "42P01" || error.sqlState == "42501" {
+            throw Stop.permanent("table \(table.qualifiedName): \(error)")
+        }
+        throw error
+    }
+
+    // MARK: - one batch
+
+    private func processBatch(_ db: PostgresConnection) throws -> Int {
+        let started = monotonicSeconds()
+        let rows: [ChangeRow]
+        do {
+            rows = try feed.fetchDue(db, limit: config.service.batchSize)
+        } catch {
+            try databaseFailed(error)
+            return 0
+        }
+        if rows.isEmpty { return 0 }
+        let groups = KeyChanges.coalesce(rows)
+        stats.changesProcessed += rows.count
+
+        // Atomic data for every key whose latest change is not a delete, in one pipelined round trip.
+        let queried = groups.filter { $0.latest.operation != .delete }
+        let queryStarted = monotonicSeconds()
+        let results: [Result<QueryResult, PostgresError>]
+        do {
+            results = try db.pipelinePrepared(name: Self.statementName, parameterLists: queried.map { [$0.primaryKey] })
+        } catch {
+            try databaseFailed(error)
+            return 0
+        }
+        stats.query.record(monotonicSeconds() - queryStarted)
+        var atomicData: [String: Result<String, PostgresError>] = [:]
+        for (group, result) in zip(queried, results) {
+            atomicData[group.primaryKey] = result.map { $0.rows.first?.first.flatMap { $0 } ?? "[]" }
+        }
+        if case .failure(let error)? = results.first(where: { if case .failure(let e) = $0 { return e.isConnectionLost } else { return false } }) {
+            try databaseFailed(error)
+            return 0
+        }
+
+        var requests: [HTTPRequest] = []
+        var published: [KeyChanges] = []
+        var acked: [Int64] = []
+        var failures: [(KeyChanges, String, permanent: Bool, retryAfter: Double?)] = []
+        let now = Date()
+        for group in groups {
+            let data: String
+            switch atomicData[group.primaryKey] {
+            case .failure(let error):
+                stats.queryErrors += 1
+                logger.warning("atomic data query failed", metadata: ["primary_key": "\(group.primaryKey)", "error": "\(error)"])
+                failures.append((group, "atomic data query failed: \(error)", true, nil))
+                continue
+            case .success(let json):
+                data = json
+            case nil:
+                data = "[]"
+            }
+            let payload = Payload.build(table: table, changes: group, atomicData: data, now: now)
+            var headers = [
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", payload.id),
+                ("User-Agent", PublisherVersion.userAgent),
+            ]
+            if !config.ingestor.authToken.isEmpty {
+                headers.append(("Authorization", "Bearer \(config.ingestor.authToken)"))
+            }
+            requests.append(HTTPRequest(url: endpointURL, headers: headers, body: payload.body))
+            published.append(group)
+        }
+
+        stats.inFlight = min(requests.count, config.service.maxConcurrentPublishes)
+        let responses = http.perform(requests, maxConcurrent: config.service.maxConcurrentPublishes) { [self] in
+            if stopRequested { return true }
+            stopRequested = !Signals.take().intersection([.term, .int]).isEmpty
+            return stopRequested
+        }
+        stats.inFlight = 0
+        for (group, response) in zip(published, responses) {
+            switch response {
+            case .success(let r) where r.isSuccess:
+                stats.publish.record(r.seconds)
+                stats.changesPublished += group.rows.count
+                acked.append(contentsOf: group.ids)
+                logger.debug("published", metadata: ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)", "http_status": "\(r.status)"])
+            case .success(let r):
+                stats.publish.record(r.seconds)
+                stats.publishFailures += 1
+                let transient = r.status >= 500 || r.status == 408 || r.status == 429
+                let retryAfter = (r.status == 429 || r.status == 503) ? r.headers["retry-after"].flatMap(Double.init) : nil
+                let snippet = String(r.bodyText.prefix(200))
+                logger.warning("ingestor rejected payload", metadata: ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)", "http_status": "\(r.status)"])
+                failures.append((group, "HTTP \(r.status) from ingestor: \(snippet)", !transient, retryAfter))
+            case .failure(let error):
+                stats.publishFailures += 1
+                logger.warning("ingestor unreachable", metadata: ["primary_key": "\(group.primaryKey)", "error": "\(error)"])
+                failures.append((group, "ingestor request failed: \(error)", false, nil))
+            }
+        }
+
+        do {
+            try feed.delete(db, ids: acked)
+            for failure in failures {
+                let attempts = failure.0.attempts + 1
+                if failure.permanent && attempts >= config.service.deadLetterAfterAttempts {
+                    try feed.deadLetter(db, ids: failure.0.ids, error: failure.1)
+                    stats.deadLettered += failure.0.rows.count
+                    logger.error("change moved to dead letters", metadata: ["primary_key": "\(failure.0.primaryKey)", "change_id": "\(failure.0.latest.id)", "error": "\(failure.1)"])
+                } else {
+                    let backoff = Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds)
+                    let delay = failure.retryAfter.map { min($0, config.ingestor.maxRetryDelaySeconds) }
+                        ?? backoff.delay(attempt: failure.0.attempts, unit: Double.random(in: 0..<1, using: &random))
+                    try feed.reschedule(db, ids: failure.0.ids, error: failure.1, afterSeconds: delay)
+                    stats.retries += 1
+                }
+            }
+        } catch {
+            try databaseFailed(error)
+            return 0
+        }
+        if !acked.isEmpty { stats.lastPublishAt = Timestamp.iso8601(Date()) }
+        stats.batch.record(monotonicSeconds() - started)
+        if stopRequested { throw Stop.requested }
+        return rows.count
+    }
+
+    private var endpointURL: String {
+        var base = config.ingestor.baseURL
+        while base.hasSuffix("/") { base.removeLast() }
+        return base + table.publishEndpoint
+    }
+
+    // MARK: - waiting, stopping, reporting
+
+    private func checkStop() throws {
+        if stopRequested { throw Stop.requested }
+        if !Signals.take().intersection([.term, .int]).isEmpty {
+            stopRequested = true
+            throw Stop.requested
+        }
+    }
+
+    /// Sleep up to `seconds`, waking for signals and (supervised) stdin EOF; stats keep flowing.
+    private func pause(_ seconds: Double) throws {
+        let deadline = monotonicSeconds() + seconds
+        while true {
+            try checkStop()
+            emitStatsIfDue()
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { return }
+            var fds = [Signals.wakeFD]
+            if supervised { fds.append(0) }
+            let ready = Poll.wait(readable: fds, timeout: min(left, 1.0))
+            if supervised && (ready.readable.contains(0) || ready.hangup.contains(0)) {
+                var buffer = [UInt8](repeating: 0, count: 512)
+                let n = read(0, &buffer, buffer.count)
+                if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
+                    logger.notice("supervisor is gone (stdin closed), stopping")
+                    stopRequested = true
+                    throw Stop.requested
+                }
+            }
+        }
+    }
+
+    private func emitStatsIfDue() {
+        if monotonicSeconds() - lastStatsAt >= 1.0 { emitStats() }
+    }
+
+    private func emitStats() {
+        lastStatsAt = monotonicSeconds()
+        if let db, db.isConnected, lastStatsAt - lastBacklogAt >= 1.0 {
+            lastBacklogAt = lastStatsAt
+            if let backlog = try? feed.backlog(db) {
+                stats.backlog = backlog.count
+                stats.oldestChangeAgeSeconds = backlog.oldestAgeSeconds
+            }
+        }
+        emit(.stats(table: table.name, stats: stats))
+    }
+
+    private func emit(_ message: WorkerMessage) {
+        writeAll(fd: 1, message.encodedLine())
+    }
+}

@@ -1,0 +1,91 @@
+// atomic-data-table-worker: publishes the changes of one watched table. Normally spawned by the
+// supervisor, which writes a WorkerConfig line on stdin (`--config-stdin`) and keeps the pipe
+// open: EOF means the supervisor is gone. It can also run alone for a single table, loading the
+// configuration the usual way (`--config PATH`, config/default.toml, environment).
+
+import ArgumentParser
+import Foundation
+import Logging
+import Shared
+
+@main
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "atomic-data-table-worker",
+        abstract: "Publish the changes of one watched table (normally started by atomic-data-publisher).",
+        version: PublisherVersion.current)
+
+    @Option(name: .long, help: "The watched table's name (service.watched_tables name).")
+    var table: String
+
+    @Option(name: .long, help: "Read this TOML file instead of config/default.toml and config/local.toml.")
+    var config: String?
+
+    @Flag(name: .long, help: "Read the resolved configuration as one JSON line on stdin (how the supervisor starts workers).")
+    var configStdin = false
+
+    func run() throws {
+        HTTPClient.globalInit()
+        Signals.install([SIGTERM, SIGINT])
+        if configStdin {
+            // Die with the supervisor even if it is killed with SIGKILL.
+            Signals.setParentDeathSignal(SIGTERM)
+            if getppid() == 1 { throw ExitCode(ExitStatus.clean) }
+        }
+        let resolved: PublisherConfig
+        do {
+            resolved = try loadConfig()
+        } catch {
+            LogSetup.bootstrap(level: "info", format: .json)
+            let message = "\(error)"
+            Logger(label: "atomic-data-table-worker").error("\(message)")
+            writeAll(fd: 1, WorkerMessage.fatal(error: message).encodedLine())
+            throw ExitCode(ExitStatus.config)
+        }
+        guard let watched = resolved.table(named: table) else {
+            LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format)
+            let message = "table '\(table)' is not in service.watched_tables"
+            Logger(label: "atomic-data-table-worker").error("\(message)")
+            writeAll(fd: 1, WorkerMessage.fatal(error: message).encodedLine())
+            throw ExitCode(ExitStatus.config)
+        }
+        LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format,
+                           metadata: ["table": "\(watched.qualifiedName)", "worker_pid": "\(getpid())"])
+        let logger = Logger(label: "atomic-data-table-worker")
+        let worker = TableWorker(config: resolved, table: watched, supervised: configStdin, logger: logger)
+        let status = worker.run()
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    private func loadConfig() throws -> PublisherConfig {
+        if configStdin {
+            guard let line = readLine(fd: 0) else {
+                throw ConfigError(problem: "expected one line of WorkerConfig JSON on stdin")
+            }
+            let decoded = try WorkerConfig.decode(line)
+            return decoded.config
+        }
+        let loaded = try ConfigLoader.load(explicitPath: config, environment: ProcessInfo.processInfo.environment)
+        try ConfigLoader.validate(loaded.config)
+        return loaded.config
+    }
+
+    /// Read one line from `fd` byte by byte (the rest of the pipe stays unread: it is only
+    /// watched for EOF later).
+    private func readLine(fd: Int32) -> [UInt8]? {
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while true {
+            let n = read(fd, &byte, 1)
+            if n == 1 {
+                if byte == UInt8(ascii: "\n") { return line }
+                line.append(byte)
+                if line.count > 16 * 1024 * 1024 { return nil }
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                return line.isEmpty ? nil : line
+            }
+        }
+    }
+}
