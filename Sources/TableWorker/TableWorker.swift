@@ -55,6 +55,7 @@ final class TableWorker {
         do {
             try connectAndPrepare()
             emit(.ready(table: table.name, pid: getpid()))
+            emitStats()
             logger.info("worker ready", metadata: ["database": "\(ConnectionParameters(config.database, applicationName: "").safeDescription)"])
             while true {
                 try checkStop()

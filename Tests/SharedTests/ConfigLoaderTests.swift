@@ -602,11 +602,13 @@ final class ConfigLoaderTests: XCTestCase {
             { _ = try self.parse("[database]\npassword = \"\(secret)\"\nbogus = 1\n") },
             { _ = try self.parse("[database]\npassword = \"\(secret)\n") },
             { _ = try self.parse("[database]\npassword = \(secret)\n") },
+            { _ = try self.parse("[database]\npassword = 1234\(secret)\n") },
+            { _ = try self.parse("[ingestor]\n\"auth_token\" = 0x\(secret)\n") },
             { _ = try self.parse("[database]\npassword = [\"\(secret)\"]\n") },
             { _ = try self.parse("[ingestor]\nauth_token = { value = \"\(secret)\" }\n") },
             { _ = try self.parse("[database]\npasword = \"\(secret)\"\n") },
             { _ = try self.load(["ATOMIC_DATA_PUBLISHER_DATABASE_PASSWORD": secret, "ATOMIC_DATA_PUBLISHER_DATABASE_PORT": "x"]) },
-            { _ = try self.load(["ATOMIC_DATA_PUBLISHER_DATABASE_PASSWORD_FILE": missing + secret]) },
+            { _ = try self.load(["ATOMIC_DATA_PUBLISHER_DATABASE_PASSWORD_FILE": missing]) },
             { _ = try self.load(["CREDENTIALS_DIRECTORY": self.directory.appendingPathComponent("creds").path]) },
             {
                 var config = try self.validConfig()

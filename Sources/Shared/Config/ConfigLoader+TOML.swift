@@ -13,7 +13,14 @@ extension ConfigLoader {
             root = try TOMLTable(string: toml)
         } catch let error as TOMLParseError {
             let position = error.source.begin
-            throw ConfigError(file: file, problem: "invalid TOML at line \(position.line), column \(position.column): \(error.description)")
+            // toml++ quotes an unparsable bare value ("'hunter2x' could not be interpreted as a
+            // value"), so its message is dropped when the line may hold a secret.
+            let lines = toml.split(separator: "\n", omittingEmptySubsequences: false)
+            let line = lines.indices.contains(position.line - 1) ? lines[position.line - 1].lowercased() : ""
+            let detail = line.contains("password") || line.contains("token")
+                ? " (the parser's message is withheld because this line may hold a secret)"
+                : ": \(error.description)"
+            throw ConfigError(file: file, problem: "invalid TOML at line \(position.line), column \(position.column)\(detail)")
         } catch {
             throw ConfigError(file: file, problem: "invalid TOML: \(error)")
         }

@@ -127,10 +127,11 @@ extension ConfigLoader {
                 throw fail("publish_endpoint", "must be a path starting with '/', found '\(table.publishEndpoint)'")
             }
 
-            if let first = seen[table.qualifiedName] {
-                throw fail("name", "'\(table.qualifiedName)' is already watched by service.watched_tables[\(first)]")
+            // Workers, metrics and logs name a table by its name alone, so names are unique across schemas.
+            if let first = seen[table.name] {
+                throw fail("name", "a table named '\(table.name)' is already watched by service.watched_tables[\(first)]; table names must be unique across schemas")
             }
-            seen[table.qualifiedName] = index
+            seen[table.name] = index
         }
     }
 

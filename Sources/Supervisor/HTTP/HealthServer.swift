@@ -1,0 +1,115 @@
+// GET /health, /metrics and /metrics/prometheus on health_check_address:health_check_port, served
+// by SwiftNIO on its own event loop thread. The supervisor loop publishes a snapshot; the HTTP
+// thread only reads it, so a slow scrape never delays supervision.
+
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+final class SnapshotStore: Sendable {
+    private let value: Mutex<ServiceSnapshot>
+
+    init(_ snapshot: ServiceSnapshot) {
+        value = Mutex(snapshot)
+    }
+
+    func publish(_ snapshot: ServiceSnapshot) {
+        value.withLock { $0 = snapshot }
+    }
+
+    func read() -> ServiceSnapshot {
+        value.withLock { $0 }
+    }
+}
+
+final class HealthServer {
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    private var channel: Channel?
+
+    /// Bind and start serving; returns the bound port (useful when `port` is 0).
+    func start(host: String, port: Int, store: SnapshotStore) throws -> Int {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 64)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(HealthHandler(store: store))
+                }
+            }
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        let channel = try bootstrap.bind(host: host, port: port).wait()
+        self.channel = channel
+        return channel.localAddress?.port ?? port
+    }
+
+    func stop() {
+        try? channel?.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+private final class HealthHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let store: SnapshotStore
+    private var head: HTTPRequestHead?
+
+    init(store: SnapshotStore) {
+        self.store = store
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+        case .body:
+            break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            respond(context: context, head: head)
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        let status: HTTPResponseStatus
+        let contentType: String
+        let body: String
+        if head.method != .GET && head.method != .HEAD {
+            (status, contentType, body) = (.methodNotAllowed, "application/json", "{\"error\":\"method not allowed\"}")
+        } else {
+            let snapshot = store.read()
+            switch path {
+            case "/health", "/healthz":
+                status = snapshot.health == .unhealthy ? .serviceUnavailable : .ok
+                (contentType, body) = ("application/json", snapshot.healthJSON)
+            case "/metrics":
+                (status, contentType, body) = (.ok, "application/json", snapshot.metricsJSON)
+            case "/metrics/prometheus":
+                (status, contentType, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", snapshot.prometheusText)
+            default:
+                (status, contentType, body) = (.notFound, "application/json", "{\"error\":\"not found\",\"paths\":[\"/health\",\"/metrics\",\"/metrics/prometheus\"]}")
+            }
+        }
+        var buffer = context.channel.allocator.buffer(capacity: body.utf8.count + 1)
+        buffer.writeString(body)
+        buffer.writeString("\n")
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: String(buffer.readableBytes))
+        let keepAlive = head.isKeepAlive
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+}

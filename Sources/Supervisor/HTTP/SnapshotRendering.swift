@@ -1,0 +1,145 @@
+// /health, /metrics and /metrics/prometheus bodies from a snapshot: pure functions.
+
+import Foundation
+import Shared
+
+extension ServiceSnapshot {
+    private func json(_ object: Any) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    var healthJSON: String {
+        var tablesObject: [String: Any] = [:]
+        for t in tables {
+            var entry: [String: Any] = [
+                "state": t.state, "restarts": t.restarts, "backlog": t.stats.backlog,
+                "oldest_change_age_seconds": t.stats.oldestChangeAgeSeconds,
+                "database": t.stats.database, "circuit_breaker": t.stats.circuitBreaker,
+            ]
+            entry["pid"] = t.pid.map { Int($0) } ?? NSNull()
+            entry["last_publish"] = t.stats.lastPublishAt ?? NSNull()
+            if let e = t.lastExit { entry["last_exit"] = e }
+            if let e = t.lastError { entry["last_error"] = e }
+            tablesObject[t.name] = entry
+        }
+        let dbUp = tables.contains { $0.stats.database == "up" }
+        let dbAllUp = !tables.isEmpty && tables.allSatisfy { $0.stats.database == "up" }
+        let breakerOpen = tables.filter { $0.stats.circuitBreaker == "open" || $0.stats.circuitBreaker == "half_open" }.map(\.name)
+        let body: [String: Any] = [
+            "status": health.rawValue,
+            "version": PublisherVersion.current,
+            "uptime_seconds": Int(Date().timeIntervalSince(startedAt)),
+            "components": [
+                "database": ["status": dbAllUp ? "up" : (dbUp ? "degraded" : "down")],
+                "ingestor": ["status": breakerOpen.isEmpty ? "up" : "degraded", "circuit_breaker_open": breakerOpen.sorted()],
+                "tables": tablesObject,
+            ],
+        ]
+        return json(body)
+    }
+
+    private func counters(_ s: WorkerStats) -> [String: Any] {
+        let attempts = s.changesPublished + s.publishFailures
+        return [
+            "changes_processed": s.changesProcessed, "changes_published": s.changesPublished,
+            "publish_failures": s.publishFailures, "retries": s.retries, "query_errors": s.queryErrors,
+            "dead_lettered": s.deadLettered, "backlog": s.backlog, "oldest_change_age_seconds": s.oldestChangeAgeSeconds,
+            "in_flight": s.inFlight,
+            "ingestor_success_rate": attempts == 0 ? 1.0 : Double(s.publish.count - s.publishFailures) / Double(max(1, s.publish.count)),
+            "query_seconds": latency(s.query), "publish_seconds": latency(s.publish), "batch_seconds": latency(s.batch),
+        ]
+    }
+
+    private func latency(_ l: LatencySummary) -> [String: Any] {
+        ["count": l.count, "avg": l.averageSeconds, "max": l.maxSeconds, "last": l.lastSeconds, "sum": l.sumSeconds]
+    }
+
+    var metricsJSON: String {
+        var totals = WorkerStats()
+        var perTable: [String: Any] = [:]
+        var restarts = 0
+        for t in tables {
+            totals.changesProcessed += t.stats.changesProcessed
+            totals.changesPublished += t.stats.changesPublished
+            totals.publishFailures += t.stats.publishFailures
+            totals.retries += t.stats.retries
+            totals.queryErrors += t.stats.queryErrors
+            totals.deadLettered += t.stats.deadLettered
+            totals.backlog += t.stats.backlog
+            totals.inFlight += t.stats.inFlight
+            totals.oldestChangeAgeSeconds = max(totals.oldestChangeAgeSeconds, t.stats.oldestChangeAgeSeconds)
+            for (dst, src) in [(\WorkerStats.query, t.stats.query), (\WorkerStats.publish, t.stats.publish), (\WorkerStats.batch, t.stats.batch)] {
+                totals[keyPath: dst].count += src.count
+                totals[keyPath: dst].sumSeconds += src.sumSeconds
+                totals[keyPath: dst].maxSeconds = max(totals[keyPath: dst].maxSeconds, src.maxSeconds)
+            }
+            restarts += t.restarts
+            var entry = counters(t.stats)
+            entry["state"] = t.state
+            entry["up"] = t.up
+            entry["pid"] = t.pid.map { Int($0) } ?? NSNull()
+            entry["restarts"] = t.restarts
+            entry["database"] = t.stats.database
+            entry["circuit_breaker"] = t.stats.circuitBreaker
+            entry["last_publish"] = t.stats.lastPublishAt ?? NSNull()
+            perTable[t.name] = entry
+        }
+        var totalsObject = counters(totals)
+        totalsObject["worker_restarts"] = restarts
+        totalsObject["workers_up"] = tables.filter(\.up).count
+        totalsObject["workers"] = tables.count
+        totalsObject["malformed_worker_lines"] = malformedLines
+        return json(["uptime_seconds": Int(Date().timeIntervalSince(startedAt)), "totals": totalsObject, "tables": perTable])
+    }
+
+    var prometheusText: String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: Double)]) {
+            out += "# HELP atomic_data_publisher_\(name) \(help)\n# TYPE atomic_data_publisher_\(name) \(type)\n"
+            for s in samples {
+                out += "atomic_data_publisher_\(name)\(s.labels) \(Self.format(s.value))\n"
+            }
+        }
+        func perTable(_ value: (Table) -> Double) -> [(labels: String, value: Double)] {
+            tables.map { ("{table=\"\(Self.escapeLabel($0.name))\"}", value($0)) }
+        }
+        family("changes_processed_total", "counter", "Tracking rows read and processed.", perTable { Double($0.stats.changesProcessed) })
+        family("changes_published_total", "counter", "Tracking rows acknowledged by the ingestor.", perTable { Double($0.stats.changesPublished) })
+        family("publish_failures_total", "counter", "Publishes that failed (transport error or non-2xx).", perTable { Double($0.stats.publishFailures) })
+        family("retries_total", "counter", "Changes rescheduled after a failure.", perTable { Double($0.stats.retries) })
+        family("query_errors_total", "counter", "Atomic data queries that failed for a key.", perTable { Double($0.stats.queryErrors) })
+        family("dead_lettered_total", "counter", "Changes moved to the dead-letter table.", perTable { Double($0.stats.deadLettered) })
+        family("backlog_changes", "gauge", "Tracking rows waiting to be published.", perTable { Double($0.stats.backlog) })
+        family("oldest_change_age_seconds", "gauge", "Age of the oldest unpublished change.", perTable { $0.stats.oldestChangeAgeSeconds })
+        family("in_flight_requests", "gauge", "Ingestor requests in flight.", perTable { Double($0.stats.inFlight) })
+        family("worker_up", "gauge", "1 when the table's worker is running.", perTable { $0.up ? 1 : 0 })
+        family("worker_restarts_total", "counter", "Worker restarts by the supervisor.", perTable { Double($0.restarts) })
+        family("database_up", "gauge", "1 when the worker's database connection is up.", perTable { $0.stats.database == "up" ? 1 : 0 })
+        family("circuit_breaker_open", "gauge", "1 when the worker's circuit breaker is open or half-open.",
+               perTable { ($0.stats.circuitBreaker == "open" || $0.stats.circuitBreaker == "half_open") ? 1 : 0 })
+        for (name, help, path) in [("query_duration_seconds", "Atomic data query time per batch.", \WorkerStats.query),
+                                   ("publish_duration_seconds", "Ingestor response time per request.", \WorkerStats.publish),
+                                   ("batch_duration_seconds", "Time to process one batch.", \WorkerStats.batch)] {
+            out += "# HELP atomic_data_publisher_\(name) \(help)\n# TYPE atomic_data_publisher_\(name) summary\n"
+            for t in tables {
+                let l = t.stats[keyPath: path]
+                let label = "table=\"\(Self.escapeLabel(t.name))\""
+                out += "atomic_data_publisher_\(name)_sum{\(label)} \(Self.format(l.sumSeconds))\n"
+                out += "atomic_data_publisher_\(name)_count{\(label)} \(l.count)\n"
+            }
+        }
+        family("malformed_worker_lines_total", "counter", "Worker stdout lines that were not valid messages.", [("", Double(malformedLines))])
+        family("up", "gauge", "1 when the service is healthy or degraded.", [("", health == .unhealthy ? 0 : 1)])
+        return out
+    }
+
+    static func escapeLabel(_ s: String) -> String {
+        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    static func format(_ v: Double) -> String {
+        if v == v.rounded() && abs(v) < 1e15 { return String(Int64(v)) }
+        return String(v)
+    }
+}

@@ -1,0 +1,98 @@
+// Per-table statistics kept across worker restarts: a worker reports cumulative counters for its
+// own life; when it exits they are folded into `finished`, so totals never go backwards.
+
+import Foundation
+import Shared
+
+struct TableStats: Sendable {
+    var finished = WorkerStats()
+    var current: WorkerStats?
+
+    /// Counters over every run; gauges from the current run only.
+    var combined: WorkerStats {
+        var s = current ?? WorkerStats()
+        s.changesProcessed += finished.changesProcessed
+        s.changesPublished += finished.changesPublished
+        s.publishFailures += finished.publishFailures
+        s.retries += finished.retries
+        s.queryErrors += finished.queryErrors
+        s.deadLettered += finished.deadLettered
+        s.query = Self.merge(s.query, finished.query)
+        s.publish = Self.merge(s.publish, finished.publish)
+        s.batch = Self.merge(s.batch, finished.batch)
+        if s.lastPublishAt == nil { s.lastPublishAt = finished.lastPublishAt }
+        if current == nil {
+            s.database = "unknown"
+            s.circuitBreaker = "unknown"
+            s.backlog = finished.backlog
+            s.oldestChangeAgeSeconds = finished.oldestChangeAgeSeconds
+            s.inFlight = 0
+        }
+        return s
+    }
+
+    mutating func received(_ stats: WorkerStats) {
+        current = stats
+    }
+
+    /// The worker exited: keep its counters, forget its gauges (but remember the last backlog).
+    mutating func workerExited() {
+        guard let current else { return }
+        var folded = combined
+        folded.backlog = current.backlog
+        folded.oldestChangeAgeSeconds = current.oldestChangeAgeSeconds
+        finished = folded
+        self.current = nil
+    }
+
+    private static func merge(_ a: LatencySummary, _ b: LatencySummary) -> LatencySummary {
+        var m = LatencySummary()
+        m.count = a.count + b.count
+        m.sumSeconds = a.sumSeconds + b.sumSeconds
+        m.maxSeconds = max(a.maxSeconds, b.maxSeconds)
+        m.lastSeconds = a.count > 0 ? a.lastSeconds : b.lastSeconds
+        return m
+    }
+}
+
+/// What /health and /metrics show: built by the supervisor loop, read by the HTTP threads.
+struct ServiceSnapshot: Sendable {
+    struct Table: Sendable {
+        var name: String
+        var schema: String
+        var state: String
+        var pid: Int32?
+        var restarts: Int
+        var lastExit: String?
+        var lastError: String?
+        var stats: WorkerStats
+        var up: Bool { state == "running" }
+    }
+
+    var tables: [Table] = []
+    var startedAt = Date()
+    var malformedLines = 0
+    var ready = false
+    var stopping = false
+
+    enum Health: String { case healthy, degraded, unhealthy }
+
+    var health: Health {
+        if tables.isEmpty || stopping { return .unhealthy }
+        if tables.contains(where: { $0.state == "failed" }) { return .unhealthy }
+        if !tables.contains(where: \.up) { return .unhealthy }
+        if tables.contains(where: { !$0.up || $0.stats.database != "up" || $0.stats.circuitBreaker != "closed" }) { return .degraded }
+        return .healthy
+    }
+
+    /// One line for systemd's STATUS= and `status`.
+    var summary: String {
+        let running = tables.filter(\.up).count
+        let published = tables.reduce(0) { $0 + $1.stats.changesPublished }
+        let backlog = tables.reduce(0) { $0 + $1.stats.backlog }
+        var text = "\(health.rawValue): \(running)/\(tables.count) workers running, \(published) changes published, backlog \(backlog)"
+        let failed = tables.filter { $0.state == "failed" }.map(\.name)
+        if !failed.isEmpty { text += ", failed: \(failed.joined(separator: ","))" }
+        return text
+    }
+}

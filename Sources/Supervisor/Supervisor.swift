@@ -1,0 +1,297 @@
+// The supervisor's loop (postmaster style): signal handlers only set flags and wake poll(2);
+// the loop reads worker messages, reaps children with waitpid(WNOHANG), fires timers, and runs
+// each table's state machine. Only this loop spawns, signals or forgets a worker.
+//
+// Invariants:
+// - One worker process per watched table; workers never outlive the supervisor (stdin EOF and
+//   PR_SET_PDEATHSIG, set by the worker; we spawn from this one long-lived thread).
+// - Worker stats are cumulative, and folded into per-table totals when a worker exits, so
+//   /metrics never goes backwards across restarts.
+// - A bad configuration on SIGHUP is logged and the running one kept.
+
+import Foundation
+import Logging
+import Shared
+
+final class Supervisor {
+    private struct Worker {
+        var table: WatchedTable
+        var machine = WorkerStateMachine()
+        var child: ChildProcess?
+        var stats = TableStats()
+        /// After the current worker stops: start again (config changed) or forget the table (removed).
+        var restartWhenStopped = false
+        var removeWhenStopped = false
+    }
+
+    private var config: PublisherConfig
+    private let reloadConfig: () throws -> PublisherConfig
+    private let workerPath: String
+    private var logger: Logger
+    private let notifier = SystemdNotifier()
+    private let store = SnapshotStore(ServiceSnapshot())
+    private let server = HealthServer()
+
+    private var workers: [String: Worker] = [:]
+    private var order: [String] = []
+    private var shuttingDown = false
+    private var readyNotified = false
+    private var malformedLines = 0
+    private var lastWatchdog = 0.0
+    private var lastStatus = ""
+    private var lastStatusAt = 0.0
+    private let startedAt = Date()
+    private(set) var boundPort = 0
+
+    init(config: PublisherConfig, workerPath: String, logger: Logger, reloadConfig: @escaping () throws -> PublisherConfig) {
+        self.config = config
+        self.workerPath = workerPath
+        self.logger = logger
+        self.reloadConfig = reloadConfig
+    }
+
+    func run() -> Int32 {
+        Signals.install([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        do {
+            boundPort = try server.start(host: config.service.healthCheckAddress, port: config.service.healthCheckPort, store: store)
+        } catch {
+            logger.critical("cannot listen on \(config.service.healthCheckAddress):\(config.service.healthCheckPort) for /health and /metrics: \(error); set service.health_check_port or stop what uses it")
+            return ExitStatus.transient
+        }
+        logger.info("listening for /health and /metrics", metadata: ["address": "\(config.service.healthCheckAddress)", "port": "\(boundPort)"])
+        for table in config.service.watchedTables {
+            order.append(table.name)
+            workers[table.name] = Worker(table: table)
+            execute(table.name, workers[table.name]!.machine.startRequested())
+        }
+        let watchdogInterval = notifier.watchdogInterval
+
+        while true {
+            let now = monotonicSeconds()
+            var timeout = 0.25
+            for name in order { if let wake = workers[name]?.machine.nextWake { timeout = min(timeout, max(0, wake - now)) } }
+            if let watchdogInterval { timeout = min(timeout, max(0, lastWatchdog + watchdogInterval - now)) }
+            let fds = [Signals.wakeFD] + order.compactMap { workers[$0]?.child?.stdoutFD }.filter { $0 >= 0 }
+            let ready = Poll.wait(readable: fds, timeout: timeout)
+
+            let signals = Signals.take()
+            if !signals.intersection([.term, .int]).isEmpty && !shuttingDown { beginShutdown() }
+            if signals.contains(.hup) && !shuttingDown { reload() }
+            readWorkers(ready.readable.union(ready.hangup))
+            reapWorkers()
+            fireTimers()
+            settlePending()
+            publishSnapshot()
+
+            if let watchdogInterval, monotonicSeconds() - lastWatchdog >= watchdogInterval {
+                notifier.watchdog()
+                lastWatchdog = monotonicSeconds()
+            }
+            if shuttingDown && order.allSatisfy({ workers[$0]!.machine.isSettled }) { break }
+        }
+        server.stop()
+        logger.info("supervisor stopped")
+        return ExitStatus.clean
+    }
+
+    // MARK: - events
+
+    private func beginShutdown() {
+        shuttingDown = true
+        notifier.stopping()
+        logger.notice("stopping: sending TERM to every worker", metadata: ["shutdown_timeout_seconds": "\(config.service.shutdownTimeoutSeconds)"])
+        for name in order {
+            execute(name, workers[name]!.machine.stopRequested(now: monotonicSeconds(), timeout: config.service.shutdownTimeoutSeconds))
+        }
+    }
+
+    private func reload() {
+        notifier.reloading()
+        defer { notifier.notify("READY=1") }
+        let next: PublisherConfig
+        do {
+            next = try reloadConfig()
+        } catch {
+            logger.error("reload failed, keeping the running configuration: \(error)")
+            return
+        }
+        let globalChanged = next.database != config.database || next.ingestor != config.ingestor || next.logging != config.logging
+            || { var a = next.service; var b = config.service; a.watchedTables = []; b.watchedTables = []; return a != b }()
+        let newTables = Dictionary(next.service.watchedTables.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        config = next
+        let now = monotonicSeconds()
+        for name in order where newTables[name] == nil {
+            logger.notice("reload: table removed, stopping its worker", metadata: ["table": "\(name)"])
+            workers[name]!.removeWhenStopped = true
+            execute(name, workers[name]!.machine.stopRequested(now: now, timeout: config.service.shutdownTimeoutSeconds))
+        }
+        for table in next.service.watchedTables {
+            if var existing = workers[table.name] {
+                let changed = globalChanged || existing.table != table
+                existing.table = table
+                existing.removeWhenStopped = false
+                workers[table.name] = existing
+                if changed || existing.machine.isSettled {
+                    logger.notice("reload: restarting worker with the new configuration", metadata: ["table": "\(table.name)"])
+                    workers[table.name]!.restartWhenStopped = true
+                    execute(table.name, workers[table.name]!.machine.stopRequested(now: now, timeout: config.service.shutdownTimeoutSeconds))
+                }
+            } else {
+                logger.notice("reload: table added, starting its worker", metadata: ["table": "\(table.name)"])
+                order.append(table.name)
+                workers[table.name] = Worker(table: table)
+                execute(table.name, workers[table.name]!.machine.startRequested())
+            }
+        }
+        logger.info("configuration reloaded", metadata: ["tables": "\(next.service.watchedTables.map(\.name).joined(separator: ","))"])
+    }
+
+    private func readWorkers(_ readable: Set<Int32>) {
+        for name in order {
+            guard let child = workers[name]?.child, child.stdoutFD >= 0, readable.contains(child.stdoutFD) else { continue }
+            let (lines, _) = child.readLines()
+            for line in lines { handle(line: line, from: name, child: child) }
+        }
+    }
+
+    private func handle(line: [UInt8], from name: String, child: ChildProcess) {
+        let message: WorkerMessage
+        do {
+            message = try WorkerMessage.decode(line: line)
+        } catch {
+            malformedLines += 1
+            logger.warning("ignoring a malformed line from a worker", metadata: ["table": "\(name)", "worker_pid": "\(child.pid)", "error": "\(error)", "bytes": "\(line.count)"])
+            return
+        }
+        switch message {
+        case .ready:
+            execute(name, workers[name]!.machine.readyReceived(now: monotonicSeconds()))
+        case .stats(_, let stats):
+            workers[name]!.stats.received(stats)
+        case .fatal(let error):
+            workers[name]!.machine.fatalReceived(error: error)
+        }
+    }
+
+    private func reapWorkers() {
+        for name in order {
+            guard let child = workers[name]?.child, let reason = child.reap() else { continue }
+            // Whatever it wrote before dying still counts.
+            for line in child.readLines().lines { handle(line: line, from: name, child: child) }
+            child.closePipes()
+            workers[name]!.child = nil
+            workers[name]!.stats.workerExited()
+            let level: Logger.Level = (reason == .exited(0)) ? .info : .warning
+            logger.log(level: level, "worker exited", metadata: ["table": "\(name)", "worker_pid": "\(child.pid)", "reason": "\(reason)"])
+            execute(name, workers[name]!.machine.exited(reason, now: monotonicSeconds(), unit: Double.random(in: 0..<1)))
+        }
+    }
+
+    private func fireTimers() {
+        let now = monotonicSeconds()
+        for name in order {
+            if let wake = workers[name]?.machine.nextWake, wake <= now {
+                if shuttingDown, case .backingOff = workers[name]!.machine.state {
+                    execute(name, workers[name]!.machine.stopRequested(now: now, timeout: 0))
+                    continue
+                }
+                execute(name, workers[name]!.machine.timerFired(now: now))
+            }
+        }
+    }
+
+    /// Finish what a reload asked for once the old worker has stopped.
+    private func settlePending() {
+        for name in order {
+            guard let w = workers[name], w.machine.isSettled else { continue }
+            if w.removeWhenStopped {
+                workers[name] = nil
+                order.removeAll { $0 == name }
+            } else if w.restartWhenStopped && !shuttingDown {
+                workers[name]!.restartWhenStopped = false
+                execute(name, workers[name]!.machine.startRequested())
+            }
+        }
+    }
+
+    // MARK: - actions
+
+    private func execute(_ name: String, _ actions: [WorkerStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .spawn:
+                spawn(name)
+            case .signal(_, let sig):
+                workers[name]?.child?.signal(sig)
+            case .scheduleWake:
+                break  // the loop derives its poll timeout from every machine's nextWake
+            case .log(let text):
+                logger.info("worker \(text)", metadata: ["table": "\(name)"])
+            }
+        }
+    }
+
+    private func spawn(_ name: String) {
+        guard let worker = workers[name] else { return }
+        let now = monotonicSeconds()
+        do {
+            let line = try WorkerConfig(table: name, config: config).encodedLine()
+            let child = try ChildProcess.spawn(path: workerPath, table: name, configLine: line, environment: Self.workerEnvironment())
+            workers[name]!.child = child
+            logger.info("worker started", metadata: ["table": "\(name)", "worker_pid": "\(child.pid)"])
+            execute(name, workers[name]!.machine.spawned(pid: child.pid, now: now))
+        } catch {
+            logger.error("cannot start worker: \(error)", metadata: ["table": "\(name)"])
+            execute(name, workers[name]!.machine.spawnFailed(error: "\(error)", now: now, unit: Double.random(in: 0..<1)))
+        }
+        _ = worker
+    }
+
+    /// The supervisor's environment minus what the worker must not see or use: configuration
+    /// variables (secrets travel on stdin) and systemd's notification socket (only the main
+    /// process notifies).
+    static func workerEnvironment() -> [String] {
+        ProcessInfo.processInfo.environment
+            .filter { key, _ in
+                !key.hasPrefix("ATOMIC_DATA_PUBLISHER_") && !["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY", "LISTEN_FDS", "LISTEN_PID"].contains(key)
+            }
+            .map { "\($0.key)=\($0.value)" }
+    }
+
+    // MARK: - reporting
+
+    private func publishSnapshot() {
+        var snapshot = ServiceSnapshot()
+        snapshot.startedAt = startedAt
+        snapshot.malformedLines = malformedLines + order.reduce(0) { $0 + (workers[$1]?.child?.malformedLines ?? 0) }
+        snapshot.stopping = shuttingDown
+        for name in order {
+            guard let w = workers[name] else { continue }
+            snapshot.tables.append(.init(name: name, schema: w.table.schema, state: w.machine.state.name, pid: w.machine.pid,
+                                         restarts: w.machine.restarts, lastExit: w.machine.lastExit?.description,
+                                         lastError: w.machine.lastError, stats: w.stats.combined))
+        }
+        let allSettledOrRunning = order.allSatisfy {
+            let state = workers[$0]!.machine.state
+            if case .running = state { return true }
+            if case .failed = state { return true }
+            return false
+        }
+        snapshot.ready = readyNotified || allSettledOrRunning
+        store.publish(snapshot)
+
+        let now = monotonicSeconds()
+        let summary = snapshot.summary
+        if !readyNotified && allSettledOrRunning && !shuttingDown {
+            readyNotified = true
+            notifier.ready(status: summary)
+            logger.notice("ready: every worker is running", metadata: ["status": "\(summary)"])
+            lastStatus = summary
+            lastStatusAt = now
+        } else if summary != lastStatus && now - lastStatusAt >= 1 {
+            notifier.status(summary)
+            lastStatus = summary
+            lastStatusAt = now
+        }
+    }
+}
