@@ -67,6 +67,8 @@ final class TableWorker {
                 let processed = try processBatch(db)
                 if processed > 0 {
                     idleDelay = 0
+                    // Fresh figures for /metrics soon after work, without a line per batch.
+                    if monotonicSeconds() - lastStatsAt >= 0.1 { emitStats() }
                 } else {
                     // Adaptive polling: right away while there is work, then backing off from
                     // 10 ms to the polling interval while idle.

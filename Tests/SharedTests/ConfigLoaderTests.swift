@@ -514,7 +514,7 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertFalse(ConfigLoader.isValidIdentifier("hötspots"))
     }
 
-    func testValidate_duplicateTableInOneSchema_failsButSameNameInAnotherSchemaPasses() throws {
+    func testValidate_duplicateTableName_failsEvenInAnotherSchema() throws {
         let error = try validationError { $0.service.watchedTables.append(Self.hotspots) }
         XCTAssertEqual(error.key, "service.watched_tables[1].name")
         XCTAssertTrue(error.problem.contains("service.watched_tables[0]"), error.problem)
@@ -523,7 +523,10 @@ final class ConfigLoaderTests: XCTestCase {
         var other = Self.hotspots
         other.schema = "archive"
         config.service.watchedTables.append(other)
-        XCTAssertNoThrow(try ConfigLoader.validate(config))
+        // Workers, metrics and logs name a table by its name alone.
+        XCTAssertThrowsError(try ConfigLoader.validate(config)) { error in
+            XCTAssertTrue("\(error)".contains("unique across schemas"), "\(error)")
+        }
     }
 
     func testValidate_tableShape_fails() throws {
