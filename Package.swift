@@ -50,6 +50,7 @@ let package = Package(
         ),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "Shared"]),
+        .testTarget(name: "TableWorkerTests", dependencies: ["TableWorker", "Shared"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Shared"],

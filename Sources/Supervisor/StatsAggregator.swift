@@ -14,6 +14,7 @@ struct TableStats: Sendable {
         s.changesProcessed += finished.changesProcessed
         s.changesPublished += finished.changesPublished
         s.publishFailures += finished.publishFailures
+        s.publishSuccesses += finished.publishSuccesses
         s.retries += finished.retries
         s.queryErrors += finished.queryErrors
         s.deadLettered += finished.deadLettered
@@ -26,6 +27,8 @@ struct TableStats: Sendable {
             s.circuitBreaker = "unknown"
             s.backlog = finished.backlog
             s.oldestChangeAgeSeconds = finished.oldestChangeAgeSeconds
+            s.deadLetters = finished.deadLetters
+            s.oldestDeadLetterAgeSeconds = finished.oldestDeadLetterAgeSeconds
             s.inFlight = 0
         }
         return s
@@ -41,6 +44,8 @@ struct TableStats: Sendable {
         var folded = combined
         folded.backlog = current.backlog
         folded.oldestChangeAgeSeconds = current.oldestChangeAgeSeconds
+        folded.deadLetters = current.deadLetters
+        folded.oldestDeadLetterAgeSeconds = current.oldestDeadLetterAgeSeconds
         finished = folded
         self.current = nil
     }

@@ -95,12 +95,23 @@ struct ChangeFeed {
             """, [Self.array(ids), String(error.prefix(2000))])
     }
 
-    /// Backlog size and the age of the oldest waiting change.
-    func backlog(_ db: PostgresConnection) throws(PostgresError) -> (count: Int, oldestAgeSeconds: Double) {
+    struct Backlog {
+        var count = 0
+        var oldestAgeSeconds = 0.0
+        var deadLetters = 0
+        var oldestDeadLetterAgeSeconds = 0.0
+    }
+
+    /// Backlog and dead letters with the age of the oldest of each, in one round trip.
+    func backlog(_ db: PostgresConnection) throws(PostgresError) -> Backlog {
         let r = try db.execute("""
-            SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0)::float8 FROM \(schema.changesTable)
+            SELECT (SELECT count(*) FROM \(schema.changesTable)),
+                   coalesce((SELECT extract(epoch FROM clock_timestamp() - min(changed_at)) FROM \(schema.changesTable)), 0)::float8,
+                   (SELECT count(*) FROM \(schema.failedTable)),
+                   coalesce((SELECT extract(epoch FROM clock_timestamp() - min(failed_at)) FROM \(schema.failedTable)), 0)::float8
             """)
-        return (Int(r[0, 0] ?? "0") ?? 0, Double(r[0, 1] ?? "0") ?? 0)
+        return Backlog(count: Int(r[0, 0] ?? "0") ?? 0, oldestAgeSeconds: Double(r[0, 1] ?? "0") ?? 0,
+                       deadLetters: Int(r[0, 2] ?? "0") ?? 0, oldestDeadLetterAgeSeconds: Double(r[0, 3] ?? "0") ?? 0)
     }
 
     static func array(_ ids: [Int64]) -> String {

@@ -35,6 +35,7 @@ final class TableWorker {
     private var lastBacklogAt = 0.0
     private var stopRequested = false
     private var idleDelay = 0.0
+    private var breaker: CircuitBreaker
     private var random = SystemRandomNumberGenerator()
     private static let statementName = "adp_atomic_data"
 
@@ -44,6 +45,8 @@ final class TableWorker {
         self.supervised = supervised
         self.logger = logger
         feed = ChangeFeed(table: table)
+        breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
+                                 resetSeconds: config.ingestor.circuitBreakerResetSeconds)
         query = AtomicDataQuery(table.atomicDataQuery)
         http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
@@ -62,6 +65,11 @@ final class TableWorker {
                 emitStatsIfDue()
                 guard let db, db.isConnected else {
                     try reconnect()
+                    continue
+                }
+                if let wait = breaker.waitTime(now: monotonicSeconds()), wait > 0 {
+                    // Open breaker: send nothing; the changes wait safely in the tracking table.
+                    try pause(min(wait, 1.0))
                     continue
                 }
                 let processed = try processBatch(db)
@@ -183,16 +191,15 @@ final class TableWorker {
 
         var requests: [HTTPRequest] = []
         var published: [KeyChanges] = []
-        var acked: [Int64] = []
-        var failures: [(KeyChanges, String, permanent: Bool, retryAfter: Double?)] = []
+        var failures: [Failure] = []
         let now = Date()
         for group in groups {
             let data: String
             switch atomicData[group.primaryKey] {
             case .failure(let error):
                 stats.queryErrors += 1
-                logger.warning("atomic data query failed", metadata: ["primary_key": "\(group.primaryKey)", "error": "\(error)"])
-                failures.append((group, "atomic data query failed: \(error)", true, nil))
+                logger.warning("atomic data query failed", metadata: ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)", "error": "\(error)"])
+                failures.append(Failure(group: group, error: "atomic data query failed: \(error)", permanent: true, retryAfter: nil))
                 continue
             case .success(let json):
                 data = json
@@ -211,60 +218,174 @@ final class TableWorker {
             requests.append(HTTPRequest(url: endpointURL, headers: headers, body: payload.body))
             published.append(group)
         }
+        try settle(db, acked: [], failures: failures)
 
-        stats.inFlight = min(requests.count, config.service.maxConcurrentPublishes)
-        let responses = http.perform(requests, maxConcurrent: config.service.maxConcurrentPublishes) { [self] in
-            if stopRequested { return true }
-            stopRequested = !Signals.take().intersection([.term, .int]).isEmpty
-            return stopRequested
-        }
-        stats.inFlight = 0
-        for (group, response) in zip(published, responses) {
-            switch response {
-            case .success(let r) where r.isSuccess:
-                stats.publish.record(r.seconds)
-                stats.changesPublished += group.rows.count
-                acked.append(contentsOf: group.ids)
-                logger.debug("published", metadata: ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)", "http_status": "\(r.status)"])
-            case .success(let r):
-                stats.publish.record(r.seconds)
-                stats.publishFailures += 1
-                let transient = r.status >= 500 || r.status == 408 || r.status == 429
-                let retryAfter = (r.status == 429 || r.status == 503) ? r.headers["retry-after"].flatMap(Double.init) : nil
-                let snippet = String(r.bodyText.prefix(200))
-                logger.warning("ingestor rejected payload", metadata: ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)", "http_status": "\(r.status)"])
-                failures.append((group, "HTTP \(r.status) from ingestor: \(snippet)", !transient, retryAfter))
-            case .failure(let error):
-                stats.publishFailures += 1
-                logger.warning("ingestor unreachable", metadata: ["primary_key": "\(group.primaryKey)", "error": "\(error)"])
-                failures.append((group, "ingestor request failed: \(error)", false, nil))
-            }
-        }
-
-        do {
-            try feed.delete(db, ids: acked)
-            for failure in failures {
-                let attempts = failure.0.attempts + 1
-                if failure.permanent && attempts >= config.service.deadLetterAfterAttempts {
-                    try feed.deadLetter(db, ids: failure.0.ids, error: failure.1)
-                    stats.deadLettered += failure.0.rows.count
-                    logger.error("change moved to dead letters", metadata: ["primary_key": "\(failure.0.primaryKey)", "change_id": "\(failure.0.latest.id)", "error": "\(failure.1)"])
-                } else {
-                    let backoff = Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds)
-                    let delay = failure.retryAfter.map { min($0, config.ingestor.maxRetryDelaySeconds) }
-                        ?? backoff.delay(attempt: failure.0.attempts, unit: Double.random(in: 0..<1, using: &random))
-                    try feed.reschedule(db, ids: failure.0.ids, error: failure.1, afterSeconds: delay)
-                    stats.retries += 1
+        // Publish rounds: the first attempt, then up to max_retries immediate retries of the
+        // transient failures with full-jitter backoff. Successes are acknowledged after every
+        // round, so a slow retry never holds back what already went through. What is still
+        // failing after the last round is rescheduled in the table.
+        var pending = Array(requests.indices)
+        var round = 0
+        while !pending.isEmpty {
+            let permits = breaker.permits(now: monotonicSeconds())
+            noteBreaker()
+            if permits == 0 { break }  // open: the rest waits, untouched, in the tracking table
+            let sending = permits.map { Array(pending.prefix($0)) } ?? pending
+            stats.inFlight = min(sending.count, config.service.maxConcurrentPublishes)
+            var acked: [Int64] = []
+            var finalFailures: [Failure] = []
+            var retry: [Int] = []
+            var retryAfter: Double?
+            var attempted: Set<Int> = []
+            _ = http.perform(sending.map { requests[$0] }, maxConcurrent: config.service.maxConcurrentPublishes, shouldAbort: { [self] in
+                if stopRequested { return true }
+                stopRequested = !Signals.take().intersection([.term, .int]).isEmpty
+                return stopRequested
+            }, onComplete: { [self] position, response in
+                let index = sending[position]
+                let group = published[index]
+                attempted.insert(index)
+                switch classify(response, group: group) {
+                case .success:
+                    breaker.recordSuccess()
+                    stats.publishSuccesses += 1
+                    stats.changesPublished += group.rows.count
+                    acked.append(contentsOf: group.ids)
+                case .aborted:
+                    break  // shutting down: the rows stay and are published after the restart
+                case .failed(let failure):
+                    stats.publishFailures += 1
+                    if failure.permanent {
+                        finalFailures.append(failure)
+                    } else {
+                        breaker.recordTransientFailure(now: monotonicSeconds())
+                        if round < config.ingestor.maxRetries && !stopRequested {
+                            retry.append(index)
+                            if let after = failure.retryAfter { retryAfter = max(retryAfter ?? 0, after) }
+                        } else {
+                            finalFailures.append(failure)
+                        }
+                        lastFailure[index] = failure
+                    }
+                }
+                // An open breaker stops the rest of the round from being sent at all.
+                if case .open = breaker.state { return false }
+                return true
+            })
+            stats.inFlight = 0
+            noteBreaker()
+            try settle(db, acked: acked, failures: finalFailures)
+            if stopRequested { break }
+            let untouched = pending.filter { !attempted.contains($0) }
+            pending = retry + untouched
+            if !retry.isEmpty {
+                round += 1
+                stats.retries += retry.count
+                let backoff = Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds)
+                let delay = retryAfter.map { min($0, config.ingestor.maxRetryDelaySeconds) }
+                    ?? backoff.fullJitter(attempt: round - 1, unit: Double.random(in: 0..<1, using: &random))
+                do {
+                    try pause(delay)
+                } catch {
+                    try settle(db, acked: [], failures: retry.compactMap { lastFailure[$0] })
+                    throw error
                 }
             }
-        } catch {
-            try databaseFailed(error)
-            return 0
+            if case .open = breaker.state {
+                // Opened during this round: what was retrying is rescheduled, the rest untouched.
+                try settle(db, acked: [], failures: retry.compactMap { lastFailure[$0] })
+                break
+            }
         }
-        if !acked.isEmpty { stats.lastPublishAt = Timestamp.iso8601(Date()) }
+        lastFailure.removeAll()
         stats.batch.record(monotonicSeconds() - started)
         if stopRequested { throw Stop.requested }
         return rows.count
+    }
+
+    struct Failure {
+        var group: KeyChanges
+        var error: String
+        var permanent: Bool
+        var retryAfter: Double?
+    }
+
+    private enum Outcome {
+        case success
+        case aborted
+        case failed(Failure)
+    }
+
+    private var lastFailure: [Int: Failure] = [:]
+
+    /// Transport errors, timeouts, 5xx, 408 and 429 are transient; other non-2xx are permanent
+    /// for that payload.
+    private func classify(_ response: Result<HTTPResponse, HTTPTransportError>, group: KeyChanges) -> Outcome {
+        let meta: Logger.Metadata = ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)"]
+        switch response {
+        case .success(let r) where r.isSuccess:
+            stats.publish.record(r.seconds)
+            stats.lastPublishAt = Timestamp.iso8601(Date())
+            logger.debug("published", metadata: meta.merging(["http_status": "\(r.status)"]) { a, _ in a })
+            return .success
+        case .success(let r):
+            stats.publish.record(r.seconds)
+            let transient = r.status >= 500 || r.status == 408 || r.status == 429
+            let retryAfter = (r.status == 429 || r.status == 503) ? r.headers["retry-after"].flatMap { Double($0.trimmingCharacters(in: .whitespaces)) } : nil
+            logger.warning("ingestor rejected payload", metadata: meta.merging(["http_status": "\(r.status)"]) { a, _ in a })
+            return .failed(Failure(group: group, error: "HTTP \(r.status) from ingestor: \(String(r.bodyText.prefix(200)))", permanent: !transient, retryAfter: retryAfter))
+        case .failure(let error) where error.message == "aborted by shutdown" || error.code == HTTPClient.notSentCode:
+            return .aborted
+        case .failure(let error):
+            logger.warning("ingestor request failed", metadata: meta.merging(["error": "\(error)"]) { a, _ in a })
+            return .failed(Failure(group: group, error: "ingestor request failed: \(error)", permanent: false, retryAfter: nil))
+        }
+    }
+
+    /// Acknowledge successes (delete by tracking id) and record failures: rescheduled with
+    /// backoff, or moved to the dead letters once a permanent failure has been seen
+    /// `dead_letter_after_attempts` times.
+    private func settle(_ db: PostgresConnection, acked: [Int64], failures: [Failure]) throws {
+        if let error = record(db, acked: acked, failures: failures) {
+            // The rows stay as they were: published again after reconnecting (at least once).
+            try databaseFailed(error)
+        }
+    }
+
+    private func record(_ db: PostgresConnection, acked: [Int64], failures: [Failure]) -> PostgresError? {
+        do {
+            try feed.delete(db, ids: acked)
+        } catch {
+            return error
+        }
+        for failure in failures {
+            let attempts = failure.group.attempts + 1
+            do {
+                if failure.permanent && attempts >= config.service.deadLetterAfterAttempts {
+                    try feed.deadLetter(db, ids: failure.group.ids, error: failure.error)
+                    stats.deadLettered += failure.group.rows.count
+                    logger.error("change moved to dead letters", metadata: ["primary_key": "\(failure.group.primaryKey)", "change_id": "\(failure.group.latest.id)", "error": "\(failure.error)"])
+                } else {
+                    let backoff = Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds)
+                    let delay = failure.retryAfter.map { min($0, config.ingestor.maxRetryDelaySeconds) }
+                        ?? backoff.delay(attempt: failure.group.attempts, unit: Double.random(in: 0..<1, using: &random))
+                    try feed.reschedule(db, ids: failure.group.ids, error: failure.error, afterSeconds: delay)
+                }
+            } catch {
+                return error
+            }
+        }
+        return nil
+    }
+
+    /// Log and export breaker state changes.
+    private func noteBreaker() {
+        let name = breaker.name
+        if name != stats.circuitBreaker {
+            let level: Logger.Level = name == "closed" ? .notice : .warning
+            logger.log(level: level, "circuit breaker \(stats.circuitBreaker) -> \(name)", metadata: ["circuit_breaker": "\(name)"])
+            stats.circuitBreaker = name
+        }
     }
 
     private var endpointURL: String {
@@ -317,6 +438,8 @@ final class TableWorker {
             if let backlog = try? feed.backlog(db) {
                 stats.backlog = backlog.count
                 stats.oldestChangeAgeSeconds = backlog.oldestAgeSeconds
+                stats.deadLetters = backlog.deadLetters
+                stats.oldestDeadLetterAgeSeconds = backlog.oldestDeadLetterAgeSeconds
             }
         }
         emit(.stats(table: table.name, stats: stats))

@@ -82,8 +82,14 @@ public final class HTTPClient: @unchecked Sendable {
         curl_multi_cleanup(multi)
     }
 
-    /// Perform the requests with at most `maxConcurrent` in flight; results come back in request order.
-    public func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool = { false }) -> [Result<HTTPResponse, HTTPTransportError>] {
+    /// The code of a request that was never sent because `onComplete` asked to stop launching.
+    public static let notSentCode = -2
+
+    /// Perform the requests with at most `maxConcurrent` in flight; results come back in request
+    /// order. `onComplete` sees each result as it arrives and returns false to stop launching the
+    /// rest (they come back as `notSentCode` failures); `shouldAbort` gives up on everything.
+    public func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool = { false },
+                        onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool = { _, _ in true }) -> [Result<HTTPResponse, HTTPTransportError>] {
         var results: [Result<HTTPResponse, HTTPTransportError>?] = Array(repeating: nil, count: requests.count)
         var next = 0
         var active: [UnsafeMutableRawPointer: Transfer] = [:]
@@ -132,6 +138,12 @@ public final class HTTPClient: @unchecked Sendable {
                         code: Int(code.rawValue), message: text, isTimeout: code == CURLE_OPERATION_TIMEDOUT))
                 }
                 checkin(transfer)
+                if let result = results[transfer.index], !onComplete(transfer.index, result) {
+                    for index in next..<requests.count {
+                        results[index] = .failure(HTTPTransportError(code: Self.notSentCode, message: "not sent", isTimeout: false))
+                    }
+                    next = requests.count
+                }
             }
             if shouldAbort() {
                 // Shutting down: give up on what is in flight. Nothing was acknowledged, so the

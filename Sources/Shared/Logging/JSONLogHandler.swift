@@ -102,12 +102,34 @@ public func writeAll(fd: Int32, _ bytes: [UInt8]) {
 
 public enum LogSetup {
     /// Bootstrap swift-log once per process. `level` is validated by the config loader.
-    public static func bootstrap(level: String, format: LogFormat, metadata: Logger.Metadata = [:]) {
+    /// `identifier` is the journal's SYSLOG_IDENTIFIER; by default the program's name, as
+    /// syslog(3) and libsystemd do (atomic-data-publisher, atomic-data-table-worker).
+    public static func bootstrap(level: String, format: LogFormat, metadata: Logger.Metadata = [:],
+                                 identifier: String = programName) {
         let parsed = Logger.Level(rawValue: level) ?? .info
+        let resolved = resolve(format, environment: ProcessInfo.processInfo.environment)
         LoggingSystem.bootstrap { label in
-            var handler = JSONLogHandler(label: label, level: parsed)
+            var handler: any LogHandler
+            switch resolved {
+            case .journal: handler = JournalLogHandler(label: label, identifier: identifier, level: parsed)
+            case .text: handler = TextLogHandler(label: label, level: parsed)
+            case .json, .auto: handler = JSONLogHandler(label: label, level: parsed)
+            }
             handler.metadata = metadata
             return handler
         }
+    }
+
+    /// `auto` becomes `journal` when stderr is the journal's stream (we run under systemd with
+    /// StandardError=journal), else `json`; the other formats are taken as configured.
+    public static func resolve(_ format: LogFormat, environment: [String: String]) -> LogFormat {
+        guard format == .auto else { return format }
+        return JournalLogHandler.stderrIsJournal(environment: environment) ? .journal : .json
+    }
+
+    /// The last path component of argv[0] (program_invocation_short_name).
+    public static var programName: String {
+        guard let first = CommandLine.arguments.first, !first.isEmpty else { return "atomic-data-publisher" }
+        return (first as NSString).lastPathComponent
     }
 }

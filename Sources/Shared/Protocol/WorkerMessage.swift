@@ -30,12 +30,17 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     public var changesProcessed = 0
     public var changesPublished = 0
     public var publishFailures = 0
+    /// Requests the ingestor acknowledged with a 2xx (one per key, covering one or more changes).
+    public var publishSuccesses = 0
     public var retries = 0
     public var queryErrors = 0
     public var deadLettered = 0
     public var backlog = 0
     public var oldestChangeAgeSeconds = 0.0
     public var inFlight = 0
+    /// Rows waiting in the dead-letter table, and the age of the oldest.
+    public var deadLetters = 0
+    public var oldestDeadLetterAgeSeconds = 0.0
     public var query = LatencySummary()
     public var publish = LatencySummary()
     public var batch = LatencySummary()
@@ -47,9 +52,9 @@ public struct WorkerStats: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case changesProcessed = "changes_processed", changesPublished = "changes_published"
-        case publishFailures = "publish_failures", retries, queryErrors = "query_errors"
+        case publishFailures = "publish_failures", publishSuccesses = "publish_successes", retries, queryErrors = "query_errors"
         case deadLettered = "dead_lettered", backlog, oldestChangeAgeSeconds = "oldest_change_age_seconds"
-        case inFlight = "in_flight", query, publish, batch, circuitBreaker = "circuit_breaker", database
+        case inFlight = "in_flight", deadLetters = "dead_letters", oldestDeadLetterAgeSeconds = "oldest_dead_letter_age_seconds", query, publish, batch, circuitBreaker = "circuit_breaker", database
         case lastPublishAt = "last_publish_at"
     }
 }

@@ -40,13 +40,13 @@ extension ServiceSnapshot {
     }
 
     private func counters(_ s: WorkerStats) -> [String: Any] {
-        let attempts = s.changesPublished + s.publishFailures
+        let attempts = s.publishSuccesses + s.publishFailures
         return [
             "changes_processed": s.changesProcessed, "changes_published": s.changesPublished,
             "publish_failures": s.publishFailures, "retries": s.retries, "query_errors": s.queryErrors,
             "dead_lettered": s.deadLettered, "backlog": s.backlog, "oldest_change_age_seconds": s.oldestChangeAgeSeconds,
-            "in_flight": s.inFlight,
-            "ingestor_success_rate": attempts == 0 ? 1.0 : Double(s.publish.count - s.publishFailures) / Double(max(1, s.publish.count)),
+            "in_flight": s.inFlight, "dead_letters": s.deadLetters, "oldest_dead_letter_age_seconds": s.oldestDeadLetterAgeSeconds,
+            "ingestor_success_rate": attempts == 0 ? 1.0 : Double(s.publishSuccesses) / Double(attempts), "publish_successes": s.publishSuccesses,
             "query_seconds": latency(s.query), "publish_seconds": latency(s.publish), "batch_seconds": latency(s.batch),
         ]
     }
@@ -63,11 +63,14 @@ extension ServiceSnapshot {
             totals.changesProcessed += t.stats.changesProcessed
             totals.changesPublished += t.stats.changesPublished
             totals.publishFailures += t.stats.publishFailures
+            totals.publishSuccesses += t.stats.publishSuccesses
             totals.retries += t.stats.retries
             totals.queryErrors += t.stats.queryErrors
             totals.deadLettered += t.stats.deadLettered
             totals.backlog += t.stats.backlog
             totals.inFlight += t.stats.inFlight
+            totals.deadLetters += t.stats.deadLetters
+            totals.oldestDeadLetterAgeSeconds = max(totals.oldestDeadLetterAgeSeconds, t.stats.oldestDeadLetterAgeSeconds)
             totals.oldestChangeAgeSeconds = max(totals.oldestChangeAgeSeconds, t.stats.oldestChangeAgeSeconds)
             for (dst, src) in [(\WorkerStats.query, t.stats.query), (\WorkerStats.publish, t.stats.publish), (\WorkerStats.batch, t.stats.batch)] {
                 totals[keyPath: dst].count += src.count
@@ -107,12 +110,15 @@ extension ServiceSnapshot {
         family("changes_processed_total", "counter", "Tracking rows read and processed.", perTable { Double($0.stats.changesProcessed) })
         family("changes_published_total", "counter", "Tracking rows acknowledged by the ingestor.", perTable { Double($0.stats.changesPublished) })
         family("publish_failures_total", "counter", "Publishes that failed (transport error or non-2xx).", perTable { Double($0.stats.publishFailures) })
+        family("publish_successes_total", "counter", "Publishes the ingestor acknowledged with a 2xx.", perTable { Double($0.stats.publishSuccesses) })
         family("retries_total", "counter", "Changes rescheduled after a failure.", perTable { Double($0.stats.retries) })
         family("query_errors_total", "counter", "Atomic data queries that failed for a key.", perTable { Double($0.stats.queryErrors) })
         family("dead_lettered_total", "counter", "Changes moved to the dead-letter table.", perTable { Double($0.stats.deadLettered) })
         family("backlog_changes", "gauge", "Tracking rows waiting to be published.", perTable { Double($0.stats.backlog) })
         family("oldest_change_age_seconds", "gauge", "Age of the oldest unpublished change.", perTable { $0.stats.oldestChangeAgeSeconds })
         family("in_flight_requests", "gauge", "Ingestor requests in flight.", perTable { Double($0.stats.inFlight) })
+        family("dead_letters", "gauge", "Changes waiting in the dead-letter table.", perTable { Double($0.stats.deadLetters) })
+        family("oldest_dead_letter_age_seconds", "gauge", "Age of the oldest dead letter.", perTable { $0.stats.oldestDeadLetterAgeSeconds })
         family("worker_up", "gauge", "1 when the table's worker is running.", perTable { $0.up ? 1 : 0 })
         family("worker_restarts_total", "counter", "Worker restarts by the supervisor.", perTable { Double($0.restarts) })
         family("database_up", "gauge", "1 when the worker's database connection is up.", perTable { $0.stats.database == "up" ? 1 : 0 })
