@@ -103,7 +103,8 @@ public struct TrackingSchema: Sendable {
         body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
         body += "    END IF;\n"
         return """
-        CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql AS $adp$
+        CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $adp$
         BEGIN
         \(body)    RETURN NULL;
         END
@@ -187,16 +188,23 @@ extension TrackingSchema {
         try db.execute("BEGIN")
         do {
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
-            try db.executeScript(createTablesSQL)
+            // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
+            // exists, so a least-privilege role can run against objects a DBA created.
+            let existing = try db.execute("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL",
+                                          [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))"])
+            if existing[0, 0] != "t" {
+                try db.executeScript(createTablesSQL)
+            }
             let current = try db.execute("""
                 SELECT p.prosrc, pg_get_triggerdef(t.oid)
                 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
                 WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2
                 """, [watchedTable, Self.triggerName])
+            // The trigger function runs as its owner (SECURITY DEFINER), so the application's
+            // own roles need no grants on the tracking table.
             let functionNow = try db.execute(
-                "SELECT p.prosrc FROM pg_proc p WHERE p.oid = to_regprocedure($1)", [function + "()"])
-            let wantedBody = functionBody
-            if functionNow.rows.first?[0] != wantedBody {
+                "SELECT p.prosrc, p.prosecdef FROM pg_proc p WHERE p.oid = to_regprocedure($1)", [function + "()"])
+            if functionNow.rows.first?[0] != functionBody || functionNow.rows.first?[1] != "t" {
                 try db.executeScript(createFunctionSQL)
             }
             var changed = false
