@@ -100,6 +100,8 @@ struct ChangeFeed {
         var oldestAgeSeconds = 0.0
         var deadLetters = 0
         var oldestDeadLetterAgeSeconds = 0.0
+        /// False once the watched table, or our trigger on it, has been dropped under us.
+        var capturing = true
     }
 
     /// Backlog and dead letters with the age of the oldest of each, in one round trip.
@@ -108,10 +110,12 @@ struct ChangeFeed {
             SELECT (SELECT count(*) FROM \(schema.changesTable)),
                    coalesce((SELECT extract(epoch FROM clock_timestamp() - min(changed_at)) FROM \(schema.changesTable)), 0)::float8,
                    (SELECT count(*) FROM \(schema.failedTable)),
-                   coalesce((SELECT extract(epoch FROM clock_timestamp() - min(failed_at)) FROM \(schema.failedTable)), 0)::float8
-            """)
+                   coalesce((SELECT extract(epoch FROM clock_timestamp() - min(failed_at)) FROM \(schema.failedTable)), 0)::float8,
+                   EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)
+            """, [schema.watchedTable, TrackingSchema.triggerName])
         return Backlog(count: Int(r[0, 0] ?? "0") ?? 0, oldestAgeSeconds: Double(r[0, 1] ?? "0") ?? 0,
-                       deadLetters: Int(r[0, 2] ?? "0") ?? 0, oldestDeadLetterAgeSeconds: Double(r[0, 3] ?? "0") ?? 0)
+                       deadLetters: Int(r[0, 2] ?? "0") ?? 0, oldestDeadLetterAgeSeconds: Double(r[0, 3] ?? "0") ?? 0,
+                       capturing: r[0, 4] == "t")
     }
 
     static func array(_ ids: [Int64]) -> String {

@@ -58,11 +58,11 @@ final class TableWorker {
         do {
             try connectAndPrepare()
             emit(.ready(table: table.name, pid: getpid()))
-            emitStats()
+            try emitStats()
             logger.info("worker ready", metadata: ["database": "\(ConnectionParameters(config.database, applicationName: "").safeDescription)"])
             while true {
                 try checkStop()
-                emitStatsIfDue()
+                try emitStatsIfDue()
                 guard let db, db.isConnected else {
                     try reconnect()
                     continue
@@ -76,7 +76,7 @@ final class TableWorker {
                 if processed > 0 {
                     idleDelay = 0
                     // Fresh figures for /metrics soon after work, without a line per batch.
-                    if monotonicSeconds() - lastStatsAt >= 0.1 { emitStats() }
+                    if monotonicSeconds() - lastStatsAt >= 0.1 { try emitStats() }
                 } else {
                     // Adaptive polling: right away while there is work, then backing off from
                     // 10 ms to the polling interval while idle.
@@ -85,7 +85,7 @@ final class TableWorker {
                 }
             }
         } catch Stop.requested {
-            emitStats()
+            try? emitStats()
             logger.info("worker stopped")
             return ExitStatus.clean
         } catch let Stop.permanent(message) {
@@ -136,7 +136,7 @@ final class TableWorker {
         db?.close()
         db = nil
         stats.database = "down"
-        emitStats()
+        try emitStats()
         try connectAndPrepare()
     }
 
@@ -409,7 +409,7 @@ final class TableWorker {
         let deadline = monotonicSeconds() + seconds
         while true {
             try checkStop()
-            emitStatsIfDue()
+            try emitStatsIfDue()
             let left = deadline - monotonicSeconds()
             if left <= 0 { return }
             var fds = [Signals.wakeFD]
@@ -427,19 +427,26 @@ final class TableWorker {
         }
     }
 
-    private func emitStatsIfDue() {
-        if monotonicSeconds() - lastStatsAt >= 1.0 { emitStats() }
+    /// Stats at least once a second; also notices a watched table or trigger dropped under us.
+    private func emitStatsIfDue() throws {
+        if monotonicSeconds() - lastStatsAt >= 1.0 { try emitStats() }
     }
 
-    private func emitStats() {
+    private func emitStats() throws {
         lastStatsAt = monotonicSeconds()
         if let db, db.isConnected, lastStatsAt - lastBacklogAt >= 1.0 {
             lastBacklogAt = lastStatsAt
-            if let backlog = try? feed.backlog(db) {
+            switch Result(catching: { () throws(PostgresError) in try feed.backlog(db) }) {
+            case .success(let backlog):
                 stats.backlog = backlog.count
                 stats.oldestChangeAgeSeconds = backlog.oldestAgeSeconds
                 stats.deadLetters = backlog.deadLetters
                 stats.oldestDeadLetterAgeSeconds = backlog.oldestDeadLetterAgeSeconds
+                if !backlog.capturing {
+                    throw Stop.permanent("the watched table \(table.qualifiedName) or its capture trigger \(TrackingSchema.triggerName) no longer exists: changes are not being recorded; restore it and run setup, or send SIGHUP to re-install")
+                }
+            case .failure(let error):
+                if !error.isConnectionLost { try databaseFailed(error) }
             }
         }
         emit(.stats(table: table.name, stats: stats))
