@@ -16,7 +16,7 @@ import Shared
 final class Supervisor {
     private struct Worker {
         var table: WatchedTable
-        var machine = WorkerStateMachine()
+        var machine: WorkerStateMachine
         var child: ChildProcess?
         var stats = TableStats()
         /// After the current worker stops: start again (config changed) or forget the table (removed).
@@ -61,7 +61,7 @@ final class Supervisor {
         logger.info("listening for /health and /metrics", metadata: ["address": "\(config.service.healthCheckAddress)", "port": "\(boundPort)"])
         for table in config.service.watchedTables {
             order.append(table.name)
-            workers[table.name] = Worker(table: table)
+            workers[table.name] = Worker(table: table, machine: WorkerStateMachine(policy: restartPolicy))
             execute(table.name, workers[table.name]!.machine.startRequested())
         }
         let watchdogInterval = notifier.watchdogInterval
@@ -92,6 +92,10 @@ final class Supervisor {
         server.stop()
         logger.info("supervisor stopped")
         return ExitStatus.clean
+    }
+
+    private var restartPolicy: RestartPolicy {
+        RestartPolicy(initialDelay: config.service.restartDelaySeconds, maxDelay: config.service.maxRestartDelaySeconds)
     }
 
     // MARK: - events
@@ -139,7 +143,7 @@ final class Supervisor {
             } else {
                 logger.notice("reload: table added, starting its worker", metadata: ["table": "\(table.name)"])
                 order.append(table.name)
-                workers[table.name] = Worker(table: table)
+                workers[table.name] = Worker(table: table, machine: WorkerStateMachine(policy: restartPolicy))
                 execute(table.name, workers[table.name]!.machine.startRequested())
             }
         }

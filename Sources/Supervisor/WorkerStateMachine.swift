@@ -47,6 +47,11 @@ public struct RestartPolicy: Equatable, Sendable {
     public var stableAfter = 60.0
     public init() {}
 
+    public init(initialDelay: Double, maxDelay: Double) {
+        self.initialDelay = initialDelay
+        self.maxDelay = maxDelay
+    }
+
     /// The delay before restart number `failures` (0-based): 1, 2, 4, ... 60 s, each scaled by a
     /// jitter factor in [0.75, 1.25) and never below `initialDelay`.
     public func delay(failures: Int, unit: Double) -> Double {

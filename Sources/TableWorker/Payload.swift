@@ -9,7 +9,8 @@ struct Payload {
     var id: String
     var body: [UInt8]
 
-    static func build(table: WatchedTable, changes: KeyChanges, atomicData: String, now: Date) -> Payload {
+    /// `retryCount`: failed attempts so far, recorded ones (in the tracking table) plus immediate ones.
+    static func build(table: WatchedTable, changes: KeyChanges, atomicData: String, now: Date, retryCount: Int) -> Payload {
         let latest = changes.latest
         let id = "\(table.qualifiedName):\(latest.id)"
         var s = "{\"id\":\(jsonString(id))"
@@ -21,7 +22,7 @@ struct Payload {
         s += ",\"changed_at\":\(jsonString(latest.changedAt))"
         s += ",\"atomic_data\":\(atomicData)"
         s += ",\"metadata\":{\"service_name\":\"atomic-data-publisher\",\"version\":\(jsonString(PublisherVersion.current))"
-        s += ",\"timestamp\":\(jsonString(Timestamp.iso8601(now))),\"retry_count\":\(changes.attempts)}}"
+        s += ",\"timestamp\":\(jsonString(Timestamp.iso8601(now))),\"retry_count\":\(retryCount)}}"
         return Payload(id: id, body: Array(s.utf8))
     }
 }

@@ -189,10 +189,9 @@ final class TableWorker {
             return 0
         }
 
-        var requests: [HTTPRequest] = []
         var published: [KeyChanges] = []
+        var atomicJSON: [String] = []
         var failures: [Failure] = []
-        let now = Date()
         for group in groups {
             let data: String
             switch atomicData[group.primaryKey] {
@@ -206,16 +205,7 @@ final class TableWorker {
             case nil:
                 data = "[]"
             }
-            let payload = Payload.build(table: table, changes: group, atomicData: data, now: now)
-            var headers = [
-                ("Content-Type", "application/json"),
-                ("Idempotency-Key", payload.id),
-                ("User-Agent", PublisherVersion.userAgent),
-            ]
-            if !config.ingestor.authToken.isEmpty {
-                headers.append(("Authorization", "Bearer \(config.ingestor.authToken)"))
-            }
-            requests.append(HTTPRequest(url: endpointURL, headers: headers, body: payload.body))
+            atomicJSON.append(data)
             published.append(group)
         }
         try settle(db, acked: [], failures: failures)
@@ -224,7 +214,7 @@ final class TableWorker {
         // transient failures with full-jitter backoff. Successes are acknowledged after every
         // round, so a slow retry never holds back what already went through. What is still
         // failing after the last round is rescheduled in the table.
-        var pending = Array(requests.indices)
+        var pending = Array(published.indices)
         var round = 0
         while !pending.isEmpty {
             let permits = breaker.permits(now: monotonicSeconds())
@@ -237,7 +227,9 @@ final class TableWorker {
             var retry: [Int] = []
             var retryAfter: Double?
             var attempted: Set<Int> = []
-            _ = http.perform(sending.map { requests[$0] }, maxConcurrent: config.service.maxConcurrentPublishes, shouldAbort: { [self] in
+            let now = Date()
+            let requests = sending.map { request(for: published[$0], atomicData: atomicJSON[$0], now: now, retryCount: published[$0].attempts + round) }
+            _ = http.perform(requests, maxConcurrent: config.service.maxConcurrentPublishes, shouldAbort: { [self] in
                 if stopRequested { return true }
                 stopRequested = !Signals.take().intersection([.term, .int]).isEmpty
                 return stopRequested
@@ -301,6 +293,21 @@ final class TableWorker {
         stats.batch.record(monotonicSeconds() - started)
         if stopRequested { throw Stop.requested }
         return rows.count
+    }
+
+    /// One publish: the payload and headers of DESIGN.md section 5. The id (and Idempotency-Key)
+    /// stays the same across retries; retry_count counts them.
+    private func request(for group: KeyChanges, atomicData: String, now: Date, retryCount: Int) -> HTTPRequest {
+        let payload = Payload.build(table: table, changes: group, atomicData: atomicData, now: now, retryCount: retryCount)
+        var headers = [
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", payload.id),
+            ("User-Agent", PublisherVersion.userAgent),
+        ]
+        if !config.ingestor.authToken.isEmpty {
+            headers.append(("Authorization", "Bearer \(config.ingestor.authToken)"))
+        }
+        return HTTPRequest(url: endpointURL, headers: headers, body: payload.body)
     }
 
     struct Failure {

@@ -60,6 +60,8 @@ struct ConfigField: Sendable {
         ConfigField("service", "health_check_address", .string(\.service.healthCheckAddress)),
         ConfigField("service", "dead_letter_after_attempts", .int(\.service.deadLetterAfterAttempts)),
         ConfigField("service", "shutdown_timeout_seconds", .double(\.service.shutdownTimeoutSeconds)),
+        ConfigField("service", "restart_delay_seconds", .double(\.service.restartDelaySeconds)),
+        ConfigField("service", "max_restart_delay_seconds", .double(\.service.maxRestartDelaySeconds)),
 
         ConfigField("logging", "level", .string(\.logging.level)),
         ConfigField("logging", "format", .logFormat(\.logging.format)),

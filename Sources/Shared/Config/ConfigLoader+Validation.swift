@@ -78,6 +78,10 @@ extension ConfigLoader {
         try nonEmpty(service.healthCheckAddress, "service.health_check_address")
         try atLeast(1, service.deadLetterAfterAttempts, "service.dead_letter_after_attempts")
         try positive(service.shutdownTimeoutSeconds, "service.shutdown_timeout_seconds")
+        try positive(service.restartDelaySeconds, "service.restart_delay_seconds")
+        guard service.maxRestartDelaySeconds >= service.restartDelaySeconds else {
+            throw ConfigError(key: "service.max_restart_delay_seconds", problem: "must be at least service.restart_delay_seconds")
+        }
     }
 
     private static func validateLogging(_ logging: LoggingConfig) throws(ConfigError) {

@@ -47,6 +47,9 @@ public struct ServiceConfig: Codable, Sendable, Equatable {
     public var healthCheckAddress = "0.0.0.0"
     public var deadLetterAfterAttempts = 10
     public var shutdownTimeoutSeconds = 10.0
+    /// The supervisor's first delay before restarting a dead worker; doubles up to the maximum.
+    public var restartDelaySeconds = 1.0
+    public var maxRestartDelaySeconds = 60.0
     public var watchedTables: [WatchedTable] = []
     public init() {}
 }

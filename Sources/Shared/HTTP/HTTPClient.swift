@@ -229,6 +229,8 @@ public final class HTTPClient: @unchecked Sendable {
         transfer.headerList = list
         _ = curlx_setopt_ptr(h, CURLOPT_HTTPHEADER, list)
         if request.method == "GET" {
+            // Pooled handles remember their last method: clear any custom one.
+            _ = curlx_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, nil)
             _ = curlx_setopt_long(h, CURLOPT_HTTPGET, 1)
         } else {
             _ = curlx_setopt_long(h, CURLOPT_POST, 1)

@@ -121,11 +121,20 @@ public enum LogSetup {
     }
 
     /// `auto` becomes `journal` when stderr is the journal's stream (we run under systemd with
-    /// StandardError=journal), else `json`; the other formats are taken as configured.
-    public static func resolve(_ format: LogFormat, environment: [String: String]) -> LogFormat {
-        guard format == .auto else { return format }
-        return JournalLogHandler.stderrIsJournal(environment: environment) ? .journal : .json
+    /// StandardError=journal), else `json`. `journal` without a journald to receive it becomes
+    /// `json`: libsystemd drops entries silently when its socket is missing, and lost logs are
+    /// worse than logs in the other format. `json` and `text` are taken as configured.
+    public static func resolve(_ format: LogFormat, environment: [String: String],
+                               journalAvailable: Bool = access(journalSocketPath, F_OK) == 0) -> LogFormat {
+        switch format {
+        case .auto: JournalLogHandler.stderrIsJournal(environment: environment) ? .journal : .json
+        case .journal: journalAvailable ? .journal : .json
+        case .json, .text: format
+        }
     }
+
+    /// Where journald listens for native entries (sd_journal_sendv writes there).
+    public static let journalSocketPath = "/run/systemd/journal/socket"
 
     /// The last path component of argv[0] (program_invocation_short_name).
     public static var programName: String {

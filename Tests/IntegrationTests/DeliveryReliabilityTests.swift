@@ -1,0 +1,306 @@
+import Foundation
+import Shared
+import Synchronization
+import XCTest
+
+/// DESIGN.md section 5's promise under failure: at least once, latest state wins, per-key order,
+/// and a bad row never blocks the others. Real PostgreSQL, a real ingestor told to fail, real
+/// processes killed with real signals.
+final class DeliveryReliabilityTests: IntegrationTestCase {
+    private var supervisors: [SupervisorProcess] = []
+
+    override func tearDownWithError() throws {
+        for supervisor in supervisors where supervisor.process.isRunning { supervisor.process.stop(timeout: 15) }
+        supervisors.removeAll()
+        try super.tearDownWithError()
+    }
+
+    private let items = WatchedTable(name: "items", changeColumns: ["v"],
+                                     atomicDataQuery: "SELECT id, v FROM items WHERE id = $PRIMARY_KEY",
+                                     publishEndpoint: "/api/v1/items")
+
+    private func itemsSQL(keys: Int) -> String {
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, divisor int NOT NULL DEFAULT 1); INSERT INTO items (id) SELECT g FROM generate_series(1, \(keys)) g;"
+    }
+
+    /// Per key, the `v` of every acknowledged payload in arrival order.
+    private func sequences(_ ingestor: Ingestor) throws -> [String: [Int]] {
+        var result: [String: [Int]] = [:]
+        for request in try ingestor.requests() where request.status == 200 {
+            guard let key = request.body["primary_key"]?.string else { continue }
+            if let v = request.body["atomic_data"]?[0]?["v"]?.int { result[key, default: []].append(v) }
+        }
+        return result
+    }
+
+    private func databaseValues(_ database: TestDatabase) throws -> [String: Int] {
+        Dictionary(uniqueKeysWithValues: try database.execute("SELECT id::text, v FROM items").rows.map { ($0[0]!, Int($0[1]!)!) })
+    }
+
+    private func waitUntilEveryFinalStateArrived(_ database: TestDatabase, _ ingestor: Ingestor, timeout: TimeInterval = 60) throws {
+        let expected = try databaseValues(database).filter { $0.value != 0 }
+        try waitUntil(timeout: timeout, "the ingestor holds the final state of all \(expected.count) changed keys") {
+            let got = try self.sequences(ingestor)
+            return expected.allSatisfy { got[$0.key]?.last == $0.value }
+        }
+        try waitUntilTrackingTableIsEmpty(database, items)
+    }
+
+    private func assertNoKeyWentBackwards(_ ingestor: Ingestor, file: StaticString = #filePath, line: UInt = #line) throws -> (payloads: Int, duplicates: Int) {
+        var payloads = 0
+        var duplicates = 0
+        for (key, values) in try sequences(ingestor) {
+            payloads += values.count
+            for (later, earlier) in zip(values.dropFirst(), values) {
+                XCTAssertGreaterThanOrEqual(later, earlier, "key \(key) went backwards: \(values)", file: file, line: line)
+                if later == earlier { duplicates += 1 }
+            }
+        }
+        return (payloads, duplicates)
+    }
+
+    // MARK: - ingestor outage and circuit breaker
+
+    func testIngestorOutage_503ThenRefusingThenRecovering_deliversEverything_andOnlyProbesWhileTheBreakerIsOpen() throws {
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: 200))
+        let port = try SupervisorProcess.freePort()
+        var ingestor = try Ingestor.start(directory: workDirectory, name: "ingestor-a", port: port)
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [items])
+        config.ingestor.circuitBreakerFailureThreshold = 3
+        config.ingestor.circuitBreakerResetSeconds = 2
+        config.ingestor.maxRetries = 1
+        let worker = try startWorker(table: "items", config: try writeConfig(config))
+        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+
+        // 503 for 10 seconds while changes keep coming.
+        try ingestor.setControl(["status": 503])
+        let outageStart = Date()
+        var round = 0
+        while Date().timeIntervalSince(outageStart) < 10 {
+            round += 1
+            try database.execute("UPDATE items SET v = v + 1 WHERE id % 10 = $1", [String(round % 10)])
+            Thread.sleep(forTimeInterval: 0.25)
+        }
+        let during503 = try ingestor.requests().count
+        // Then the ingestor is gone: connections are refused.
+        ingestor.stop()
+        Thread.sleep(forTimeInterval: 4)
+        for k in 1...5 { try database.execute("UPDATE items SET v = v + 1 WHERE id = $1", [String(k)]) }
+        XCTAssertTrue(worker.process.isRunning, worker.diagnostics())
+        XCTAssertGreaterThan(try database.rowCount("items_changes"), 0, "the changes wait in the tracking table")
+
+        // Recovery on the same port.
+        ingestor = try Ingestor.start(directory: workDirectory, name: "ingestor-b", port: port)
+        let recoveredAt = Date()
+        try waitUntilEveryFinalStateArrived(database, ingestor)
+        let drain = Date().timeIntervalSince(recoveredAt)
+        _ = try assertNoKeyWentBackwards(ingestor)
+
+        // Closed → open after 3 failures (plus what was already in flight: 5), then one probe per
+        // 2 s reset period: 10 s of 503 allow at most 3 + 5 + 10/2 + 1 requests.
+        let bound = 3 + config.service.maxConcurrentPublishes + 6
+        print("ingestor outage: \(during503) requests during 10 s of 503 (bound \(bound)); drained \(String(format: "%.2f", drain)) s after recovery")
+        XCTAssertLessThanOrEqual(during503, bound, "while the breaker is open only probes may be sent")
+        XCTAssertGreaterThanOrEqual(during503, 3, "the breaker opens only after the threshold")
+        let log = worker.process.stderrText()
+        XCTAssertTrue(log.contains("circuit breaker closed -> open"), worker.diagnostics())
+        XCTAssertTrue(log.contains("circuit breaker half_open -> closed"), worker.diagnostics())
+    }
+
+    func testAnIngestorThatNeverAnswers_isCutOffAfterTheTimeout_andCountedAsTransient() throws {
+        let p = try startPipeline(schemaSQL: itemsSQL(keys: 3), tables: [items]) { config in
+            config.ingestor.timeoutSeconds = 1
+            config.ingestor.maxRetries = 0
+            config.ingestor.circuitBreakerFailureThreshold = 1
+            config.ingestor.circuitBreakerResetSeconds = 1
+        }
+        try p.ingestor.setControl(["stall": true])
+        try p.database.execute("UPDATE items SET v = 1 WHERE id = 2")
+        try waitUntil("the worker gives up on the stalled request") {
+            p.worker.process.stderrText().contains("timed out") || p.worker.process.stderrText().contains("Timeout")
+        }
+        let sent = try p.ingestor.requests().first!
+        let failure = p.worker.process.stderrText().split(separator: "\n").first { $0.contains("ingestor request failed") }.map(String.init) ?? ""
+        XCTAssertTrue(failure.contains("(CURLcode 28)"), failure)
+        try waitUntil("the breaker opened on the timeout (a transient failure)") {
+            p.worker.latestStats()?["circuit_breaker"] != "closed" && (p.worker.latestStats()?["publish_failures"]?.int ?? 0) >= 1
+        }
+        XCTAssertGreaterThanOrEqual(try p.database.rowCount("items_changes"), 1)
+        try p.ingestor.setControl(["stall": false])
+        try waitUntil("delivered after the ingestor answers again") {
+            try self.sequences(p.ingestor)["2"]?.last == 1
+        }
+        try waitUntilTrackingTableIsEmpty(p.database, items)
+        _ = sent
+    }
+
+    // MARK: - dead letters
+
+    func testARejectedPayloadAndAFailingQuery_endInDeadLetters_whileOthersFlow_andReplayBringsThemBack() throws {
+        let divided = WatchedTable(name: "items", changeColumns: ["v"],
+                                   atomicDataQuery: "SELECT id, v, 100 / divisor AS ratio FROM items WHERE id = $PRIMARY_KEY",
+                                   publishEndpoint: "/api/v1/items")
+        let p = try startPipeline(schemaSQL: itemsSQL(keys: 100), tables: [divided]) { config in
+            config.service.deadLetterAfterAttempts = 3
+            config.ingestor.retryDelaySeconds = 0.1
+            config.ingestor.maxRetryDelaySeconds = 0.2
+        }
+        p.worker.expectedErrorLogs = ["change moved to dead letters"]
+        try p.ingestor.setControl(["fail_keys": ["13": 400]])
+        try p.database.execute("UPDATE items SET divisor = 0 WHERE id = 7")
+        try p.database.execute("UPDATE items SET v = 1 WHERE id IN (7, 13)")
+        // 1,000 other changes meanwhile.
+        for round in 1...10 {
+            try p.database.execute("UPDATE items SET v = v + 1 WHERE id NOT IN (7, 13)")
+            _ = round
+        }
+        try waitUntil("both bad keys are dead letters") {
+            try p.database.count("SELECT count(DISTINCT primary_key) FROM items_changes_failed") == 2
+        }
+        try waitUntil("the 1,000 other changes are published") {
+            let seq = try self.sequences(p.ingestor)
+            return (1...100).filter { $0 != 7 && $0 != 13 }.allSatisfy { seq[String($0)]?.last == 10 }
+        }
+        try waitUntilTrackingTableIsEmpty(p.database, divided)
+        let errors = Dictionary(uniqueKeysWithValues: try p.database.execute(
+            "SELECT primary_key, last_error, attempts FROM items_changes_failed").rows.map { ($0[0]!, ($0[1] ?? "", Int($0[2]!)!)) })
+        XCTAssertTrue(errors["7"]?.0.contains("division by zero") ?? false, "\(errors)")
+        XCTAssertTrue(errors["13"]?.0.contains("HTTP 400") ?? false, "\(errors)")
+        XCTAssertEqual(errors["13"]?.1, 3)
+        try waitUntil("the dead letters show in the worker's stats") {
+            p.worker.latestStats()?["dead_letters"]?.int == 2 && (p.worker.latestStats()?["dead_lettered"]?.int ?? 0) >= 2
+        }
+
+        // Fix the causes, then replay: both are published.
+        try p.ingestor.setControl(["fail_keys": [String: Int]()])
+        try p.database.execute("UPDATE items SET divisor = 4 WHERE id = 7")
+        let replay = try runPublisher(["--config", p.configURL.path, "replay", "--table", "items", "--all"])
+        XCTAssertEqual(replay.status, 0, replay.output)
+        XCTAssertTrue(replay.output.contains("2 dead letter(s) queued again"), replay.output)
+        try waitUntil("the replayed keys are published") {
+            let seq = try self.sequences(p.ingestor)
+            return seq["7"]?.last == 1 && seq["13"]?.last == 1
+        }
+        try waitUntilTrackingTableIsEmpty(p.database, divided)
+        XCTAssertEqual(try p.database.rowCount("items_changes_failed"), 0)
+        let seven = try p.ingestor.requests().last { $0.body["primary_key"] == "7" && $0.status == 200 }
+        XCTAssertEqual(seven?.body["atomic_data"]?[0]?["ratio"], 25)
+    }
+
+    // MARK: - database outage
+
+    func testPostgresRestartMidStream_losesNothing_andTheWorkerReconnects() throws {
+        guard let data = ProcessInfo.processInfo.environment["ADP_TEST_PGDATA"], let bin = ProcessInfo.processInfo.environment["ADP_TEST_PGBIN"] else {
+            return XCTFail("ADP_TEST_PGDATA and ADP_TEST_PGBIN must name the test server (dev/test exports them)")
+        }
+        let p = try startPipeline(schemaSQL: itemsSQL(keys: 50), tables: [items])
+        p.worker.expectedErrorLogs = []
+        for _ in 1...5 { try p.database.execute("UPDATE items SET v = v + 1") }
+        let restart = try runAsServerOwner(["\(bin)/pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "restart"])
+        XCTAssertEqual(restart.status, 0, restart.output)
+        try p.database.reconnect()
+        for _ in 1...5 { try p.database.execute("UPDATE items SET v = v + 1") }
+        try waitUntilEveryFinalStateArrived(p.database, p.ingestor)
+        XCTAssertTrue(p.worker.process.isRunning)
+        XCTAssertTrue(p.worker.process.stderrText().contains("database connection restored"), p.worker.diagnostics())
+        _ = try assertNoKeyWentBackwards(p.ingestor)
+    }
+
+    // MARK: - crash test
+
+    func testCrashTest_killNineWorkersAndTheSupervisorDuringAWriteStream_losesNothingAndNeverGoesBackwards() throws {
+        let keys = 500, changes = 20_000
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: keys))
+        let ingestor = try startIngestor()
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [items])
+        config.service.healthCheckAddress = "127.0.0.1"
+        config.service.healthCheckPort = try SupervisorProcess.freePort()
+        config.service.batchSize = 200
+        config.service.restartDelaySeconds = 0.1
+        config.service.maxRestartDelaySeconds = 0.5
+        let configURL = try writeConfig(config)
+        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+
+        func launch() throws -> SupervisorProcess {
+            let s = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory,
+                                          name: "supervisor-\(supervisors.count + 1)")
+            supervisors.append(s)
+            try waitUntil("the supervisor's worker runs") { try s.workerPIDs()["items"] != nil }
+            return s
+        }
+        var supervisor = try launch()
+
+        // The writer: 20,000 increments over 500 keys, 10 per transaction, from its own thread.
+        let writerDone = Mutex<(done: Bool, error: String?)>((false, nil))
+        let server = database.config
+        let writer = Thread {
+            do {
+                let db = try PostgresConnection.connect(ConnectionParameters(server, applicationName: "crash-test-writer"))
+                var generator = SystemRandomNumberGenerator()
+                for _ in 0..<(changes / 10) {
+                    try db.execute("BEGIN")
+                    for _ in 0..<10 { try db.execute("UPDATE items SET v = v + 1 WHERE id = $1", [String(Int.random(in: 1...keys, using: &generator))]) }
+                    try db.execute("COMMIT")
+                }
+                writerDone.withLock { $0.done = true }
+            } catch {
+                writerDone.withLock { $0 = (true, "\(error)") }
+            }
+        }
+        writer.start()
+
+        var workerKills = 0
+        var supervisorKilled = false
+        while workerKills < 10 || !writerDone.withLock({ $0.done }) {
+            Thread.sleep(forTimeInterval: Double.random(in: 0.1...0.5))
+            if workerKills == 5 && !supervisorKilled {
+                supervisor.process.send(SIGKILL)
+                supervisorKilled = true
+                _ = supervisor.process.waitForExit(timeout: 5)
+                supervisor = try launch()
+                continue
+            }
+            if workerKills < 10, let pid = try? supervisor.workerPIDs()["items"] {
+                kill(pid, SIGKILL)
+                workerKills += 1
+                try waitUntil("the killed worker is replaced") {
+                    guard let next = try supervisor.workerPIDs()["items"] else { return false }
+                    return next != pid
+                }
+            }
+        }
+        XCTAssertNil(writerDone.withLock { $0.error }, "the writer failed")
+        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
+        let (payloads, duplicates) = try assertNoKeyWentBackwards(ingestor)
+        XCTAssertEqual(try databaseValues(database).values.reduce(0, +), changes)
+        print("crash test: \(changes) changes, \(workerKills) worker kills + 1 supervisor kill: \(payloads) payloads acknowledged, \(duplicates) duplicates (\(String(format: "%.1f", Double(duplicates) / Double(workerKills + 1))) per kill)")
+        XCTAssertEqual(supervisor.process.stop(), .exited(0))
+    }
+
+    // MARK: - helpers
+
+    private func runPublisher(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        try run(try TestEnvironment.binary(named: "atomic-data-publisher").path, arguments)
+    }
+
+    private func runAsServerOwner(_ command: [String]) throws -> (status: Int32, output: String) {
+        if getuid() == 0 { return try run("/usr/sbin/runuser", ["-u", "postgres", "--"] + command) }
+        return try run(command[0], Array(command.dropFirst()))
+    }
+
+    private func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ATOMIC_DATA_PUBLISHER_") }
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

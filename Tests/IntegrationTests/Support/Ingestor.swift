@@ -1,0 +1,118 @@
+import Foundation
+import Shared
+
+/// One publish the ingestor received, as dev/ingestor.py recorded it.
+struct RecordedRequest: CustomStringConvertible {
+    let path: String
+    /// Header names lower-cased.
+    let headers: [String: String]
+    let body: JSON
+    /// What the ingestor answered (0: stalled, no answer).
+    let status: Int
+
+    func header(_ name: String) -> String? { headers[name.lowercased()] }
+
+    var description: String { "\(status) POST \(path) \(body)" }
+}
+
+/// dev/ingestor.py, started for one test on a free port of 127.0.0.1: it records every publish and
+/// answers what its control endpoint says (200 by default).
+final class Ingestor {
+    let process: ManagedProcess
+    let port: Int
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    var baseURL: String { "http://127.0.0.1:\(port)" }
+
+    private init(process: ManagedProcess, port: Int) {
+        self.process = process
+        self.port = port
+    }
+
+    /// Start it and wait until it accepts requests (`GET /_health`).
+    /// `port`: listen on this port (0: any free one), e.g. to come back on the same address after a stop.
+    static func start(directory: URL, name: String = "ingestor", port requestedPort: Int = 0) throws -> Ingestor {
+        let portFile = directory.appendingPathComponent("\(name).port")
+        let process = try ManagedProcess(
+            name: name, executable: try TestEnvironment.python(),
+            arguments: ["-u", TestEnvironment.ingestorScript.path, "--port-file", portFile.path, "--port", String(requestedPort)],
+            workingDirectory: directory, logDirectory: directory)
+        var port: Int?
+        let started = Wait.until(timeout: 15, "\(name) (dev/ingestor.py) wrote its port to \(portFile.path)",
+                                 lastSeen: { process.stderrTail() }) {
+            if let ended = process.termination { throw WaitAborted("it \(ended)") }
+            port = (try? String(contentsOf: portFile, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            return port != nil
+        }
+        guard started, let port else {
+            process.stop(timeout: 2)
+            throw Failure(description: "the ingestor did not start")
+        }
+        let ingestor = Ingestor(process: process, port: port)
+        let healthy = Wait.until(timeout: 15, "\(name) answers GET /_health", lastSeen: { process.stderrTail() }) {
+            if let ended = process.termination { throw WaitAborted("it \(ended)") }
+            return (try? ingestor.call("GET", "/_health").status) == 200
+        }
+        guard healthy else {
+            process.stop(timeout: 2)
+            throw Failure(description: "the ingestor does not answer")
+        }
+        return ingestor
+    }
+
+    /// Every publish received so far, in order of arrival.
+    func requests() throws -> [RecordedRequest] {
+        let response = try call("GET", "/_requests")
+        guard response.status == 200 else { throw Failure(description: "GET /_requests answered \(response.status): \(response.bodyText)") }
+        guard let list = try JSON(parsing: Data(response.body)).array else {
+            throw Failure(description: "GET /_requests did not answer a JSON array: \(response.bodyText)")
+        }
+        return try list.map { item in
+            guard let path = item["path"]?.string, let headers = item["headers"]?.object, let body = item["body"],
+                  let status = item["status"]?.int else {
+                throw Failure(description: "unexpected record from GET /_requests: \(item)")
+            }
+            var lowered: [String: String] = [:]
+            for (name, value) in headers { lowered[name.lowercased()] = value.string ?? value.description }
+            return RecordedRequest(path: path, headers: lowered, body: body, status: status)
+        }
+    }
+
+    /// POST /_control: `["status": 500]`, `["status": 200]`, `["stall": true]`,
+    /// `["fail_keys": ["42": 400]]`, `["retry_after": 2]` (see dev/ingestor.py).
+    func setControl(_ settings: [String: Any]) throws {
+        let body = try JSONSerialization.data(withJSONObject: settings)
+        let response = try call("POST", "/_control", body: Array(body))
+        guard response.status == 200 else { throw Failure(description: "POST /_control answered \(response.status): \(response.bodyText)") }
+    }
+
+    /// DELETE /_requests: forget what was received.
+    func clearRequests() throws {
+        let response = try call("DELETE", "/_requests")
+        guard response.status == 200 else { throw Failure(description: "DELETE /_requests answered \(response.status)") }
+    }
+
+    /// The requests received, one line each, for failure messages.
+    func summary(limit: Int = 20) -> String {
+        guard let all = try? requests() else { return "--- ingestor: GET /_requests failed ---" }
+        let lines = all.suffix(limit).map { "  \($0)" }.joined(separator: "\n")
+        let skipped = all.count > limit ? "  [... \(all.count - limit) earlier]\n" : ""
+        return "--- ingestor received \(all.count) request(s) ---\n\(skipped)\(lines)"
+    }
+
+    func stop() {
+        process.stop(timeout: 5)
+    }
+
+    /// A fresh client per call: a reused `HTTPClient` sends a GET that follows a DELETE as a
+    /// DELETE (see HTTPClientTests), which would wipe the recorded requests.
+    private func call(_ method: String, _ path: String, body: [UInt8] = []) throws -> HTTPResponse {
+        let headers = body.isEmpty ? [] : [("Content-Type", "application/json")]
+        let request = HTTPRequest(url: baseURL + path, method: method, headers: headers, body: body)
+        let http = HTTPClient(timeoutMilliseconds: 10_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)
+        return try http.perform(request).get()
+    }
+}
