@@ -129,10 +129,16 @@ struct Run: ParsableCommand {
 struct CheckConfig: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "check-config", abstract: "Validate the configuration, connect, and check every watched table and query (like nginx -t).")
     @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Only validate the files and environment; do not connect (for ExecStartPre: a database that is down at boot is the service's to wait for).")
+    var offline = false
 
     func run() throws {
         let (config, warnings) = CommandSupport.loadConfig(global)
         for warning in warnings { CommandSupport.say("warning: \(warning)") }
+        if offline {
+            CommandSupport.say("configuration valid: \(config.service.watchedTables.count) watched tables (\(config.service.watchedTables.map(\.name).joined(separator: ", "))); database not checked (--offline)")
+            return
+        }
         let db = CommandSupport.connect(config, purpose: "check-config")
         var failed = 0
         for table in config.service.watchedTables {

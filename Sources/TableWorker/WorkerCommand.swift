@@ -50,7 +50,7 @@ struct WorkerCommand: ParsableCommand {
             throw ExitCode(ExitStatus.config)
         }
         LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format,
-                           metadata: ["table": "\(watched.qualifiedName)", "worker_pid": "\(getpid())"])
+                           metadata: ["table": "\(watched.name)", "worker_pid": "\(getpid())"])
         let logger = Logger(label: "atomic-data-table-worker")
         let worker = TableWorker(config: resolved, table: watched, supervised: configStdin, logger: logger)
         let status = worker.run()

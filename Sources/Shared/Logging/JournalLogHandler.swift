@@ -18,7 +18,7 @@ public struct JournalLogHandler: LogHandler {
     /// `identifier` becomes SYSLOG_IDENTIFIER; `sink` receives the `NAME=value` fields of each
     /// entry (the journal by default; tests pass a closure).
     public init(label: String, identifier: String, level: Logger.Level,
-                sink: @escaping @Sendable ([[UInt8]]) -> Void = { SystemdJournal.send($0) }) {
+                sink: @escaping @Sendable ([[UInt8]]) -> Void = JournalLogHandler.sendOrWriteToStderr) {
         self.label = label
         self.identifier = identifier
         self.logLevel = level
@@ -59,6 +59,21 @@ public struct JournalLogHandler: LogHandler {
         }
         for (name, value) in named.sorted(by: { $0.0 < $1.0 }) { out.append(field(name, value)) }
         return out
+    }
+
+    /// The journal, or, when journald refuses the entry (sd_journal_sendv returns an error, for
+    /// example when it is overloaded), the same fields as one JSON object on stderr: a log line
+    /// must not vanish. (A missing journal socket is not an error for libsystemd; LogSetup
+    /// checks for it before choosing this handler.)
+    @Sendable public static func sendOrWriteToStderr(_ fields: [[UInt8]]) {
+        guard SystemdJournal.send(fields) < 0 else { return }
+        var line = "{"
+        for (index, field) in fields.enumerated() {
+            let text = String(decoding: field, as: UTF8.self)
+            guard let eq = text.firstIndex(of: "=") else { continue }
+            line += (index == 0 ? "" : ",") + jsonString(String(text[..<eq])) + ":" + jsonString(String(text[text.index(after: eq)...]))
+        }
+        writeAll(fd: 2, Array((line + "}\n").utf8))
     }
 
     /// syslog(3) priorities: swift-log has no "alert" or "emergency", and trace folds into debug.

@@ -38,7 +38,7 @@ final class HealthServer {
                     try channel.pipeline.syncOperations.addHandler(HealthHandler(store: store))
                 }
             }
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
         let channel = try bootstrap.bind(host: host, port: port).wait()
         self.channel = channel
         return channel.localAddress?.port ?? port
