@@ -73,26 +73,26 @@ struct ChangeFeed {
     }
 
     /// Record a failed attempt and when to try again.
-    func reschedule(_ db: PostgresConnection, ids: [Int64], error: String, afterSeconds: Double) throws(PostgresError) {
+    func reschedule(_ db: PostgresConnection, ids: [Int64], error: String, afterSeconds: Double, attemptsMade: Int = 1) throws(PostgresError) {
         if ids.isEmpty { return }
         try db.execute("""
             UPDATE \(schema.changesTable)
-            SET attempts = attempts + 1, last_error = $2,
+            SET attempts = attempts + $4::int, last_error = $2,
                 next_attempt_at = clock_timestamp() + make_interval(secs => $3::double precision)
             WHERE id = ANY($1::bigint[])
-            """, [Self.array(ids), String(error.prefix(2000)), String(afterSeconds)])
+            """, [Self.array(ids), String(error.prefix(2000)), String(afterSeconds), String(attemptsMade)])
     }
 
     /// Move rows to the dead-letter table, with their last error, in one statement.
-    func deadLetter(_ db: PostgresConnection, ids: [Int64], error: String) throws(PostgresError) {
+    func deadLetter(_ db: PostgresConnection, ids: [Int64], error: String, attemptsMade: Int = 1) throws(PostgresError) {
         if ids.isEmpty { return }
         try db.execute("""
             WITH moved AS (DELETE FROM \(schema.changesTable) WHERE id = ANY($1::bigint[]) RETURNING *)
             INSERT INTO \(schema.failedTable)
                 (id, primary_key, operation, change_column_value, changed_at, attempts, last_error, next_attempt_at)
-            SELECT id, primary_key, operation, change_column_value, changed_at, attempts + 1, $2, NULL FROM moved
+            SELECT id, primary_key, operation, change_column_value, changed_at, attempts + $3::int, $2, NULL FROM moved
             ON CONFLICT (id) DO NOTHING
-            """, [Self.array(ids), String(error.prefix(2000))])
+            """, [Self.array(ids), String(error.prefix(2000)), String(attemptsMade)])
     }
 
     struct Backlog {

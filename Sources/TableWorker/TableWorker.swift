@@ -245,7 +245,8 @@ final class TableWorker {
                     acked.append(contentsOf: group.ids)
                 case .aborted:
                     break  // shutting down: the rows stay and are published after the restart
-                case .failed(let failure):
+                case .failed(var failure):
+                    failure.attemptsMade = round + 1
                     stats.publishFailures += 1
                     if failure.permanent {
                         finalFailures.append(failure)
@@ -315,6 +316,9 @@ final class TableWorker {
         var error: String
         var permanent: Bool
         var retryAfter: Double?
+        /// Attempts made in this batch (the first plus immediate retries): added to `attempts`,
+        /// so metadata.retry_count never goes back.
+        var attemptsMade = 1
     }
 
     private enum Outcome {
@@ -366,17 +370,17 @@ final class TableWorker {
             return error
         }
         for failure in failures {
-            let attempts = failure.group.attempts + 1
+            let attempts = failure.group.attempts + failure.attemptsMade
             do {
                 if failure.permanent && attempts >= config.service.deadLetterAfterAttempts {
-                    try feed.deadLetter(db, ids: failure.group.ids, error: failure.error)
+                    try feed.deadLetter(db, ids: failure.group.ids, error: failure.error, attemptsMade: failure.attemptsMade)
                     stats.deadLettered += failure.group.rows.count
                     logger.error("change moved to dead letters", metadata: ["primary_key": "\(failure.group.primaryKey)", "change_id": "\(failure.group.latest.id)", "error": "\(failure.error)"])
                 } else {
                     let backoff = Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds)
                     let delay = failure.retryAfter.map { min($0, config.ingestor.maxRetryDelaySeconds) }
                         ?? backoff.delay(attempt: failure.group.attempts, unit: Double.random(in: 0..<1, using: &random))
-                    try feed.reschedule(db, ids: failure.group.ids, error: failure.error, afterSeconds: delay)
+                    try feed.reschedule(db, ids: failure.group.ids, error: failure.error, afterSeconds: delay, attemptsMade: failure.attemptsMade)
                 }
             } catch {
                 return error
