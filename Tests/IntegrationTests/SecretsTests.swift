@@ -17,8 +17,8 @@ final class SecretsTests: IntegrationTestCase {
         // A failure first, so that the error paths log too.
         try p.ingestor.setControl(["status": 500])
         try p.database.execute("INSERT INTO devices VALUES (1, 'one', 'v1', '2026-11-28 10:00:00+00')")
-        try waitUntil("the first attempt has failed") {
-            try p.database.value("SELECT attempts FROM devices_changes") == "1"
+        try waitUntil("the first attempts have failed and are recorded") {
+            (Int(try p.database.value("SELECT attempts FROM devices_changes") ?? "0") ?? 0) >= 1
         }
         try p.ingestor.setControl(["status": 200])
         try waitUntil("the change is accepted and devices_changes is empty") {
