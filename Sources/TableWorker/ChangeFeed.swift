@@ -60,10 +60,29 @@ struct ChangeFeed {
             ORDER BY c.id
             LIMIT $1
             """, [String(limit)])
-        return result.rows.compactMap { r in
+        return Self.rows(result)
+    }
+
+    private static func rows(_ result: QueryResult) -> [ChangeRow] {
+        result.rows.compactMap { r in
             guard let id = r[0].flatMap({ Int64($0) }), let key = r[1], let op = r[2].flatMap(ChangeOperation.init(code:)) else { return nil }
             return ChangeRow(id: id, primaryKey: key, operation: op, changeColumnValue: r[3], changedAt: r[4] ?? "", attempts: Int(r[5] ?? "0") ?? 0)
         }
+    }
+
+    /// The other rows of these keys visible now (beyond the batch's LIMIT): read in the batch's
+    /// snapshot, their changes are in the state read for the key, so one publish covers them too.
+    func fetchCovered(_ db: PostgresConnection, keys: [String], excluding ids: [Int64], limit: Int) throws(PostgresError) -> [ChangeRow] {
+        if keys.isEmpty { return [] }
+        let result = try db.execute("""
+            SELECT c.id, c.primary_key, c.operation::text, c.change_column_value,
+                   to_char(c.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), c.attempts
+            FROM \(schema.changesTable) c
+            WHERE c.primary_key = ANY($1::text[]) AND NOT c.id = ANY($2::bigint[])
+            ORDER BY c.id
+            LIMIT $3
+            """, [Self.textArray(keys), Self.array(ids), String(limit)])
+        return Self.rows(result)
     }
 
     /// Acknowledge: delete exactly these tracking rows.
@@ -120,5 +139,10 @@ struct ChangeFeed {
 
     static func array(_ ids: [Int64]) -> String {
         "{" + ids.map(String.init).joined(separator: ",") + "}"
+    }
+
+    /// A text[] literal: every element double-quoted with \\ and \" escaped, so any key is just data.
+    static func textArray(_ values: [String]) -> String {
+        "{" + values.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
     }
 }

@@ -158,28 +158,18 @@ final class TableWorker {
 
     private func processBatch(_ db: PostgresConnection) throws -> Int {
         let started = monotonicSeconds()
-        let rows: [ChangeRow]
+        let batch: (rows: [ChangeRow], queried: [KeyChanges], results: [Result<QueryResult, PostgresError>])
         do {
-            rows = try feed.fetchDue(db, limit: config.service.batchSize)
+            batch = try readBatch(db)
         } catch {
             try databaseFailed(error)
             return 0
         }
+        let rows = batch.rows
         if rows.isEmpty { return 0 }
         let groups = KeyChanges.coalesce(rows)
         stats.changesProcessed += rows.count
-
-        // Atomic data for every key whose latest change is not a delete, in one pipelined round trip.
-        let queried = groups.filter { $0.latest.operation != .delete }
-        let queryStarted = monotonicSeconds()
-        let results: [Result<QueryResult, PostgresError>]
-        do {
-            results = try db.pipelinePrepared(name: Self.statementName, parameterLists: queried.map { [$0.primaryKey] })
-        } catch {
-            try databaseFailed(error)
-            return 0
-        }
-        stats.query.record(monotonicSeconds() - queryStarted)
+        let (queried, results) = (batch.queried, batch.results)
         var atomicData: [String: Result<String, PostgresError>] = [:]
         for (group, result) in zip(queried, results) {
             atomicData[group.primaryKey] = result.map { $0.rows.first?.first.flatMap { $0 } ?? "[]" }
@@ -294,6 +284,45 @@ final class TableWorker {
         stats.batch.record(monotonicSeconds() - started)
         if stopRequested { throw Stop.requested }
         return rows.count
+    }
+
+    /// Read due changes and the atomic data of their keys (every key whose latest change is not
+    /// a delete, pipelined: one round trip) in one REPEATABLE READ snapshot. The state published
+    /// for a key is then exactly its state as of the changes read: a change committed meanwhile is
+    /// published next time with its own state, instead of this batch publishing its state early
+    /// and the next batch publishing the same state again.
+    private func readBatch(_ db: PostgresConnection) throws(PostgresError) -> (rows: [ChangeRow], queried: [KeyChanges], results: [Result<QueryResult, PostgresError>]) {
+        try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        do {
+            var rows = try feed.fetchDue(db, limit: config.service.batchSize)
+            if rows.isEmpty {
+                try db.execute("COMMIT")
+                return ([], [], [])
+            }
+            // The keys' later changes beyond the LIMIT are in the state read below too: cover
+            // them now rather than publish the same state once per slice of a backlog.
+            var keys: [String] = []
+            var seen = Set<String>()
+            for row in rows where seen.insert(row.primaryKey).inserted { keys.append(row.primaryKey) }
+            rows += try feed.fetchCovered(db, keys: keys, excluding: rows.map(\.id), limit: config.service.batchSize * 4)
+            let queried = KeyChanges.coalesce(rows).filter { $0.latest.operation != .delete }
+            let parameters = queried.map { [$0.primaryKey] as [String?] }
+            let queryStarted = monotonicSeconds()
+            var results = try db.pipelinePrepared(name: Self.statementName, parameterLists: parameters)
+            if results.contains(where: { if case .failure = $0 { true } else { false } }) {
+                // A failing query aborts the snapshot: read the keys again, each on its own, so
+                // one bad key gets its own error and the others their data.
+                try db.execute("ROLLBACK")
+                results = try db.pipelinePrepared(name: Self.statementName, parameterLists: parameters)
+            } else {
+                try db.execute("COMMIT")
+            }
+            stats.query.record(monotonicSeconds() - queryStarted)
+            return (rows, queried, results)
+        } catch {
+            if !error.isConnectionLost { _ = try? db.execute("ROLLBACK") }
+            throw error
+        }
     }
 
     /// One publish: the payload and headers of DESIGN.md section 5. The id (and Idempotency-Key)

@@ -28,6 +28,7 @@ public struct TrackingSchema: Sendable {
     public var function: String { "\(schemaIdent).\(quoteIdentifier(functionName))" }
     public static let triggerName = "atomic_data_publisher_capture"
     public var retryIndexName: String { "\(table.name)_changes_retry_idx" }
+    public var keyIndexName: String { "\(table.name)_changes_key_idx" }
 
     /// Key for pg_advisory_xact_lock: stable for a table, distinct across tables (mostly).
     public var advisoryLockKey: Int64 {
@@ -57,6 +58,7 @@ public struct TrackingSchema: Sendable {
         \(columnsDDL)
         );
         CREATE INDEX IF NOT EXISTS \(quoteIdentifier(retryIndexName)) ON \(changesTable) (primary_key) WHERE next_attempt_at IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS \(quoteIdentifier(keyIndexName)) ON \(changesTable) (primary_key, id);
         CREATE TABLE IF NOT EXISTS \(failedTable) (
             id bigint PRIMARY KEY,
         \(columnsDDL),
@@ -190,8 +192,9 @@ extension TrackingSchema {
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
             // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
             // exists, so a least-privilege role can run against objects a DBA created.
-            let existing = try db.execute("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL",
-                                          [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))"])
+            let existing = try db.execute("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL",
+                                          [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))",
+                                           "\(schemaIdent).\(quoteIdentifier(keyIndexName))"])
             if existing[0, 0] != "t" {
                 try db.executeScript(createTablesSQL)
             }
