@@ -38,13 +38,16 @@ adp_as_pg() {
 # clients and ADP_TEST_PG* for the tests. Trust auth on loopback only: it is a throwaway.
 adp_pg_start() {
     local dir="$1" port="$2" bin
+    # Tests trade durability for speed; ADP_PG_DURABLE=1 (benchmarks) keeps PostgreSQL's defaults.
+    local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    [ "${ADP_PG_DURABLE:-0}" = 1 ] && durability=""
     bin=$(adp_pg_bindir) || return 1
     mkdir -p "$dir"
     [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
     adp_as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; return 1; }
     adp_as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir $durability -c max_connections=200" \
         >/dev/null || { cat "$dir/postgres.log" >&2; return 1; }
     export PGHOST=127.0.0.1 PGPORT="$port" PGUSER=postgres PGDATABASE=postgres
     export ADP_TEST_PGHOST=127.0.0.1 ADP_TEST_PGPORT="$port" ADP_TEST_PGUSER=postgres ADP_TEST_PGDATA="$dir/data" ADP_TEST_PGBIN="$bin"
