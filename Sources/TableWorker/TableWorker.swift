@@ -57,8 +57,9 @@ final class TableWorker {
     func run() -> Int32 {
         do {
             try connectAndPrepare()
-            emit(.ready(table: table.name, pid: getpid()))
+            // Stats first, so the supervisor's READY=1 and STATUS= already show the database up.
             try emitStats()
+            emit(.ready(table: table.name, pid: getpid()))
             logger.info("worker ready", metadata: ["database": "\(ConnectionParameters(config.database, applicationName: "").safeDescription)"])
             while true {
                 try checkStop()

@@ -76,6 +76,7 @@ extension ServiceSnapshot {
                 totals[keyPath: dst].count += src.count
                 totals[keyPath: dst].sumSeconds += src.sumSeconds
                 totals[keyPath: dst].maxSeconds = max(totals[keyPath: dst].maxSeconds, src.maxSeconds)
+                totals[keyPath: dst].lastSeconds = max(totals[keyPath: dst].lastSeconds, src.lastSeconds)
             }
             restarts += t.restarts
             var entry = counters(t.stats)
