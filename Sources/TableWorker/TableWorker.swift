@@ -207,6 +207,8 @@ final class TableWorker {
         // failing after the last round is rescheduled in the table.
         var pending = Array(published.indices)
         var round = 0
+        // The latest transient failure of each key still being retried, to reschedule it with.
+        var lastFailure: [Int: Failure] = [:]
         while !pending.isEmpty {
             let permits = breaker.permits(now: monotonicSeconds())
             noteBreaker()
@@ -259,9 +261,9 @@ final class TableWorker {
             stats.inFlight = 0
             noteBreaker()
             try settle(db, acked: acked, failures: finalFailures)
+            pending = retry + pending.filter { !attempted.contains($0) }
             if stopRequested { break }
-            let untouched = pending.filter { !attempted.contains($0) }
-            pending = retry + untouched
+            if case .open = breaker.state { break }  // opened this round: no retry storm
             if !retry.isEmpty {
                 round += 1
                 stats.retries += retry.count
@@ -271,17 +273,14 @@ final class TableWorker {
                 do {
                     try pause(delay)
                 } catch {
-                    try settle(db, acked: [], failures: retry.compactMap { lastFailure[$0] })
+                    try settle(db, acked: [], failures: pending.compactMap { lastFailure[$0] })
                     throw error
                 }
             }
-            if case .open = breaker.state {
-                // Opened during this round: what was retrying is rescheduled, the rest untouched.
-                try settle(db, acked: [], failures: retry.compactMap { lastFailure[$0] })
-                break
-            }
         }
-        lastFailure.removeAll()
+        // Keys whose last attempt failed and that are not retried now are rescheduled in the
+        // table; keys never sent (breaker open, shutdown) stay as they are.
+        try settle(db, acked: [], failures: pending.compactMap { lastFailure[$0] })
         stats.batch.record(monotonicSeconds() - started)
         if stopRequested { throw Stop.requested }
         return rows.count
@@ -356,8 +355,6 @@ final class TableWorker {
         case aborted
         case failed(Failure)
     }
-
-    private var lastFailure: [Int: Failure] = [:]
 
     /// Transport errors, timeouts, 5xx, 408 and 429 are transient; other non-2xx are permanent
     /// for that payload.
