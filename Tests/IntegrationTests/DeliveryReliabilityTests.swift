@@ -135,6 +135,27 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
         _ = sent
     }
 
+    func testRetryAfterOn429_isHonouredBeforeTheNextAttempt() throws {
+        let p = try startPipeline(schemaSQL: itemsSQL(keys: 3), tables: [items]) { config in
+            config.ingestor.retryDelaySeconds = 0.05
+            config.ingestor.maxRetryDelaySeconds = 5
+            config.ingestor.maxRetries = 1
+            config.ingestor.circuitBreakerFailureThreshold = 10
+        }
+        try p.ingestor.setControl(["status": 429, "retry_after": 2])
+        try p.database.execute("UPDATE items SET v = 1 WHERE id = 3")
+        try waitUntil("two attempts were refused with 429") { try p.ingestor.requests().count >= 2 }
+        try p.ingestor.setControl(["status": 200])
+        try waitUntil("delivered once the ingestor accepts") { try self.sequences(p.ingestor)["3"]?.last == 1 }
+        let requests = try p.ingestor.requests()
+        let times = try JSON(parsing: Data(try p.ingestor.rawRequestsBody())).array?.compactMap { $0["at"]?.number } ?? []
+        XCTAssertEqual(times.count, requests.count)
+        let gaps = zip(times.dropFirst(), times).map { $0 - $1 }
+        print("Retry-After: 2 on 429: gaps between attempts \(gaps.map { String(format: "%.2f", $0) }) s (retry_delay_seconds 0.05)")
+        XCTAssertGreaterThanOrEqual(gaps.first ?? 0, 1.9, "the immediate retry waits for Retry-After, not the 0.05 s backoff: \(gaps)")
+        XCTAssertGreaterThanOrEqual(gaps.dropFirst().first ?? 0, 1.0, "the rescheduled attempt also waits for Retry-After: \(gaps)")
+    }
+
     // MARK: - dead letters
 
     func testARejectedPayloadAndAFailingQuery_endInDeadLetters_whileOthersFlow_andReplayBringsThemBack() throws {

@@ -63,6 +63,11 @@ final class Ingestor {
         return ingestor
     }
 
+    /// GET /_requests as received, with fields `requests()` leaves out (such as `at`, the arrival time).
+    func rawRequestsBody() throws -> [UInt8] {
+        try call("GET", "/_requests").body
+    }
+
     /// Every publish received so far, in order of arrival.
     func requests() throws -> [RecordedRequest] {
         let response = try call("GET", "/_requests")
