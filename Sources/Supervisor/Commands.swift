@@ -51,8 +51,8 @@ enum CommandSupport {
         do {
             return try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(purpose)"))
         } catch {
-            let permanent = error.sqlState == "28P01" || error.sqlState == "3D000" || error.sqlState == "28000"
-            fail("\(error.description); check [database] host, port, username, password and database_name", status: permanent ? ExitStatus.config : ExitStatus.transient)
+            fail("\(error.description); check [database] host, port, username, password and database_name",
+                 status: error.isRejectedLogin ? ExitStatus.config : ExitStatus.transient)
         }
     }
 
@@ -110,7 +110,7 @@ struct Run: ParsableCommand {
         do {
             db = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/preflight"))
         } catch {
-            if error.sqlState == "28P01" || error.sqlState == "3D000" {
+            if error.isRejectedLogin {
                 CommandSupport.fail("\(error.description); check [database] username, password and database_name", status: ExitStatus.config)
             }
             logger.warning("database not reachable yet; workers will keep trying", metadata: ["error": "\(error)"])

@@ -236,7 +236,7 @@ final class Supervisor {
     }
 
     private func spawn(_ name: String) {
-        guard let worker = workers[name] else { return }
+        guard workers[name] != nil else { return }
         let now = monotonicSeconds()
         do {
             let line = try WorkerConfig(table: name, config: config).encodedLine()
@@ -248,7 +248,6 @@ final class Supervisor {
             logger.error("cannot start worker: \(error)", metadata: ["table": "\(name)"])
             execute(name, workers[name]!.machine.spawnFailed(error: "\(error)", now: now, unit: Double.random(in: 0..<1)))
         }
-        _ = worker
     }
 
     /// The supervisor's environment minus what the worker must not see or use: configuration

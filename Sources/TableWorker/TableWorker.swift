@@ -121,7 +121,7 @@ final class TableWorker {
                 if attempt > 0 { logger.notice("database connection restored") }
                 return
             } catch let error as PostgresError {
-                if error.sqlState == "28P01" || error.sqlState == "3D000" {
+                if error.isRejectedLogin {
                     throw Stop.permanent(error.description)
                 }
                 stats.database = "down"

@@ -22,9 +22,7 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var fields: [String: String] = [:]
-        for (k, v) in metadata { fields[k] = "\(v)" }
-        if let extra = event.metadata { for (k, v) in extra { fields[k] = "\(v)" } }
+        let fields = entryMetadata(event).mapValues { "\($0)" }
         var line = "{\"timestamp\":\(jsonString(Timestamp.iso8601(Date())))"
         line += ",\"level\":\(jsonString(event.level.rawValue))"
         line += ",\"target\":\(jsonString(label))"
@@ -34,6 +32,17 @@ public struct JSONLogHandler: LogHandler {
         }
         line += ",\"file\":\(jsonString((event.file as NSString).lastPathComponent)),\"line\":\(event.line)}\n"
         writeAll(fd: fd, Array(line.utf8))
+    }
+}
+
+extension LogHandler {
+    /// What an entry carries, the same in every format: the handler's metadata, then the
+    /// event's (which wins), then the event's error as `error` unless one is already there.
+    func entryMetadata(_ event: LogEvent) -> Logger.Metadata {
+        var merged = metadata
+        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        if let error = event.error, merged["error"] == nil { merged["error"] = "\(error)" }
+        return merged
     }
 }
 

@@ -1,6 +1,6 @@
 // Native journal entries (DESIGN.md section 9): one sd_journal_sendv call per log line, with
 // MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, CODE_FILE/CODE_LINE/CODE_FUNC and every metadata key as
-// its own upper-case field, so `journalctl -u atomic-data-publisher TABLE=public.hotspots` works.
+// its own upper-case field, so `journalctl -u atomic-data-publisher TABLE=hotspots` works.
 //
 // Invariant: every value (the message included) goes through Redactor.redact, as in the JSON
 // handler, so a secret that slips into a message or an error never reaches the journal.
@@ -31,10 +31,7 @@ public struct JournalLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
-        if let error = event.error, merged["error"] == nil { merged["error"] = "\(error)" }
-        sink(Self.fields(level: event.level, message: event.message.description, metadata: merged,
+        sink(Self.fields(level: event.level, message: event.message.description, metadata: entryMetadata(event),
                          identifier: identifier, label: label,
                          file: event.file, line: event.line, function: event.function))
     }

@@ -1,5 +1,5 @@
 // One human-readable line per log entry on stderr (logging.format = "text"), for a terminal:
-//   2026-11-28T10:00:00.123Z warning atomic-data-table-worker: database unavailable, retrying error="..." table=public.hotspots
+//   2026-11-28T10:00:00.123Z warning atomic-data-table-worker: database unavailable, retrying error="..." table=hotspots
 // Values go through Redactor.redact like every other format.
 
 import Foundation
@@ -23,10 +23,8 @@ public struct TextLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
         let line = Self.line(timestamp: Timestamp.iso8601(Date()), level: event.level, label: label,
-                             message: event.message.description, metadata: merged)
+                             message: event.message.description, metadata: entryMetadata(event))
         writeAll(fd: fd, Array(line.utf8))
     }
 

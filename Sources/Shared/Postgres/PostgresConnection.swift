@@ -58,8 +58,14 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     /// invalid password.
     public var isPermanent: Bool {
         guard let sqlState else { return false }
-        return ["42P01", "42703", "42883", "42501", "42601", "3D000", "28P01", "28000", "42804", "42P18", "22P02"].contains(sqlState)
-            || sqlState.hasPrefix("42")
+        return sqlState.hasPrefix("42") || sqlState == "22P02" || isRejectedLogin
+    }
+
+    /// The server refused the login itself: wrong password or user (28xxx), or no such database
+    /// (3D000). Retrying cannot help; the configuration must change (exit 78).
+    public var isRejectedLogin: Bool {
+        guard let sqlState else { return false }
+        return sqlState == "28P01" || sqlState == "28000" || sqlState == "3D000"
     }
 
     public var isConnectionLost: Bool {
