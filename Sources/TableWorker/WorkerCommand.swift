@@ -24,13 +24,18 @@ struct WorkerCommand: ParsableCommand {
     @Flag(name: .long, help: "Read the resolved configuration as one JSON line on stdin (how the supervisor starts workers).")
     var configStdin = false
 
+    @Option(name: .long, help: "The supervisor's pid: the worker stops when its parent is no longer that process.")
+    var supervisorPid: Int32?
+
     func run() throws {
         HTTPClient.globalInit()
         Signals.install([SIGTERM, SIGINT])
         if configStdin {
             // Die with the supervisor even if it is killed with SIGKILL.
             Signals.setParentDeathSignal(SIGTERM)
-            if getppid() == 1 { throw ExitCode(ExitStatus.clean) }
+            // The supervisor may have died between spawning us and the line above: then our
+            // parent is no longer the pid it handed us (it may be PID 1 itself, in a container).
+            if let supervisorPid, getppid() != supervisorPid { throw ExitCode(ExitStatus.clean) }
         }
         let resolved: PublisherConfig
         do {
