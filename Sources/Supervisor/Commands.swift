@@ -24,12 +24,6 @@ struct AtomicDataPublisher: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 }
 
-/// A failure already explained to the user: print it and exit with `status`.
-struct UserFacingError: Error {
-    var message: String
-    var status: Int32
-}
-
 enum CommandSupport {
     static func fail(_ message: String, status: Int32) -> Never {
         writeAll(fd: 2, Array("atomic-data-publisher: \(message)\n".utf8))
@@ -252,16 +246,10 @@ struct Replay: ParsableCommand {
         let (config, _) = CommandSupport.loadConfig(global)
         let t = CommandSupport.tables(config, named: table)[0]
         let db = CommandSupport.connect(config, purpose: "replay")
-        let schema = TrackingSchema(table: t)
-        let filter = all ? "TRUE" : "id = $1"
         do {
-            let result = try db.execute("""
-                WITH moved AS (DELETE FROM \(schema.failedTable) WHERE \(filter) RETURNING *)
-                INSERT INTO \(schema.changesTable) (id, primary_key, operation, change_column_value, changed_at, attempts, last_error, next_attempt_at)
-                SELECT id, primary_key, operation, change_column_value, changed_at, 0, last_error, NULL FROM moved
-                """, all ? [] : [String(id!)])
-            CommandSupport.say("\(t.qualifiedName): \(result.affectedRows) dead letter(s) queued again")
-            if !all && result.affectedRows == 0 { throw ExitCode(1) }
+            let moved = try TrackingSchema(table: t).replay(db, id: all ? nil : id)
+            CommandSupport.say("\(t.qualifiedName): \(moved) dead letter(s) queued again")
+            if !all && moved == 0 { throw ExitCode(1) }
         } catch let error as PostgresError {
             CommandSupport.fail("replay for \(t.qualifiedName) failed: \(error)", status: 1)
         }

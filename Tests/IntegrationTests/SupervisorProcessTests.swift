@@ -239,7 +239,9 @@ final class SupervisorProcessTests: IntegrationTestCase {
         }
         let ready = notify.assignments.first { $0.key == "READY" }!
         XCTAssertEqual(ready.value, "1")
-        XCTAssertTrue(notify.assignments.contains { $0.key == "STATUS" && $0.value.contains("2/2 workers running") }, "\(notify.assignments.map { "\($0.key)=\($0.value)" })")
+        try waitUntil("a STATUS= line says both workers run") {
+            notify.assignments.contains { $0.key == "STATUS" && $0.value.contains("2/2 workers running") }
+        }
         // WATCHDOG_USEC=1 s: the loop pings every 0.5 s.
         let watchFrom = Date()
         try waitUntil(timeout: 5, "four WATCHDOG=1 pings after READY") {

@@ -8,7 +8,7 @@ final class StatsAggregatorTests: XCTestCase {
         s.changesPublished = published
         s.changesProcessed = published
         s.backlog = backlog
-        s.database = "up"
+        s.database = .up
         return s
     }
 
@@ -21,14 +21,14 @@ final class StatsAggregatorTests: XCTestCase {
         XCTAssertEqual(t.combined.backlog, 4, "the last known backlog is kept while no worker runs")
         t.received(stats(published: 3))
         XCTAssertEqual(t.combined.changesPublished, 28)
-        XCTAssertEqual(t.combined.database, "up")
+        XCTAssertEqual(t.combined.database, .up)
     }
 
     func testWorkerExitWithoutStats_changesNothing() {
         var t = TableStats()
         t.workerExited()
         XCTAssertEqual(t.combined.changesPublished, 0)
-        XCTAssertEqual(t.combined.database, "unknown")
+        XCTAssertEqual(t.combined.database, .unknown)
     }
 
     func testHealth_isDegradedWhileAWorkerBacksOff_andUnhealthyWhenATableFailed() {
