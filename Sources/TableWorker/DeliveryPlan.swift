@@ -39,6 +39,8 @@ enum DeliveryOutcome: Equatable, Sendable {
 /// One key's payload in a batch.
 struct DeliveryItem: Equatable, Sendable {
     var ids: [Int64]
+    /// For log lines only.
+    var primaryKey = ""
     /// Tries recorded in the tracking table before this batch.
     var attempts: Int = 0
     var permanentFailures: Int = 0

@@ -174,7 +174,7 @@ final class DeliveryRunner {
                 flush()
             case let .deadLetter(index, error, attempts):
                 counters.deadLettered += plan.items[index].ids.count
-                log(.deadLettered(ids: plan.items[index].ids, error: error))
+                log(.deadLettered(item: plan.items[index], error: error))
                 pending.append(.deadLetter(ids: plan.items[index].ids, error: error, attemptsMade: attempts))
                 flush()
             }
@@ -217,6 +217,6 @@ final class DeliveryRunner {
 enum DeliveryLogEvent {
     case published(seconds: Double, item: DeliveryItem)
     case failed(error: String, response: Result<HTTPResponse, HTTPTransportError>, item: DeliveryItem)
-    case deadLettered(ids: [Int64], error: String)
+    case deadLettered(item: DeliveryItem, error: String)
     case storeFailed(PostgresError)
 }

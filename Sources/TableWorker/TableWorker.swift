@@ -118,14 +118,14 @@ final class TableWorker {
     // MARK: - database
 
     /// Connect, retrying with backoff while the database is unreachable (set up once per process).
-    private func connect() throws {
+    private func connect(reconnecting: Bool = false) throws {
         var attempt = 0
         while true {
             try checkStop()
             do {
                 try session.open()
                 stats.database = .up
-                if attempt > 0 { logger.notice("database connection restored") }
+                if attempt > 0 || reconnecting { logger.notice("database connection restored") }
                 return
             } catch let error as PostgresError {
                 if error.isRejectedLogin {
@@ -153,7 +153,7 @@ final class TableWorker {
         stats.database = .down
         try emitStats()
         while true {
-            try connect()
+            try connect(reconnecting: true)
             do {
                 try runner.flushPending()
                 return
@@ -202,7 +202,7 @@ final class TableWorker {
         var requests: [HTTPRequest] = []
         let unixNow = Date().timeIntervalSince1970
         for (group, data) in zip(batch.groups, batch.atomicData) {
-            var item = DeliveryItem(ids: group.ids, attempts: group.attempts, permanentFailures: group.permanentFailures)
+            var item = DeliveryItem(ids: group.ids, primaryKey: group.primaryKey, attempts: group.attempts, permanentFailures: group.permanentFailures)
             switch data {
             case .success(let json):
                 requests.append(builder.request(for: Payload.build(table: table, changes: group, atomicData: json, unixNow: unixNow, retryCount: group.attempts)))
@@ -282,20 +282,20 @@ final class TableWorker {
             stats.publish.record(seconds)
             lastPublishUnix = Date().timeIntervalSince1970
             if logger.logLevel <= .debug {
-                logger.debug("published", metadata: ["change_id": "\(item.ids.last ?? 0)"])
+                logger.debug("published", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)"])
             }
         case .failed(let error, let response, let item):
-            var meta: Logger.Metadata = ["change_id": "\(item.ids.last ?? 0)", "error": "\(error)"]
+            var meta: Logger.Metadata = ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "error": "\(error)"]
             if case .success(let r) = response {
                 stats.publish.record(r.seconds)
                 meta["http_status"] = "\(r.status)"
                 if logger.logLevel <= .debug {
-                    logger.debug("ingestor response body", metadata: ["change_id": "\(item.ids.last ?? 0)", "body": "\(String(r.bodyText.prefix(2000)))"])
+                    logger.debug("ingestor response body", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "body": "\(String(r.bodyText.prefix(2000)))"])
                 }
             }
             logger.warning("publish failed", metadata: meta)
-        case .deadLettered(let ids, let error):
-            logger.error("change moved to dead letters", metadata: ["change_id": "\(ids.last ?? 0)", "error": "\(error)"])
+        case .deadLettered(let item, let error):
+            logger.error("change moved to dead letters", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "error": "\(error)"])
         case .storeFailed(let error):
             logger.error("cannot write to the tracking table", metadata: ["error": "\(error)"])
         }
