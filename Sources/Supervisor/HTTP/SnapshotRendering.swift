@@ -123,6 +123,8 @@ extension ServiceSnapshot {
         family("oldest_dead_letter_age_seconds", "gauge", "Age of the oldest dead letter.", perTable { $0.stats.oldestDeadLetterAgeSeconds })
         family("worker_up", "gauge", "1 when the table's worker is running.", perTable { $0.up ? 1 : 0 })
         family("worker_restarts_total", "counter", "Worker restarts by the supervisor.", perTable { Double($0.restarts) })
+        family("worker_failed", "gauge", "1 when the table failed permanently (configuration or permission error) and is not restarted.",
+               perTable { $0.state == "failed" ? 1 : 0 })
         family("database_up", "gauge", "1 when the worker's database connection is up.", perTable { $0.stats.database == .up ? 1 : 0 })
         family("circuit_breaker_open", "gauge", "1 when the worker's circuit breaker is open or half-open.",
                perTable { ($0.stats.circuitBreaker == .open || $0.stats.circuitBreaker == .halfOpen) ? 1 : 0 })
