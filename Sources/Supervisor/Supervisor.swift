@@ -11,6 +11,7 @@
 
 import Foundation
 import Logging
+import NIOCore
 import Shared
 
 final class Supervisor {
@@ -60,7 +61,8 @@ final class Supervisor {
         do {
             boundPort = try server.start(host: config.service.healthCheckAddress, port: config.service.healthCheckPort, store: store)
         } catch {
-            logger.critical("cannot listen on \(config.service.healthCheckAddress):\(config.service.healthCheckPort) for /health and /metrics: \(error); set service.health_check_port or stop what uses it")
+            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
+            logger.critical("cannot listen on \(config.service.healthCheckAddress):\(config.service.healthCheckPort) for /health and /metrics: \(reason); set service.health_check_port or stop what uses it")
             return ExitStatus.transient
         }
         logger.info("listening for /health and /metrics", metadata: ["address": "\(config.service.healthCheckAddress)", "port": "\(boundPort)"])

@@ -12,6 +12,9 @@ final class DatabaseSession: ChangeStore {
     let logger: Logger
     private var db: PostgresConnection?
     private var setUp = false
+    /// The tracking table's OID, read on every connection: part of every payload id, so ids
+    /// never repeat after the tracking table is recreated (its sequence starts at 1 again).
+    private(set) var epoch = "0"
 
     init(config: PublisherConfig, table: WatchedTable, logger: Logger) {
         self.config = config
@@ -38,6 +41,7 @@ final class DatabaseSession: ChangeStore {
             setUp = true
         }
         try connection.prepare(name: BatchReader.statementName, sql: query.wrapped)
+        epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
         db = connection
     }
 

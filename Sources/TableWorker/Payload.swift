@@ -10,7 +10,8 @@ import Foundation
 import Shared
 
 struct Payload: Equatable {
-    /// Stable across retries and restarts: the table plus the highest tracking id covered.
+    /// Stable across retries and restarts: the table, the tracking table's epoch (its OID: new
+    /// when the tracking table is recreated, so ids never repeat) and the highest tracking id covered.
     var id: String
     var body: [UInt8]
 
@@ -18,9 +19,9 @@ struct Payload: Equatable {
     var idempotencyKey: String { id + "." + Self.digestHex(body) }
 
     /// `retryCount`: tries recorded in the tracking table before this batch.
-    static func build(table: WatchedTable, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int) -> Payload {
+    static func build(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int) -> Payload {
         let latest = changes.latest
-        let id = "\(table.qualifiedName):\(latest.id)"
+        let id = "\(table.qualifiedName):\(epoch):\(latest.id)"
         var s = "{\"id\":\(jsonString(id))"
         s += ",\"table_name\":\(jsonString(table.name))"
         s += ",\"schema\":\(jsonString(table.schema))"

@@ -173,10 +173,31 @@ final class TableWorker {
             try reconnect()
             return
         }
+        if error.sqlState == "42P01", try recreateTrackingTables() {
+            return
+        }
         if error.sqlState == "42P01" || error.sqlState == "42501" {
             throw Stop.permanent("table \(table.qualifiedName): \(error)")
         }
         throw error
+    }
+
+    /// The tracking table was dropped under us: every write of the application to the watched
+    /// table now fails in our trigger. Recreate it at once (setup is idempotent) and say so loudly.
+    /// Returns false when that is not what happened or it cannot be done.
+    private func recreateTrackingTables() throws -> Bool {
+        guard let db = try? session.connection(),
+              let missing = try? db.execute("SELECT to_regclass($1) IS NULL OR to_regclass($2) IS NULL", [schema.changesTable, schema.failedTable]),
+              missing[0, 0] == "t" else { return false }
+        do {
+            try schema.install(on: db)
+        } catch {
+            logger.error("the tracking table \(schema.changesTable) is missing and cannot be recreated: \(error)")
+            return false
+        }
+        logger.error("the tracking table \(schema.changesTable) was dropped while the service ran: recreated it. Writes to \(table.qualifiedName) failed while it was missing, and unpublished changes recorded in it are lost; republish those keys from the source if the ingestor needs them. Payload ids carry a new epoch, so they do not repeat the old ones")
+        session.close()  // prepare afresh on the next connection
+        return true
     }
 
     // MARK: - one batch
@@ -205,7 +226,7 @@ final class TableWorker {
             var item = DeliveryItem(ids: group.ids, primaryKey: group.primaryKey, attempts: group.attempts, permanentFailures: group.permanentFailures)
             switch data {
             case .success(let json):
-                requests.append(builder.request(for: Payload.build(table: table, changes: group, atomicData: json, unixNow: unixNow, retryCount: group.attempts)))
+                requests.append(builder.request(for: Payload.build(table: table, epoch: session.epoch, changes: group, atomicData: json, unixNow: unixNow, retryCount: group.attempts)))
             case .failure(let error):
                 if error.isConnectionLost {
                     try databaseFailed(error)

@@ -43,6 +43,15 @@ final class StatsAggregatorTests: XCTestCase {
         XCTAssertEqual(s.health, .unhealthy)
     }
 
+    func testHealth_isUnhealthy_whileATableCannotBePublished_andShowsTheProblem() {
+        var s = ServiceSnapshot()
+        var blocked = stats(published: 1)
+        blocked.tableProblem = "the atomic data query fails for every key: grant SELECT"
+        s.tables = [.init(name: "a", schema: "public", state: "running", pid: 1, restarts: 0, stats: blocked)]
+        XCTAssertEqual(s.health, .unhealthy)
+        XCTAssertTrue(s.healthJSON.contains("\"problem\":\"the atomic data query fails for every key: grant SELECT\""), s.healthJSON)
+    }
+
     func testPrometheusText_namesEveryFamilyWithPrefix_andEscapesLabels() {
         var s = ServiceSnapshot()
         s.tables = [.init(name: "we\"ird", schema: "public", state: "running", pid: 1, restarts: 2, stats: stats(published: 5))]

@@ -187,8 +187,23 @@ extension TrackingSchema {
         let columns = try db.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped", [oid])
         let existing = Set(columns.rows.compactMap { $0[0] })
-        for column in [table.primaryKey] + table.changeColumns where !existing.contains(column) {
-            throw SchemaProblem("column \"\(column)\" does not exist in table \(table.qualifiedName) (check primary_key and change_column(s) for table \"\(table.name)\")")
+        if !existing.contains(table.primaryKey) {
+            throw SchemaProblem("column \"\(table.primaryKey)\" does not exist in table \(table.qualifiedName) (check primary_key of watched table \"\(table.name)\")")
+        }
+        for column in table.changeColumns where !existing.contains(column) {
+            let key = table.changeColumns.count == 1 ? "change_column" : "change_columns"
+            throw SchemaProblem("column \"\(column)\" does not exist in table \(table.qualifiedName) (check \(key) of watched table \"\(table.name)\")")
+        }
+        // The trigger records the key as NOT NULL text: a NULL key would make the application's own
+        // INSERT fail in our trigger, and a key that is not unique would merge different rows.
+        let key = try db.execute("""
+            SELECT a.attnotnull,
+                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indpred IS NULL
+                           AND i.indnatts = 1 AND i.indkey[0] = a.attnum)
+            FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attname = $2 AND NOT a.attisdropped
+            """, [oid, table.primaryKey])
+        if key.rows.first?[0] != "t" || key.rows.first?[1] != "t" {
+            throw SchemaProblem("primary_key \"\(table.primaryKey)\" of \(table.qualifiedName) must be declared NOT NULL and unique (a PRIMARY KEY, or NOT NULL with a unique index on that column alone): otherwise a row with a NULL key would make the application's own write fail in the capture trigger (table \"\(table.name)\", service.watched_tables primary_key)")
         }
         let privilege = try db.execute("SELECT has_table_privilege($1::oid, 'SELECT')", [oid])
         if privilege[0, 0] != "t" {

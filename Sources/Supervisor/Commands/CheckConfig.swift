@@ -20,7 +20,7 @@ struct CheckConfig: ParsableCommand {
         for table in config.service.watchedTables {
             do {
                 try TrackingSchema(table: table).verify(on: db)
-                try db.prepare(name: "check_\(table.name)", sql: AtomicDataQuery(table.atomicDataQuery).wrapped)
+                try CommandSupport.prepareAtomicDataQuery(table, on: db)
                 CommandSupport.say("ok      \(table.name): \(table.qualifiedName) key \(table.primaryKey), watching \(table.changeColumns.joined(separator: ", ")), publishing to \(table.publishEndpoint)")
             } catch {
                 failed += 1

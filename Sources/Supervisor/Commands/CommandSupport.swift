@@ -30,6 +30,16 @@ enum CommandSupport {
         }
     }
 
+    /// Prepare (never run) the table's atomic data query: a syntax error, a missing column or
+    /// function is a configuration error naming the key and the table.
+    static func prepareAtomicDataQuery(_ table: WatchedTable, on db: PostgresConnection) throws {
+        do {
+            try db.prepare(name: "check_\(table.name)", sql: AtomicDataQuery(table.atomicDataQuery).wrapped)
+        } catch {
+            throw SchemaProblem("the atomic_data_query of watched table \"\(table.name)\" does not prepare: \(error)")
+        }
+    }
+
     static func tables(_ config: PublisherConfig, named name: String?) -> [WatchedTable] {
         guard let name else { return config.service.watchedTables }
         guard let table = config.table(named: name) else {

@@ -212,12 +212,13 @@ class IntegrationTestCase: XCTestCase {
         assertIdempotencyKey(request, file: file, line: line)
         XCTAssertEqual(body.keys, Self.payloadKeys, "the payload's keys \(context)", file: file, line: line)
 
-        if let trackingID = expected.trackingID {
-            XCTAssertEqual(body["id"], .string("\(table.schema).\(table.name):\(trackingID)"), "id \(context)", file: file, line: line)
-        } else {
-            let id = body["id"]?.string ?? ""
-            XCTAssertTrue(id.hasPrefix("\(table.schema).\(table.name):") && Int(id.dropFirst("\(table.schema).\(table.name):".count)) != nil,
-                          "id must be '\(table.schema).\(table.name):<tracking id>' \(context)", file: file, line: line)
+        // <schema>.<table>:<epoch: the tracking table's OID>:<highest tracking id covered>
+        let id = body["id"]?.string ?? ""
+        let parts = id.split(separator: ":", omittingEmptySubsequences: false)
+        XCTAssertTrue(parts.count == 3 && parts[0] == "\(table.schema).\(table.name)" && Int(parts[1]) != nil && Int(parts[2]) != nil,
+                      "id must be '\(table.schema).\(table.name):<epoch>:<tracking id>' \(context)", file: file, line: line)
+        if let trackingID = expected.trackingID, parts.count == 3 {
+            XCTAssertEqual(Int(parts[2]), trackingID, "id's tracking id \(context)", file: file, line: line)
         }
         XCTAssertEqual(body["table_name"], .string(table.name), "table_name \(context)", file: file, line: line)
         XCTAssertEqual(body["schema"], .string(table.schema), "schema \(context)", file: file, line: line)
