@@ -523,6 +523,18 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertNoThrow(try ConfigLoader.validate(config))
     }
 
+    func testValidate_credentialsInTheBaseURLTogetherWithAnAuthToken_areRejectedWithoutEchoingThem() throws {
+        let error = try validationError {
+            $0.ingestor.baseURL = "https://svc:s3cret@ingest.example/api"
+            $0.ingestor.authToken = "tok"
+        }
+        XCTAssertEqual(error.key, "ingestor.base_url")
+        XCTAssertFalse(error.description.contains("s3cret"), error.description)
+        var config = try validConfig()
+        config.ingestor.baseURL = "https://svc:s3cret@ingest.example/api"
+        XCTAssertNoThrow(try ConfigLoader.validate(config), "alone, URL credentials are Basic authentication")
+    }
+
     func testValidate_batchSizeAboveTheBound_isRejected() throws {
         let error = try validationError { $0.service.batchSize = 1_000_000_000 }
         XCTAssertEqual(error.key, "service.batch_size")

@@ -59,6 +59,12 @@ extension ConfigLoader {
         guard let afterScheme, let first = afterScheme.first, first != "/" else {
             throw ConfigError(key: "ingestor.base_url", problem: "must be an http:// or https:// URL with a host")
         }
+        // user:password@ in the URL becomes Basic authentication (libcurl); with auth_token set
+        // it would be silently replaced by the Bearer header: refuse the ambiguity.
+        let authority = afterScheme.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        if authority.contains("@") && !ingestor.authToken.isEmpty {
+            throw ConfigError(key: "ingestor.base_url", problem: "carries credentials (user:password@) and ingestor.auth_token is set; only one can be sent: remove one of them")
+        }
         try positive(ingestor.timeoutSeconds, "ingestor.timeout_seconds")
         try atLeast(0, ingestor.maxRetries, "ingestor.max_retries")
         try positive(ingestor.retryDelaySeconds, "ingestor.retry_delay_seconds")
