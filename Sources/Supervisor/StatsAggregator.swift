@@ -18,6 +18,7 @@ struct TableStats: Sendable {
         s.retries += finished.retries
         s.queryErrors += finished.queryErrors
         s.deadLettered += finished.deadLettered
+        s.takeovers += finished.takeovers
         s.query = Self.merge(s.query, finished.query)
         s.publish = Self.merge(s.publish, finished.publish)
         s.batch = Self.merge(s.batch, finished.batch)
@@ -25,6 +26,8 @@ struct TableStats: Sendable {
         if current == nil {
             s.database = .unknown
             s.circuitBreaker = .unknown
+            s.lease = .none
+            s.leaseHeldSeconds = 0
             s.backlog = finished.backlog
             s.oldestChangeAgeSeconds = finished.oldestChangeAgeSeconds
             s.deadLetters = finished.deadLetters
@@ -75,6 +78,8 @@ struct ServiceSnapshot: Sendable {
     }
 
     var tables: [Table] = []
+    /// `service.instance_id` (or the host name): which instance answers.
+    var instance = ""
     var startedAt = Date()
     var malformedLines = 0
     var ready = false
@@ -100,6 +105,8 @@ struct ServiceSnapshot: Sendable {
         var text = "\(health.rawValue): \(running)/\(tables.count) workers running, \(published) changes published, backlog \(backlog)"
         let failed = tables.filter { $0.state == "failed" }.map(\.name)
         if !failed.isEmpty { text += ", failed: \(failed.joined(separator: ","))" }
+        let standby = tables.filter { $0.up && $0.stats.lease == .standby }.map(\.name)
+        if !standby.isEmpty { text += ", standby: \(standby.joined(separator: ","))" }
         return text
     }
 }

@@ -291,6 +291,7 @@ final class Supervisor {
     private func publishSnapshot() {
         var snapshot = ServiceSnapshot()
         snapshot.startedAt = startedAt
+        snapshot.instance = config.resolvedInstanceId
         snapshot.malformedLines = malformedLines + order.reduce(0) { $0 + (workers[$1]?.child?.malformedLines ?? 0) }
         snapshot.stopping = shuttingDown
         for name in order {

@@ -25,11 +25,22 @@ final class DatabaseSession: ChangeStore {
 
     var isConnected: Bool { db?.isConnected ?? false }
 
+    /// `atomic-data-publisher/<table>@<instance>` (PostgreSQL keeps 63 bytes): the lease holder's
+    /// name, as other instances read it from pg_stat_activity.
+    static func applicationName(table: String, instance: String) -> String {
+        String(decoding: Array("atomic-data-publisher/\(table)@\(instance)".utf8.prefix(63)), as: UTF8.self)
+    }
+
+    /// The instance named in a lease holder's application_name.
+    static func instance(fromApplicationName name: String) -> String {
+        name.split(separator: "@", maxSplits: 1).dropFirst().first.map(String.init) ?? name
+    }
+
     /// A fresh connection, set up on the first one. Throws a `PostgresError`, or a `TableWorker.Stop`
     /// for a schema problem (watched table or column missing: a configuration error).
     func open() throws {
         close()
-        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(schema.table.name)"))
+        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: Self.applicationName(table: schema.table.name, instance: config.resolvedInstanceId)))
         if !setUp {
             do {
                 try schema.install(on: connection)

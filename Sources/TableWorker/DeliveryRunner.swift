@@ -36,10 +36,18 @@ protocol DeliveryHost: AnyObject {
     func randomUnit() -> Double
     /// Sleep up to `seconds`, keeping stats flowing; true when asked to stop.
     func wait(_ seconds: Double) -> Bool
-    /// Called while requests are in flight (at least every 100 ms); true when asked to stop.
-    func tick(inFlight: Int) -> Bool
+    /// Called while requests are in flight (at least every 100 ms).
+    func tick(inFlight: Int) -> TickVerdict
     /// The breaker after each event, so every state change is logged as it happens.
     func observe(_ breaker: CircuitBreaker)
+}
+
+enum TickVerdict: Equatable {
+    case go
+    /// Asked to stop (SIGTERM, the supervisor is gone).
+    case stop
+    /// The table's lease could not be confirmed (the session is gone): send nothing more.
+    case leaseLost
 }
 
 enum DeliveryEnd {
@@ -103,8 +111,12 @@ final class DeliveryRunner {
                 var answered = 0
                 let results = transport.perform(wave, maxConcurrent: maxConcurrent, shouldAbort: { [self] in
                     if lost != nil { return true }
-                    if host.tick(inFlight: inFlight) { stop = true }
-                    return stop
+                    switch host.tick(inFlight: inFlight) {
+                    case .go: break
+                    case .stop: stop = true
+                    case .leaseLost: lost = PostgresError(kind: .connection, sqlState: nil, message: "the table's lease could not be confirmed")
+                    }
+                    return stop || lost != nil
                 }, onComplete: { [self] position, response in
                     answered += 1
                     let index = indices[position]

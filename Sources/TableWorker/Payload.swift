@@ -48,12 +48,14 @@ struct Payload: Equatable {
 struct RequestBuilder {
     let url: String
     let authToken: String
+    let instance: String
 
     init(config: PublisherConfig, table: WatchedTable) {
         var base = config.ingestor.baseURL
         while base.hasSuffix("/") { base.removeLast() }
         url = base + table.publishEndpoint
         authToken = config.ingestor.authToken
+        instance = config.resolvedInstanceId
     }
 
     func request(for payload: Payload) -> HTTPRequest {
@@ -61,6 +63,7 @@ struct RequestBuilder {
             ("Content-Type", "application/json"),
             ("Idempotency-Key", payload.idempotencyKey),
             ("User-Agent", PublisherVersion.userAgent),
+            ("X-Publisher-Instance", instance),
         ]
         if !authToken.isEmpty {
             headers.append(("Authorization", "Bearer \(authToken)"))

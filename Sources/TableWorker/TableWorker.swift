@@ -38,6 +38,11 @@ final class TableWorker {
     private var stopRequested = false
     private var idleDelay = 0.0
     private var breaker: CircuitBreaker
+    private var lease: LeaseMachine
+    private var lastLeaseConfirmAt = 0.0
+    private var lastHolderLogged: String?
+    /// While requests go out, the lease is confirmed at least this often.
+    static let leaseConfirmSeconds = 2.0
     private var random = SystemRandomNumberGenerator()
     /// Seconds between tries while the table cannot be published.
     static let tableProblemRetrySeconds = 5.0
@@ -54,6 +59,7 @@ final class TableWorker {
         builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
                                  resetSeconds: config.ingestor.circuitBreakerResetSeconds)
+        lease = LeaseMachine(fenceSeconds: config.resolvedLeaseFenceSeconds, retrySeconds: config.service.leaseRetrySeconds)
         http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
                           maxConnections: max(8, config.service.maxConcurrentPublishes * 2))
@@ -79,6 +85,14 @@ final class TableWorker {
                 try emitStatsIfDue()
                 guard session.isConnected else {
                     try reconnect()
+                    continue
+                }
+                if !lease.isHeld {
+                    try takeLease()
+                    continue
+                }
+                if !lease.mayPublish(now: monotonicSeconds()) {
+                    try pause(min(lease.fenceRemaining(now: monotonicSeconds()) ?? 0, 1.0))
                     continue
                 }
                 if let wait = breaker.waitTime(now: monotonicSeconds()), wait > 0 {
@@ -146,9 +160,40 @@ final class TableWorker {
         }
     }
 
+    /// Try to take the table's lease; stand by (and say who leads) when another session holds it.
+    private func takeLease() throws {
+        let acquired: Bool
+        do {
+            acquired = try schema.tryLease(session.connection())
+        } catch {
+            try databaseFailed(error)
+            return
+        }
+        let now = monotonicSeconds()
+        if let retryAt = lease.tried(acquired: acquired, now: now) {
+            let holder = (try? schema.leaseHolder(session.connection())).flatMap { $0 }.map(DatabaseSession.instance(fromApplicationName:))
+            stats.leaseHolder = holder
+            if lastHolderLogged != (holder ?? "?") {
+                lastHolderLogged = holder ?? "?"
+                logger.notice("standing by: another instance holds the lease of this table", metadata: ["leader": "\(holder ?? "unknown")"])
+            }
+            try emitStats()
+            try pause(max(0, retryAt - now))
+            return
+        }
+        lastHolderLogged = nil
+        stats.leaseHolder = config.resolvedInstanceId
+        lastLeaseConfirmAt = now
+        let fence = lease.fenceRemaining(now: now) ?? 0
+        logger.notice("took the lease of this table", metadata: ["fence_seconds": "\(fence)", "takeovers": "\(lease.takeovers)"])
+        try emitStats()
+    }
+
     /// The connection is gone: connect again, then write what the last round still owes
-    /// (acknowledgements of payloads already answered 2xx).
+    /// (acknowledgements of payloads already answered 2xx). The lease went with the session.
     private func reconnect() throws {
+        if lease.isHeld { logger.warning("lost the lease of this table with the database session") }
+        lease.connectionLost()
         session.close()
         stats.database = .down
         try emitStats()
@@ -208,6 +253,7 @@ final class TableWorker {
         do {
             let queryStarted = monotonicSeconds()
             batch = try reader.read(session.connection())
+            lastLeaseConfirmAt = monotonicSeconds()  // the read succeeded on the lease's session
             if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
         } catch {
             try databaseFailed(error)
@@ -406,6 +452,10 @@ final class TableWorker {
             }
         }
         stats.database = session.isConnected ? .up : .down
+        if !session.isConnected && lease.isHeld { lease.connectionLost() }
+        stats.lease = lease.reported
+        stats.leaseHeldSeconds = lease.heldSeconds(now: lastStatsAt)
+        stats.takeovers = lease.takeovers
         if let lastPublishUnix { stats.lastPublishAt = Timestamp.iso8601(unixSeconds: lastPublishUnix) }
         emit(.stats(table: table.name, stats: stats))
     }
@@ -438,7 +488,7 @@ extension TableWorker: DeliveryHost {
         noteBreaker()
     }
 
-    func tick(inFlight: Int) -> Bool {
+    func tick(inFlight: Int) -> TickVerdict {
         stats.inFlight = inFlight
         do {
             try checkStop()
@@ -447,10 +497,20 @@ extension TableWorker: DeliveryHost {
                 try emitStats(refreshBacklog: false)
             }
             if supervised { try waitForEvents(timeout: 0) }
-            return false
         } catch {
             stopRequested = true
-            return true
+            return .stop
         }
+        // Fencing: no request may start unless the lease was confirmed recently.
+        if monotonicSeconds() - lastLeaseConfirmAt >= Self.leaseConfirmSeconds {
+            do {
+                try schema.confirmLease(session.connection())
+                lastLeaseConfirmAt = monotonicSeconds()
+            } catch {
+                logger.warning("cannot confirm the lease of this table: sending nothing more", metadata: ["error": "\(error)"])
+                return .leaseLost
+            }
+        }
+        return .go
     }
 }

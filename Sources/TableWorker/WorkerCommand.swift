@@ -55,7 +55,7 @@ struct WorkerCommand: ParsableCommand {
             throw ExitCode(ExitStatus.config)
         }
         LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format,
-                           metadata: ["table": "\(watched.name)", "worker_pid": "\(getpid())"])
+                           metadata: ["table": "\(watched.name)", "worker_pid": "\(getpid())", "instance": "\(resolved.resolvedInstanceId)"])
         let logger = Logger(label: "atomic-data-table-worker")
         let worker = TableWorker(config: resolved, table: watched, supervised: configStdin, logger: logger)
         let status = worker.run()

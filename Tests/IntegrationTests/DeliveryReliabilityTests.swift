@@ -7,7 +7,7 @@ import XCTest
 /// and a bad row never blocks the others. Real PostgreSQL, a real ingestor told to fail, real
 /// processes killed with real signals.
 final class DeliveryReliabilityTests: IntegrationTestCase {
-    private var supervisors: [SupervisorProcess] = []
+    var supervisors: [SupervisorProcess] = []
 
     override func tearDownWithError() throws {
         for supervisor in supervisors where supervisor.process.isRunning { supervisor.process.stop(timeout: 15) }

@@ -65,9 +65,11 @@ final class DeliveryRunnerTests: XCTestCase {
         func randomUnit() -> Double { 0.5 }
         func observe(_ breaker: CircuitBreaker) {}
         func wait(_ seconds: Double) -> Bool { waits.append(seconds); now += seconds; return false }
-        func tick(inFlight: Int) -> Bool {
+        var leaseLostAtTick: Int?
+        func tick(inFlight: Int) -> TickVerdict {
             ticks += 1
-            return stopAtTick.map { ticks >= $0 } ?? false
+            if let n = leaseLostAtTick, ticks >= n { return .leaseLost }
+            return (stopAtTick.map { ticks >= $0 } ?? false) ? .stop : .go
         }
     }
 
@@ -120,6 +122,17 @@ final class DeliveryRunnerTests: XCTestCase {
         XCTAssertEqual(transport.sent, ["key0", "key1"])
         XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1, 2])
         XCTAssertTrue(store.rescheduled.isEmpty)
+    }
+
+    func testALostLease_stopsSendingAtOnce_andKeepsTheAcknowledgementsOwed() throws {
+        var (runner, transport, store, host, plan, requests) = setUp(5)
+        host.leaseLostAtTick = 3
+        guard case .storeFailed(let error) = runner.run(&plan, requests: requests) else { return XCTFail("expected storeFailed") }
+        XCTAssertTrue(error.isConnectionLost)
+        XCTAssertEqual(transport.sent, ["key0", "key1"], "nothing is sent once the lease is in doubt")
+        var owed: [Int64] = []
+        for write in runner.pending { if case .acknowledge(let ids) = write { owed += ids } }
+        XCTAssertEqual(store.acknowledged.flatMap { $0 } + owed, [1, 2], "answered 2xx: acknowledged now or after the reconnect")
     }
 
     func testLostConnectionWhileAcknowledging_keepsTheAcknowledgements_forTheNextConnection() throws {

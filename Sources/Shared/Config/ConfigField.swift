@@ -62,6 +62,9 @@ struct ConfigField: Sendable {
         ConfigField("service", "shutdown_timeout_seconds", .double(\.service.shutdownTimeoutSeconds)),
         ConfigField("service", "restart_delay_seconds", .double(\.service.restartDelaySeconds)),
         ConfigField("service", "max_restart_delay_seconds", .double(\.service.maxRestartDelaySeconds)),
+        ConfigField("service", "instance_id", .string(\.service.instanceId)),
+        ConfigField("service", "lease_fence_seconds", .double(\.service.leaseFenceSeconds)),
+        ConfigField("service", "lease_retry_seconds", .double(\.service.leaseRetrySeconds)),
 
         ConfigField("logging", "level", .string(\.logging.level)),
         ConfigField("logging", "format", .logFormat(\.logging.format)),

@@ -90,6 +90,13 @@ extension ConfigLoader {
         try atLeast(1, service.deadLetterAfterAttempts, "service.dead_letter_after_attempts")
         try positive(service.shutdownTimeoutSeconds, "service.shutdown_timeout_seconds")
         try positive(service.restartDelaySeconds, "service.restart_delay_seconds")
+        try positive(service.leaseRetrySeconds, "service.lease_retry_seconds")
+        guard service.leaseFenceSeconds.isFinite, service.leaseFenceSeconds >= 0 || service.leaseFenceSeconds == -1 else {
+            throw ConfigError(key: "service.lease_fence_seconds", problem: "must be -1 (automatic: ingestor.timeout_seconds + 2) or a number of seconds, found \(service.leaseFenceSeconds)")
+        }
+        guard service.instanceId.utf8.count <= 40, !service.instanceId.contains(where: { $0.isNewline || $0 == "\u{0}" }) else {
+            throw ConfigError(key: "service.instance_id", problem: "must be at most 40 bytes on one line (it is sent as a header and shown in pg_stat_activity)")
+        }
         guard service.maxRestartDelaySeconds >= service.restartDelaySeconds else {
             throw ConfigError(key: "service.max_restart_delay_seconds", problem: "must be at least service.restart_delay_seconds")
         }

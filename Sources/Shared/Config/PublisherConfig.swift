@@ -1,8 +1,25 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 // The resolved configuration: built-in defaults, then TOML files, then environment variables
 // (DESIGN.md section 3). Every field here is a promise to users: the TOML key is the snake_case
 // name, the environment variable ATOMIC_DATA_PUBLISHER_<SECTION>_<KEY>.
 
 public struct PublisherConfig: Codable, Sendable, Equatable {
+    /// The instance name in effect: `service.instance_id`, or the host name.
+    public var resolvedInstanceId: String {
+        if !service.instanceId.isEmpty { return service.instanceId }
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "unknown-host" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The lease fence in effect (see `ServiceConfig.leaseFenceSeconds`).
+    public var resolvedLeaseFenceSeconds: Double {
+        service.leaseFenceSeconds >= 0 ? service.leaseFenceSeconds : Double(ingestor.timeoutSeconds) + 2
+    }
+
     public var database = DatabaseConfig()
     public var ingestor = IngestorConfig()
     public var service = ServiceConfig()
@@ -50,6 +67,14 @@ public struct ServiceConfig: Codable, Sendable, Equatable {
     /// The supervisor's first delay before restarting a dead worker; doubles up to the maximum.
     public var restartDelaySeconds = 1.0
     public var maxRestartDelaySeconds = 60.0
+    /// Names this instance in the X-Publisher-Instance header, logs, /health and the lease
+    /// holder's application_name. Empty: the host name.
+    public var instanceId = ""
+    /// How long a worker waits after taking a table's lease before its first request, so the
+    /// previous holder's requests have finished. Negative: automatic (ingestor timeout + 2 s).
+    public var leaseFenceSeconds = -1.0
+    /// How often a standby tries to take the lease.
+    public var leaseRetrySeconds = 2.0
     public var watchedTables: [WatchedTable] = []
     public init() {}
 }

@@ -31,6 +31,16 @@ public enum BreakerState: String, Codable, Sendable, Equatable {
     case closed, open, halfOpen = "half_open", unknown
 }
 
+/// A worker's hold on its table's lease.
+public enum LeaseState: String, Codable, Sendable, Equatable {
+    /// Publishing: this worker's session holds the lease.
+    case leader
+    /// Waiting: another session holds it (or the fence after taking it has not passed yet).
+    case standby
+    /// Not connected, or not tried yet.
+    case none
+}
+
 /// A worker's database connection as it reports it (`unknown` while no worker runs).
 public enum DatabaseState: String, Codable, Sendable, Equatable {
     case up, down, unknown
@@ -60,6 +70,13 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     /// Set while the table cannot be published at all (a revoked grant, a dropped column in the
     /// atomic data query): its changes wait in the tracking table. One sentence with the fix.
     public var tableProblem: String?
+    public var lease = LeaseState.none
+    /// The instance holding the lease, when known (this one when leading).
+    public var leaseHolder: String?
+    /// Seconds since this worker took the lease (0 unless leading).
+    public var leaseHeldSeconds = 0.0
+    /// How many times this worker took the lease after another had it.
+    public var takeovers = 0
 
     public init() {}
 
@@ -69,6 +86,7 @@ public struct WorkerStats: Codable, Sendable, Equatable {
         case deadLettered = "dead_lettered", backlog, oldestChangeAgeSeconds = "oldest_change_age_seconds"
         case inFlight = "in_flight", deadLetters = "dead_letters", oldestDeadLetterAgeSeconds = "oldest_dead_letter_age_seconds", query, publish, batch, circuitBreaker = "circuit_breaker", database
         case lastPublishAt = "last_publish_at", tableProblem = "table_problem"
+        case lease, leaseHolder = "lease_holder", leaseHeldSeconds = "lease_held_seconds", takeovers
     }
 }
 

@@ -150,6 +150,7 @@ public struct TrackingSchema: Sendable {
     public var printableSQL: String {
         """
         -- atomic-data-publisher: objects for \(table.qualifiedName)
+        \(leaseCommentSQL)
         BEGIN;
         SELECT pg_advisory_xact_lock(\(advisoryLockKey));
         \(createTablesSQL)

@@ -10,7 +10,7 @@ struct Run: ParsableCommand {
     func run() throws {
         HTTPClient.globalInit()
         let (config, warnings) = CommandSupport.loadConfig(global)
-        LogSetup.bootstrap(level: config.logging.level, format: config.logging.format)
+        LogSetup.bootstrap(level: config.logging.level, format: config.logging.format, metadata: ["instance": "\(config.resolvedInstanceId)"])
         let logger = Logger(label: "atomic-data-publisher")
         for warning in warnings { logger.warning("\(warning)") }
         preflight(config, logger: logger)

@@ -20,11 +20,11 @@ struct Status: ParsableCommand {
               let components = object["components"] as? [String: Any], let tables = components["tables"] as? [String: [String: Any]] else {
             CommandSupport.fail("unexpected answer from \(url) (HTTP \(response.status))", status: 3)
         }
-        CommandSupport.say("service: \(object["status"] ?? "?") (version \(object["version"] ?? "?"), up \(object["uptime_seconds"] ?? 0) s)")
+        CommandSupport.say("service: \(object["status"] ?? "?") (instance \(object["instance"] ?? "?"), version \(object["version"] ?? "?"), up \(object["uptime_seconds"] ?? 0) s)")
         for name in tables.keys.sorted() {
             let t = tables[name]!
             let pid = (t["pid"] as? Int).map(String.init) ?? "-"
-            CommandSupport.say("\(name): \(t["state"] ?? "?") pid \(pid), restarts \(t["restarts"] ?? 0), backlog \(t["backlog"] ?? 0), database \(t["database"] ?? "?"), breaker \(t["circuit_breaker"] ?? "?"), last publish \((t["last_publish"] as? String) ?? "never")")
+            CommandSupport.say("\(name): \(t["state"] ?? "?") pid \(pid), restarts \(t["restarts"] ?? 0), backlog \(t["backlog"] ?? 0), lease \(t["lease"] ?? "?")\((t["leader"] as? String).map { " (leader \($0))" } ?? ""), database \(t["database"] ?? "?"), breaker \(t["circuit_breaker"] ?? "?"), last publish \((t["last_publish"] as? String) ?? "never")")
         }
         if response.status != 200 { throw ExitCode(1) }
     }

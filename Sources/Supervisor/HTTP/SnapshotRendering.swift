@@ -22,6 +22,8 @@ extension ServiceSnapshot {
             if let e = t.lastExit { entry["last_exit"] = e }
             if let e = t.lastError { entry["last_error"] = e }
             if let p = t.stats.tableProblem { entry["problem"] = p }
+            entry["lease"] = t.stats.lease.rawValue
+            if let holder = t.stats.leaseHolder { entry["leader"] = holder }
             tablesObject[t.name] = entry
         }
         let dbUp = tables.contains { $0.stats.database == .up }
@@ -29,6 +31,7 @@ extension ServiceSnapshot {
         let breakerOpen = tables.filter { $0.stats.circuitBreaker == .open || $0.stats.circuitBreaker == .halfOpen }.map(\.name)
         let body: [String: Any] = [
             "status": health.rawValue,
+            "instance": instance,
             "version": PublisherVersion.current,
             "uptime_seconds": Int(Date().timeIntervalSince(startedAt)),
             "components": [
@@ -88,6 +91,11 @@ extension ServiceSnapshot {
             entry["database"] = t.stats.database.rawValue
             entry["circuit_breaker"] = t.stats.circuitBreaker.rawValue
             entry["last_publish"] = t.stats.lastPublishAt ?? NSNull()
+            entry["lease"] = t.stats.lease.rawValue
+            entry["leader"] = t.stats.leaseHolder ?? NSNull()
+            entry["lease_held_seconds"] = t.stats.leaseHeldSeconds
+            entry["takeovers"] = t.stats.takeovers
+            if let p = t.stats.tableProblem { entry["problem"] = p }
             perTable[t.name] = entry
         }
         var totalsObject = counters(totals)
@@ -95,7 +103,7 @@ extension ServiceSnapshot {
         totalsObject["workers_up"] = tables.filter(\.up).count
         totalsObject["workers"] = tables.count
         totalsObject["malformed_worker_lines"] = malformedLines
-        return json(["uptime_seconds": Int(Date().timeIntervalSince(startedAt)), "totals": totalsObject, "tables": perTable])
+        return json(["uptime_seconds": Int(Date().timeIntervalSince(startedAt)), "instance": instance, "totals": totalsObject, "tables": perTable])
     }
 
     var prometheusText: String {
@@ -126,6 +134,14 @@ extension ServiceSnapshot {
         family("worker_failed", "gauge", "1 when the table failed permanently (configuration or permission error) and is not restarted.",
                perTable { $0.state == "failed" ? 1 : 0 })
         family("database_up", "gauge", "1 when the worker's database connection is up.", perTable { $0.stats.database == .up ? 1 : 0 })
+        family("lease_leader", "gauge", "1 when this instance holds the table's lease and publishes it; 0 when it stands by.",
+               perTable { $0.stats.lease == .leader ? 1 : 0 })
+        family("lease_takeovers_total", "counter", "Times this instance took the table's lease after another instance held it.",
+               perTable { Double($0.stats.takeovers) })
+        family("lease_held_seconds", "gauge", "Seconds since this instance took the table's lease (0 when not leading).",
+               perTable { $0.stats.leaseHeldSeconds })
+        family("table_problem", "gauge", "1 while the table cannot be published (a revoked grant, a query failing for every key).",
+               perTable { $0.stats.tableProblem == nil ? 0 : 1 })
         family("circuit_breaker_open", "gauge", "1 when the worker's circuit breaker is open or half-open.",
                perTable { ($0.stats.circuitBreaker == .open || $0.stats.circuitBreaker == .halfOpen) ? 1 : 0 })
         for (name, help, path) in [("query_duration_seconds", "Atomic data query time per batch.", \WorkerStats.query),

@@ -21,6 +21,10 @@ enum ConfigFile {
         config.service.batchSize = 100
         config.service.maxConcurrentPublishes = 5
         config.service.shutdownTimeoutSeconds = 5
+        // One instance per test unless a test says otherwise: no previous lease holder can have a
+        // request in flight, so no fence (the lease tests set their own).
+        config.service.leaseFenceSeconds = 0
+        config.service.leaseRetrySeconds = 0.5
         config.service.watchedTables = tables
         config.logging.level = "debug"
         config.logging.format = .json
@@ -72,6 +76,9 @@ enum ConfigFile {
         set("shutdown_timeout_seconds", number(c.service.shutdownTimeoutSeconds))
         set("restart_delay_seconds", number(c.service.restartDelaySeconds))
         set("max_restart_delay_seconds", number(c.service.maxRestartDelaySeconds))
+        set("instance_id", string(c.service.instanceId))
+        set("lease_fence_seconds", number(c.service.leaseFenceSeconds))
+        set("lease_retry_seconds", number(c.service.leaseRetrySeconds))
 
         for table in c.service.watchedTables {
             lines.append("")

@@ -1,0 +1,62 @@
+// The table lease (several instances on one database): a worker publishes a table only while its
+// own database session holds a session-level advisory lock for that table.
+//
+// Invariants:
+// - The lease key lives in its own key space ("atomic-data-publisher:lease:<schema>.<table>"),
+//   distinct from setup's transaction lock, so a standby never blocks another instance's setup.
+// - PostgreSQL releases a session lock only when the session ends (or on pg_advisory_unlock):
+//   while a query on that session succeeds, the lease is ours. A worker confirms it before each
+//   batch (the batch read is on the session) and at least every `leaseConfirmSeconds` while
+//   requests go out; a confirmation that fails stops new requests at once.
+// - A new holder waits `lease_fence_seconds` (by default the ingestor timeout plus 2 s) before
+//   its first request, so any request the previous holder still had in flight has finished
+//   (README, "Running several hosts").
+
+extension TrackingSchema {
+    /// The session-level advisory lock key of this table's lease.
+    public var leaseKey: Int64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "atomic-data-publisher:lease:\(table.qualifiedName)".utf8 {
+            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
+        }
+        return Int64(bitPattern: hash)
+    }
+
+    /// How `pg_locks` shows the key: classid (high 32 bits) and objid (low 32 bits), objsubid 1.
+    public var leaseLockTag: (classid: UInt32, objid: UInt32) {
+        let bits = UInt64(bitPattern: leaseKey)
+        return (UInt32(truncatingIfNeeded: bits >> 32), UInt32(truncatingIfNeeded: bits))
+    }
+
+    /// True when this session now holds the lease (or already did).
+    public func tryLease(_ db: PostgresConnection) throws(PostgresError) -> Bool {
+        try db.execute("SELECT pg_try_advisory_lock($1::bigint)", [String(leaseKey)])[0, 0] == "t"
+    }
+
+    /// The application_name of the session holding the lease, if any (it names the instance).
+    public func leaseHolder(_ db: PostgresConnection) throws(PostgresError) -> String? {
+        let tag = leaseLockTag
+        let r = try db.execute("""
+            SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid AND l.objsubid = 1
+            LIMIT 1
+            """, [String(tag.classid), String(tag.objid)])
+        return r.rows.first?[0] ?? nil
+    }
+
+    /// One round trip on the session: succeeds only while the session (and so the lease) lives.
+    public func confirmLease(_ db: PostgresConnection) throws(PostgresError) {
+        try db.execute("SELECT 1")
+    }
+
+    /// For print-sql: how to see who leads this table.
+    public var leaseCommentSQL: String {
+        let tag = leaseLockTag
+        return """
+        -- Lease: a worker publishes \(table.qualifiedName) only while its session holds
+        -- pg_advisory_lock(\(leaseKey)) (pg_locks: locktype 'advisory', classid \(tag.classid), objid \(tag.objid), objsubid 1).
+        -- Who leads: SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+        --            WHERE l.locktype = 'advisory' AND l.granted AND l.classid = \(tag.classid) AND l.objid = \(tag.objid);
+        """
+    }
+}

@@ -1,0 +1,92 @@
+// A worker's hold on its table's lease, as a pure state machine (times passed in).
+//
+//   none ──(tried, not acquired)──▶ standby ──(tried, acquired)──▶ fencing ──(fence elapsed)──▶ leading
+//     ▲                                                                                        │
+//     └───────────────────────────────(connection lost: the lock went with it)─────────────────┘
+//
+// A worker sends requests only while `leading`. `fencing` lasts `fenceSeconds` after every
+// acquisition: the previous holder may have requests in flight until its ingestor timeout, and a
+// key's payloads must not overtake each other across a takeover.
+
+import Shared
+
+struct LeaseMachine: Equatable, Sendable {
+    enum State: Equatable, Sendable {
+        case none
+        case standby
+        case fencing(until: Double, acquiredAt: Double)
+        case leading(acquiredAt: Double)
+    }
+
+    let fenceSeconds: Double
+    let retrySeconds: Double
+    private(set) var state: State = .none
+    /// Acquisitions after another session was seen holding the lease.
+    private(set) var takeovers = 0
+    private var sawAnotherHolder = false
+
+    init(fenceSeconds: Double, retrySeconds: Double) {
+        self.fenceSeconds = max(0, fenceSeconds)
+        self.retrySeconds = retrySeconds
+    }
+
+    var isHeld: Bool {
+        switch state {
+        case .fencing, .leading: true
+        case .none, .standby: false
+        }
+    }
+
+    var reported: LeaseState {
+        switch state {
+        case .leading: .leader
+        case .standby, .fencing: .standby
+        case .none: .none
+        }
+    }
+
+    /// The result of a `pg_try_advisory_lock`. Returns when to try again if not acquired.
+    mutating func tried(acquired: Bool, now: Double) -> Double? {
+        guard acquired else {
+            sawAnotherHolder = true
+            state = .standby
+            return now + retrySeconds
+        }
+        if sawAnotherHolder { takeovers += 1 }
+        sawAnotherHolder = false
+        state = fenceSeconds > 0 ? .fencing(until: now + fenceSeconds, acquiredAt: now) : .leading(acquiredAt: now)
+        return nil
+    }
+
+    /// May requests be sent now? Moves fencing → leading once the fence has passed.
+    mutating func mayPublish(now: Double) -> Bool {
+        switch state {
+        case .leading:
+            return true
+        case .fencing(let until, let acquiredAt) where now >= until:
+            state = .leading(acquiredAt: acquiredAt)
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// Seconds left in the fence, if fencing.
+    func fenceRemaining(now: Double) -> Double? {
+        if case .fencing(let until, _) = state { return max(0, until - now) }
+        return nil
+    }
+
+    func heldSeconds(now: Double) -> Double {
+        switch state {
+        case .fencing(_, let at), .leading(let at): now - at
+        default: 0
+        }
+    }
+
+    /// The session ended: the lock went with it.
+    mutating func connectionLost() {
+        if isHeld { sawAnotherHolder = true }  // someone may take it meanwhile: fence again
+        state = .none
+    }
+}

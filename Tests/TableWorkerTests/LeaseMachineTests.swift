@@ -1,0 +1,50 @@
+import XCTest
+@testable import TableWorker
+
+final class LeaseMachineTests: XCTestCase {
+    func testAcquired_fencesThenLeads() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        XCTAssertNil(m.tried(acquired: true, now: 100))
+        XCTAssertEqual(m.reported, .standby)
+        XCTAssertFalse(m.mayPublish(now: 111.9), "the previous holder's requests may still be in flight")
+        XCTAssertEqual(m.fenceRemaining(now: 106), 6)
+        XCTAssertTrue(m.mayPublish(now: 112))
+        XCTAssertEqual(m.reported, .leader)
+        XCTAssertEqual(m.heldSeconds(now: 130), 30)
+    }
+
+    func testNotAcquired_standsByAndRetries() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        XCTAssertEqual(m.tried(acquired: false, now: 5), 7)
+        XCTAssertEqual(m.reported, .standby)
+        XCTAssertFalse(m.mayPublish(now: 100))
+    }
+
+    func testTakeover_isCounted_onlyAfterAnotherHolderWasSeen() {
+        var m = LeaseMachine(fenceSeconds: 0, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        XCTAssertEqual(m.takeovers, 0, "first holder: no takeover")
+        m.connectionLost()
+        _ = m.tried(acquired: false, now: 1)
+        _ = m.tried(acquired: true, now: 3)
+        XCTAssertEqual(m.takeovers, 1)
+    }
+
+    func testConnectionLost_dropsTheLease_andTheNextAcquisitionFencesAgain() {
+        var m = LeaseMachine(fenceSeconds: 5, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        XCTAssertTrue(m.mayPublish(now: 5))
+        m.connectionLost()
+        XCTAssertFalse(m.mayPublish(now: 6))
+        XCTAssertEqual(m.reported, .none)
+        _ = m.tried(acquired: true, now: 10)
+        XCTAssertFalse(m.mayPublish(now: 14))
+        XCTAssertTrue(m.mayPublish(now: 15))
+    }
+
+    func testZeroFence_leadsAtOnce() {
+        var m = LeaseMachine(fenceSeconds: 0, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        XCTAssertTrue(m.mayPublish(now: 0))
+    }
+}
