@@ -74,7 +74,11 @@ struct ServiceSnapshot: Sendable {
         var lastExit: String?
         var lastError: String?
         var stats: WorkerStats
+        /// Seconds since the running worker last reported (it reports every second).
+        var silentSeconds = 0.0
         var up: Bool { state == "running" }
+        /// A running worker that has not reported for a few seconds: its figures are stale.
+        var stalled: Bool { up && silentSeconds >= ServiceSnapshot.staleAfterSeconds }
     }
 
     var tables: [Table] = []
@@ -84,6 +88,7 @@ struct ServiceSnapshot: Sendable {
     var malformedLines = 0
     var ready = false
     var stopping = false
+    static let staleAfterSeconds = 3.0
 
     enum Health: String { case healthy, degraded, unhealthy }
 
@@ -93,7 +98,7 @@ struct ServiceSnapshot: Sendable {
         // A table that cannot be published (a revoked grant, a broken query) publishes nothing.
         if tables.contains(where: { $0.stats.tableProblem != nil }) { return .unhealthy }
         if !tables.contains(where: \.up) { return .unhealthy }
-        if tables.contains(where: { !$0.up || $0.stats.database != .up || $0.stats.circuitBreaker != .closed }) { return .degraded }
+        if tables.contains(where: { !$0.up || $0.stalled || $0.stats.database != .up || $0.stats.circuitBreaker != .closed }) { return .degraded }
         return .healthy
     }
 

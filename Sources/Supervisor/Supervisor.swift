@@ -296,9 +296,11 @@ final class Supervisor {
         snapshot.stopping = shuttingDown
         for name in order {
             guard let w = workers[name] else { continue }
-            snapshot.tables.append(.init(name: name, schema: w.table.schema, state: w.machine.state.name, pid: w.machine.pid,
-                                         restarts: w.machine.restarts, lastExit: w.machine.lastExit?.description,
-                                         lastError: w.machine.lastError, stats: w.stats.combined))
+            var table = ServiceSnapshot.Table(name: name, schema: w.table.schema, state: w.machine.state.name, pid: w.machine.pid,
+                                              restarts: w.machine.restarts, lastExit: w.machine.lastExit?.description,
+                                              lastError: w.machine.lastError, stats: w.stats.combined)
+            if case .running = w.machine.state { table.silentSeconds = monotonicSeconds() - w.lastHeardAt }
+            snapshot.tables.append(table)
         }
         snapshot.ready = readyNotified
         store.publish(snapshot)

@@ -111,6 +111,10 @@ extension SupervisorProcessTests {
         defer { kill(victim, SIGCONT) }
         try s.database.execute("UPDATE alpha SET v = 4 WHERE id = 3")
         let stoppedAt = Date()
+        try waitUntil(timeout: 9, "/health says the silent worker is stalled, not healthy") {
+            let (status, body) = try s.supervisor.health()
+            return status == 200 && body["status"] == "degraded" && body["components"]?["tables"]?["alpha"]?["stalled"] == true
+        }
         try waitUntil(timeout: 30, "the stalled worker is replaced") {
             guard let pid = try s.supervisor.workerPIDs()["alpha"] else { return false }
             return pid != victim

@@ -24,6 +24,11 @@ extension ServiceSnapshot {
             if let p = t.stats.tableProblem { entry["problem"] = p }
             entry["lease"] = t.stats.lease.rawValue
             if let holder = t.stats.leaseHolder { entry["leader"] = holder }
+            if t.stalled {
+                // The worker's figures are as old as its last report: say so, never a stale "0".
+                entry["stalled"] = true
+                entry["silent_seconds"] = (t.silentSeconds * 10).rounded() / 10
+            }
             tablesObject[t.name] = entry
         }
         let dbUp = tables.contains { $0.stats.database == .up }
