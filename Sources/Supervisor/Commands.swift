@@ -51,8 +51,8 @@ enum CommandSupport {
         do {
             return try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(purpose)"))
         } catch {
-            fail("\(error.description); check [database] host, port, username, password and database_name",
-                 status: error.isRejectedLogin ? ExitStatus.config : ExitStatus.transient)
+            fail(error.kind == .tls ? error.description : "\(error.description); check [database] host, port, username, password and database_name",
+                 status: error.isConfigurationFailure ? ExitStatus.config : ExitStatus.transient)
         }
     }
 
@@ -110,8 +110,9 @@ struct Run: ParsableCommand {
         do {
             db = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/preflight"))
         } catch {
-            if error.isRejectedLogin {
-                CommandSupport.fail("\(error.description); check [database] username, password and database_name", status: ExitStatus.config)
+            if error.isConfigurationFailure {
+                CommandSupport.fail(error.kind == .tls ? error.description : "\(error.description); check [database] username, password and database_name",
+                                    status: ExitStatus.config)
             }
             logger.warning("database not reachable yet; workers will keep trying", metadata: ["error": "\(error)"])
             return

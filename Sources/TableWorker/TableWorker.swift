@@ -50,7 +50,8 @@ final class TableWorker {
         query = AtomicDataQuery(table.atomicDataQuery)
         http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
-                          maxConnections: max(8, config.service.maxConcurrentPublishes * 2))
+                          maxConnections: max(8, config.service.maxConcurrentPublishes * 2),
+                          tls: HTTPTLSOptions(config.ingestor))  // issue11: ingestor.ca_file / client_cert / client_key
     }
 
     /// Runs until asked to stop; returns the exit status.
@@ -108,6 +109,7 @@ final class TableWorker {
             try checkStop()
             do {
                 let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(table.name)"))
+                connection.noticeHandler = { [logger] notice in logger.notice("\(notice)") }  // issue11: server NOTICEs to the log
                 do {
                     try feed.schema.install(on: connection)
                     try connection.prepare(name: Self.statementName, sql: query.wrapped)
@@ -121,7 +123,7 @@ final class TableWorker {
                 if attempt > 0 { logger.notice("database connection restored") }
                 return
             } catch let error as PostgresError {
-                if error.isRejectedLogin {
+                if error.isConfigurationFailure {  // issue11: rejected login or TLS verification failure: exit 78
                     throw Stop.permanent(error.description)
                 }
                 stats.database = "down"
@@ -337,6 +339,7 @@ final class TableWorker {
         if !config.ingestor.authToken.isEmpty {
             headers.append(("Authorization", "Bearer \(config.ingestor.authToken)"))
         }
+        headers += WebhookSigner.forIngestor(config.ingestor)?.headers(id: payload.id, timestamp: Int(now.timeIntervalSince1970), body: payload.body) ?? []  // issue11: Standard Webhooks signature
         return HTTPRequest(url: endpointURL, headers: headers, body: payload.body)
     }
 
