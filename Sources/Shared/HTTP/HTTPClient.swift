@@ -95,6 +95,7 @@ public final class HTTPClient: @unchecked Sendable {
         var headers: [String: String] = [:]
         var headerBytes = 0
         var headerList: UnsafeMutablePointer<curl_slist>?
+        var isTLS = false
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
 
         init() { errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1) }
@@ -261,7 +262,8 @@ public final class HTTPClient: @unchecked Sendable {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - transfer.startedAt) / 1e9
         guard code == CURLE_OK else {
             let detail = String(cString: transfer.errorBuffer)
-            let text = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
+            var text = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
+            if transfer.isTLS, let hint = clientCertificateHint(code) { text += hint }
             return .failure(HTTPTransportError(code: Int(code.rawValue), message: text, isTimeout: code == CURLE_OPERATION_TIMEDOUT))
         }
         var status = 0
@@ -271,6 +273,17 @@ public final class HTTPClient: @unchecked Sendable {
         }
         return .success(HTTPResponse(status: status, body: transfer.body, bodyTruncated: transfer.bodyTruncated,
                                      headers: transfer.headers, seconds: seconds))
+    }
+
+    /// With TLS 1.3 a server checks the client's certificate after the client considers the
+    /// handshake done, so a missing or refused certificate shows up as the connection dropping
+    /// ("getpeername() failed", "Send failure", "SSL_read: ... alert certificate required"):
+    /// name the likely cause, which libcurl cannot know.
+    private func clientCertificateHint(_ code: CURLcode) -> String? {
+        guard [CURLE_SSL_CONNECT_ERROR, CURLE_GOT_NOTHING, CURLE_SEND_ERROR, CURLE_RECV_ERROR].contains(code) else { return nil }
+        return tls.clientCertificate == nil
+            ? " (over TLS: if the server requires a client certificate, set ingestor.client_cert and ingestor.client_key)"
+            : " (over TLS: the server may have refused the client certificate of ingestor.client_cert)"
     }
 
     private func checkout() -> Transfer {
@@ -304,6 +317,7 @@ public final class HTTPClient: @unchecked Sendable {
         // (connections live in the multi handle's pool, not here).
         curl_easy_reset(h)
         transfer.errorBuffer[0] = 0
+        transfer.isTLS = request.url.lowercased().hasPrefix("https:")
         let context = Unmanaged.passUnretained(transfer).toOpaque()
 
         func check(_ rc: CURLcode, _ option: String) throws(HTTPTransportError) {
