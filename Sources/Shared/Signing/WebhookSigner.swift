@@ -20,9 +20,8 @@ public struct WebhookSigner: Sendable {
     public init(secret: String, previousSecret: String = "") throws(ConfigError) {
         var keys: [[UInt8]] = []
         for (value, key) in [(secret, "ingestor.signing_secret"), (previousSecret, "ingestor.previous_signing_secret")] where !value.isEmpty {
-            guard let decoded = Self.decode(value) else {
-                throw ConfigError(key: key, problem: Self.secretProblem(value) ?? "is not a valid signing secret")
-            }
+            if let problem = Self.secretProblem(value) { throw ConfigError(key: key, problem: problem) }
+            guard let decoded = Self.decode(value) else { throw ConfigError(key: key, problem: "is not a valid signing secret") }
             keys.append(decoded)
         }
         guard !keys.isEmpty else { throw ConfigError(key: "ingestor.signing_secret", problem: "must not be empty") }
