@@ -12,8 +12,9 @@
 //   or given up at shutdown, are not reported to it).
 // - Every `curl_easy_setopt` that matters is checked: a request is never sent with a URL, body or
 //   TLS setting other than the one asked for.
-// - Memory per transfer is bounded: at most `maximumBodyBytes` of a response body are kept; the
-//   rest is read and discarded, so the connection stays reusable.
+// - Memory per transfer is bounded: at most `maximumBodyBytes` (64 KiB unless the owner asks for
+//   more) of a response body are kept; the rest is read and discarded, so the connection stays
+//   reusable.
 // - TLS peer and host verification are always on; `HTTPTLSOptions` only says which CA to trust
 //   and which client certificate to present.
 // - Bodies are copied into libcurl (COPYPOSTFIELDS): no Swift buffer is referenced after a call
@@ -38,7 +39,7 @@ public struct HTTPRequest: Sendable {
 
 public struct HTTPResponse: Sendable {
     public var status: Int
-    /// At most `HTTPClient.maximumBodyBytes` of the body.
+    /// At most the client's `maximumBodyBytes` of the body.
     public var body: [UInt8]
     /// The server sent more than `body` holds; the rest was read and discarded.
     public var bodyTruncated: Bool = false
@@ -92,6 +93,7 @@ public final class HTTPClient: @unchecked Sendable {
         var startedAt: UInt64 = 0
         var body: [UInt8] = []
         var bodyTruncated = false
+        var bodyLimit = HTTPClient.defaultMaximumBodyBytes
         var headers: [String: String] = [:]
         var headerBytes = 0
         var headerList: UnsafeMutablePointer<curl_slist>?
@@ -111,10 +113,11 @@ public final class HTTPClient: @unchecked Sendable {
     public let timeoutMilliseconds: Int
     public let connectTimeoutMilliseconds: Int
     public let tls: HTTPTLSOptions
+    /// Response bodies are kept up to this size; the rest is read and dropped.
+    public let maximumBodyBytes: Int
 
-    /// Response bodies are kept up to this size (the ingestor's answers are small; a runaway one
-    /// must not grow a worker's memory). The rest is read and dropped.
-    public static let maximumBodyBytes = 64 * 1024
+    /// The ingestor's answers are small; a runaway one must not grow a worker's memory.
+    public static let defaultMaximumBodyBytes = 64 * 1024
     /// Response headers are kept up to this total size; later ones are ignored.
     public static let maximumHeaderBytes = 64 * 1024
 
@@ -137,12 +140,13 @@ public final class HTTPClient: @unchecked Sendable {
     public static func globalInit() { _ = initOnce }
 
     public init(timeoutMilliseconds: Int, connectTimeoutMilliseconds: Int = 10_000, maxConnections: Int = 32,
-                tls: HTTPTLSOptions = HTTPTLSOptions()) {
+                tls: HTTPTLSOptions = HTTPTLSOptions(), maximumBodyBytes: Int = HTTPClient.defaultMaximumBodyBytes) {
         Self.globalInit()
         multi = curl_multi_init()
         self.timeoutMilliseconds = timeoutMilliseconds
         self.connectTimeoutMilliseconds = min(connectTimeoutMilliseconds, timeoutMilliseconds)
         self.tls = tls
+        self.maximumBodyBytes = max(0, maximumBodyBytes)
         // Without MAXCONNECTS the pool drops a connection each round (measured). A failure only
         // costs connection reuse, never correctness.
         _ = curlx_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnections)
@@ -318,6 +322,7 @@ public final class HTTPClient: @unchecked Sendable {
         curl_easy_reset(h)
         transfer.errorBuffer[0] = 0
         transfer.isTLS = request.url.lowercased().hasPrefix("https:")
+        transfer.bodyLimit = maximumBodyBytes
         let context = Unmanaged.passUnretained(transfer).toOpaque()
 
         func check(_ rc: CURLcode, _ option: String) throws(HTTPTransportError) {
@@ -352,7 +357,7 @@ public final class HTTPClient: @unchecked Sendable {
             guard let data, let user else { return 0 }
             let t = Unmanaged<Transfer>.fromOpaque(user).takeUnretainedValue()
             let n = size * count
-            let room = HTTPClient.maximumBodyBytes - t.body.count
+            let room = t.bodyLimit - t.body.count
             let kept = min(n, max(0, room))
             if kept > 0 {
                 data.withMemoryRebound(to: UInt8.self, capacity: kept) { t.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: kept)) }

@@ -141,7 +141,7 @@ final class Ingestor {
         let headers = body.isEmpty ? [] : [("Content-Type", "application/json")]
         let request = HTTPRequest(url: baseURL + path, method: method, headers: headers, body: body)
         let http = HTTPClient(timeoutMilliseconds: 10_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1,
-                              tls: tls?.client ?? HTTPTLSOptions())
+                              tls: tls?.client ?? HTTPTLSOptions(), maximumBodyBytes: 1 << 30)  // /_requests lists every publish
         return try http.perform(request).get()
     }
 }

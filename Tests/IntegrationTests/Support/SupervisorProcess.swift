@@ -7,7 +7,7 @@ import XCTest
 final class SupervisorProcess {
     let process: ManagedProcess
     let healthPort: Int
-    private let http = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 1_000, maxConnections: 2)
+    private let http = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 1_000, maxConnections: 2, maximumBodyBytes: 1 << 26)
 
     init(configURL: URL, healthPort: Int, directory: URL, name: String, environment: [String: String] = [:]) throws {
         self.healthPort = healthPort
