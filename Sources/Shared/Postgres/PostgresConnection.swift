@@ -206,7 +206,7 @@ public final class PostgresConnection: @unchecked Sendable {
         }
         // Before the server can answer: the SQLSTATE of a rejected login then appears in the message.
         PQsetErrorVerbosity(handle, PQERRORS_VERBOSE)
-        if let problem = Self.poll(handle, timeoutSeconds: parameters.connectTimeoutSeconds) {
+        if let problem = Self.finishConnecting(handle, timeoutSeconds: parameters.connectTimeoutSeconds) {
             PQfinish(handle)
             throw connectFailure(problem)
         }
@@ -222,7 +222,7 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Drive PQconnectPoll to the end (libpq's documented loop), waiting in poll(2) on whichever
     /// socket libpq is using at each step, within `timeoutSeconds` overall (connect_timeout is
     /// applied by libpq's blocking connect only). Returns libpq's error text, or nil when connected.
-    private static func poll(_ handle: OpaquePointer, timeoutSeconds: Int) -> String? {
+    private static func finishConnecting(_ handle: OpaquePointer, timeoutSeconds: Int) -> String? {
         if PQstatus(handle) == CONNECTION_BAD { return String(cString: PQerrorMessage(handle)) }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(1, timeoutSeconds)) * 1_000_000_000
         var state = PGRES_POLLING_WRITING
@@ -239,7 +239,7 @@ public final class PostgresConnection: @unchecked Sendable {
                 guard fd >= 0 else { return String(cString: PQerrorMessage(handle)) }
                 var descriptor = pollfd(fd: fd, events: Int16(state == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)
                 let milliseconds = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
-                let ready = Glibc.poll(&descriptor, 1, milliseconds)
+                let ready = poll(&descriptor, 1, milliseconds)
                 if ready < 0 && errno != EINTR { return "poll() failed: \(String(cString: strerror(errno)))" }
                 if ready <= 0 { continue }
             }
