@@ -11,22 +11,34 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                      {"retry_after": 2}         add Retry-After to 429/503 answers
                      {"delay": 1.5}             wait this long before answering (then answer normally)
   GET    /_requests  every publish received, in order: {"path", "headers", "body", "status"}
+                     (plus "verified" when --webhook-secret is given)
   DELETE /_requests  forget them
   GET    /_health    200
+  GET    /_bytes?n=N a 200 whose body is N bytes (for response-size limits)
+Every answer carries X-Client-Port: the peer's port, so a test can tell whether a connection was reused.
 
 Usage: ingestor.py [--port N] [--port-file F] [--print]
+                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]   serve HTTPS (and require a client
+                                                                        certificate signed by that CA)
+                   [--webhook-secret whsec_... ...]   verify every publish's Standard Webhooks signature with
+                                                      the `standardwebhooks` package (pip install
+                                                      standardwebhooks): record "verified", answer 401 if not
 """
 import argparse
 import json
+import os
+import ssl
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 lock = threading.Lock()
 requests = []
 control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0}
 args = None
+verifiers = []  # standardwebhooks.Webhook, one per --webhook-secret
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -45,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Client-Port", str(self.client_address[1]))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -56,6 +69,17 @@ class Handler(BaseHTTPRequestHandler):
                 self._reply(200, list(requests))
         elif self.path == "/_health":
             self._reply(200)
+        elif self.path.startswith("/_bytes"):
+            n = int(parse_qs(urlparse(self.path).query).get("n", ["0"])[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.send_header("X-Client-Port", str(self.client_address[1]))
+            self.end_headers()
+            chunk = b"x" * 65536
+            while n > 0:
+                self.wfile.write(chunk[:n])
+                n -= min(n, len(chunk))
         else:
             self._reply(404)
 
@@ -78,6 +102,9 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             body = {"_unparsable": raw.decode("utf-8", "replace")}
+        verified = None
+        if verifiers:
+            verified = any(_verifies(v, raw, self.headers) for v in verifiers)
         with lock:
             status = control["status"]
             stall = control["stall"]
@@ -86,8 +113,13 @@ class Handler(BaseHTTPRequestHandler):
                 status = int(control["fail_keys"][str(key)])
             retry_after = control["retry_after"]
             delay = control["delay"]
-            requests.append({"path": self.path, "headers": dict(self.headers.items()), "body": body,
-                             "status": 0 if stall else status, "at": time.time()})
+            if verified is False:
+                status = 401
+            record = {"path": self.path, "headers": dict(self.headers.items()), "body": body,
+                      "status": 0 if stall else status, "at": time.time()}
+            if verified is not None:
+                record["verified"] = verified
+            requests.append(record)
         if stall:
             while True:
                 time.sleep(0.05)
@@ -106,10 +138,33 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(status, extra=extra)
 
 
+def _verifies(verifier, raw, headers):
+    from standardwebhooks.webhooks import WebhookVerificationError
+    try:
+        verifier.verify(raw, {k: v for k, v in headers.items()}, json_parse=False)
+        return True
+    except (WebhookVerificationError, ValueError):
+        return False
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
     allow_reuse_address = True
+    tls = None  # ssl.SSLContext when serving HTTPS
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.tls is not None:
+            # The handshake runs in the handler's thread (first read), not in the accept loop.
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request, client_address):
+        # A client that fails the TLS handshake (wrong CA, no certificate) is expected in tests.
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def main():
@@ -118,15 +173,31 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--port-file")
     p.add_argument("--print", action="store_true")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-client-ca")
+    p.add_argument("--webhook-secret", action="append", default=[])
     args = p.parse_args()
+    if args.webhook_secret:
+        try:
+            from standardwebhooks.webhooks import Webhook
+        except ImportError:
+            sys.exit("ingestor.py: --webhook-secret needs the standardwebhooks package: python3 -m pip install standardwebhooks")
+        verifiers.extend(Webhook(secret) for secret in args.webhook_secret)
     server = Server(("127.0.0.1", args.port), Handler)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            context.load_verify_locations(args.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        server.tls = context
     port = server.server_address[1]
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
             f.write(str(port))
-        import os
         os.replace(args.port_file + ".tmp", args.port_file)
-    print(f"ingestor listening on 127.0.0.1:{port}", flush=True)
+    print(f"ingestor listening on {'https' if server.tls else 'http'}://127.0.0.1:{port}", flush=True)
     try:
         server.serve_forever(poll_interval=0.1)
     except KeyboardInterrupt:

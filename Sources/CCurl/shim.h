@@ -6,6 +6,4 @@ static inline CURLcode curlx_setopt_ptr(CURL *h, CURLoption o, const void *v) { 
 static inline CURLcode curlx_setopt_off(CURL *h, CURLoption o, curl_off_t v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode curlx_setopt_write(CURL *h, CURLoption o, size_t (*fn)(char *, size_t, size_t, void *)) { return curl_easy_setopt(h, o, fn); }
 static inline CURLcode curlx_getinfo_long(CURL *h, CURLINFO i, long *v) { return curl_easy_getinfo(h, i, v); }
-static inline CURLcode curlx_getinfo_double(CURL *h, CURLINFO i, double *v) { return curl_easy_getinfo(h, i, v); }
-static inline CURLcode curlx_getinfo_ptr(CURL *h, CURLINFO i, void *v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLMcode curlx_multi_setopt_long(CURLM *m, CURLMoption o, long v) { return curl_multi_setopt(m, o, v); }

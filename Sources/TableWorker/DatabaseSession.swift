@@ -41,6 +41,7 @@ final class DatabaseSession: ChangeStore {
     func open() throws {
         close()
         let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: Self.applicationName(table: schema.table.name, instance: config.resolvedInstanceId)))
+        connection.noticeHandler = { [logger] notice in logger.notice("\(notice)") }  // server NOTICEs to the log, not raw stderr
         if !setUp {
             do {
                 try schema.install(on: connection)

@@ -49,6 +49,7 @@ struct RequestBuilder {
     let url: String
     let authToken: String
     let instance: String
+    let signer: WebhookSigner?
 
     init(config: PublisherConfig, table: WatchedTable) {
         var base = config.ingestor.baseURL
@@ -56,9 +57,11 @@ struct RequestBuilder {
         url = base + table.publishEndpoint
         authToken = config.ingestor.authToken
         instance = config.resolvedInstanceId
+        signer = WebhookSigner.forIngestor(config.ingestor)
     }
 
-    func request(for payload: Payload) -> HTTPRequest {
+    /// `unixNow`: the webhook-timestamp of a signed request (Standard Webhooks).
+    func request(for payload: Payload, unixNow: Double) -> HTTPRequest {
         var headers = [
             ("Content-Type", "application/json"),
             ("Idempotency-Key", payload.idempotencyKey),
@@ -67,6 +70,9 @@ struct RequestBuilder {
         ]
         if !authToken.isEmpty {
             headers.append(("Authorization", "Bearer \(authToken)"))
+        }
+        if let signer {
+            headers += signer.headers(id: payload.id, timestamp: Int(unixNow), body: payload.body)
         }
         return HTTPRequest(url: url, headers: headers, body: payload.body)
     }

@@ -62,7 +62,8 @@ final class TableWorker {
         lease = LeaseMachine(fenceSeconds: config.resolvedLeaseFenceSeconds, retrySeconds: config.service.leaseRetrySeconds)
         http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
-                          maxConnections: max(8, config.service.maxConcurrentPublishes * 2))
+                          maxConnections: max(8, config.service.maxConcurrentPublishes * 2),
+                          tls: HTTPTLSOptions(config.ingestor))  // ingestor.ca_file / client_cert / client_key
         runner = DeliveryRunner(transport: http, store: session, host: self, maxConcurrent: config.service.maxConcurrentPublishes)
         runner.log = { [unowned self] event in self.noteDelivery(event) }
     }
@@ -142,7 +143,7 @@ final class TableWorker {
                 if attempt > 0 || reconnecting { logger.notice("database connection restored") }
                 return
             } catch let error as PostgresError {
-                if error.isRejectedLogin {
+                if error.isConfigurationFailure {  // a rejected login or a TLS verification failure: exit 78
                     throw Stop.permanent(error.description)
                 }
                 if !error.isConnectionLost {
@@ -272,7 +273,7 @@ final class TableWorker {
             var item = DeliveryItem(ids: group.ids, primaryKey: group.primaryKey, attempts: group.attempts, permanentFailures: group.permanentFailures)
             switch data {
             case .success(let json):
-                requests.append(builder.request(for: Payload.build(table: table, epoch: session.epoch, changes: group, atomicData: json, unixNow: unixNow, retryCount: group.attempts)))
+                requests.append(builder.request(for: Payload.build(table: table, epoch: session.epoch, changes: group, atomicData: json, unixNow: unixNow, retryCount: group.attempts), unixNow: unixNow))
             case .failure(let error):
                 if error.isConnectionLost {
                     try databaseFailed(error)

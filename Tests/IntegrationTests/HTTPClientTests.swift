@@ -36,4 +36,62 @@ final class HTTPClientTests: IntegrationTestCase {
         XCTAssertEqual(received.first?.body, ["primary_key": "k", "n": 1])
         XCTAssertEqual(received.first?.path, "/api/v1/things")
     }
+
+    /// A request whose setup fails (libcurl refuses a URL longer than CURL_MAX_INPUT_LENGTH,
+    /// 8,000,000 bytes, at setopt time) or whose URL is malformed ends with an error that
+    /// `onComplete` sees, among good requests that still go through; it is never sent. Before,
+    /// the URL's setopt result was overwritten and the reused handle sent it to the previous URL.
+    func testASetupFailureAndAMalformedURLAmongGoodRequests_eachEndWithOneReportedResult_andAreNeverSent() throws {
+        let ingestor = try startIngestor()
+        let client = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)
+        let body = Array(#"{"primary_key":"1"}"#.utf8)
+        let good = HTTPRequest(url: ingestor.baseURL + "/api/v1/things", headers: [("Content-Type", "application/json")], body: body)
+        let tooLong = HTTPRequest(url: ingestor.baseURL + "/api/v1/things?" + String(repeating: "a", count: 8_000_001), body: body)
+        let malformed = HTTPRequest(url: "http://[::1", body: body)
+        var reported: [Int] = []
+        let results = client.perform([good, tooLong, malformed, good], maxConcurrent: 1, onComplete: { index, _ in
+            reported.append(index)
+            return true
+        })
+        XCTAssertEqual(reported.sorted(), [0, 1, 2, 3], "every request is reported to onComplete exactly once")
+        XCTAssertEqual(try results[0].get().status, 200)
+        XCTAssertEqual(try results[3].get().status, 200)
+        guard case .failure(let setupError) = results[1] else { return XCTFail("the too-long URL must fail: \(results[1])") }
+        XCTAssertEqual(setupError.code, 43, "CURLE_BAD_FUNCTION_ARGUMENT from CURLOPT_URL: \(setupError)")
+        XCTAssertTrue(setupError.message.contains("CURLOPT_URL"), "\(setupError)")
+        guard case .failure = results[2] else { return XCTFail("the malformed URL must fail: \(results[2])") }
+        XCTAssertEqual(try ingestor.requests().count, 2, "only the good requests reached the ingestor")
+    }
+
+    /// The same with several in flight: the loop ends (it does not wait for a request that was never started).
+    func testOnlyFailingRequests_withSeveralInFlight_endPromptly() throws {
+        let client = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000, maxConnections: 4)
+        let tooLong = HTTPRequest(url: "http://127.0.0.1:9/" + String(repeating: "a", count: 8_000_001))
+        let started = Date()
+        var reported = 0
+        let results = client.perform(Array(repeating: tooLong, count: 5), maxConcurrent: 3, onComplete: { _, _ in
+            reported += 1
+            return true
+        })
+        XCTAssertEqual(reported, 5)
+        XCTAssertEqual(results.filter { if case .failure(let e) = $0 { return e.code == 43 } else { return false } }.count, 5, "\(results)")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 5, "no spinning until a timeout")
+    }
+
+    /// A 10 MB answer: 64 KiB kept, the rest read and dropped, and the connection reused afterwards.
+    func testATenMegabyteResponse_keeps64KiB_andTheConnectionIsReused() throws {
+        let ingestor = try startIngestor()
+        let client = HTTPClient(timeoutMilliseconds: 30_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)
+        let big = try client.perform(HTTPRequest(url: ingestor.baseURL + "/_bytes?n=\(10 * 1024 * 1024)", method: "GET")).get()
+        XCTAssertEqual(big.status, 200)
+        XCTAssertEqual(big.body.count, 64 * 1024)
+        XCTAssertEqual(client.maximumBodyBytes, HTTPClient.defaultMaximumBodyBytes)
+        XCTAssertTrue(big.bodyTruncated)
+        XCTAssertTrue(big.body.allSatisfy { $0 == UInt8(ascii: "x") })
+        let next = try client.perform(HTTPRequest(url: ingestor.baseURL + "/_health", method: "GET")).get()
+        XCTAssertEqual(next.status, 200)
+        XCTAssertFalse(next.bodyTruncated)
+        XCTAssertNotNil(big.headers["x-client-port"])
+        XCTAssertEqual(next.headers["x-client-port"], big.headers["x-client-port"], "the drained connection was reused")
+    }
 }

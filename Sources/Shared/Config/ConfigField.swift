@@ -8,6 +8,7 @@ struct ConfigField: Sendable {
         case string(WritableKeyPath<PublisherConfig, String> & Sendable)
         case int(WritableKeyPath<PublisherConfig, Int> & Sendable)
         case double(WritableKeyPath<PublisherConfig, Double> & Sendable)
+        case bool(WritableKeyPath<PublisherConfig, Bool> & Sendable)
         case logFormat(WritableKeyPath<PublisherConfig, LogFormat> & Sendable)
     }
 
@@ -41,8 +42,15 @@ struct ConfigField: Sendable {
         ConfigField("database", "password", .string(\.database.password), secret: true),
         ConfigField("database", "database_name", .string(\.database.databaseName)),
         ConfigField("database", "sslmode", .string(\.database.sslmode)),
+        ConfigField("database", "sslrootcert", .string(\.database.sslrootcert)),
+        ConfigField("database", "sslcert", .string(\.database.sslcert)),
+        ConfigField("database", "sslkey", .string(\.database.sslkey)),
         ConfigField("database", "connect_timeout_seconds", .int(\.database.connectTimeoutSeconds)),
         ConfigField("database", "statement_timeout_seconds", .int(\.database.statementTimeoutSeconds)),
+        ConfigField("database", "keepalives_idle_seconds", .int(\.database.keepalivesIdleSeconds)),
+        ConfigField("database", "keepalives_interval_seconds", .int(\.database.keepalivesIntervalSeconds)),
+        ConfigField("database", "keepalives_count", .int(\.database.keepalivesCount)),
+        ConfigField("database", "tcp_user_timeout_seconds", .int(\.database.tcpUserTimeoutSeconds)),
 
         ConfigField("ingestor", "base_url", .string(\.ingestor.baseURL)),
         ConfigField("ingestor", "timeout_seconds", .int(\.ingestor.timeoutSeconds)),
@@ -50,6 +58,12 @@ struct ConfigField: Sendable {
         ConfigField("ingestor", "retry_delay_seconds", .double(\.ingestor.retryDelaySeconds)),
         ConfigField("ingestor", "max_retry_delay_seconds", .double(\.ingestor.maxRetryDelaySeconds)),
         ConfigField("ingestor", "auth_token", .string(\.ingestor.authToken), secret: true),
+        ConfigField("ingestor", "signing_secret", .string(\.ingestor.signingSecret), secret: true),
+        ConfigField("ingestor", "previous_signing_secret", .string(\.ingestor.previousSigningSecret), secret: true),
+        ConfigField("ingestor", "ca_file", .string(\.ingestor.caFile)),
+        ConfigField("ingestor", "client_cert", .string(\.ingestor.clientCert)),
+        ConfigField("ingestor", "client_key", .string(\.ingestor.clientKey)),
+        ConfigField("ingestor", "allow_insecure_http", .bool(\.ingestor.allowInsecureHTTP)),
         ConfigField("ingestor", "circuit_breaker_failure_threshold", .int(\.ingestor.circuitBreakerFailureThreshold)),
         ConfigField("ingestor", "circuit_breaker_reset_seconds", .double(\.ingestor.circuitBreakerResetSeconds)),
 
@@ -81,6 +95,8 @@ struct ConfigField: Sendable {
 
     static var databasePassword: ConfigField { named("database", "password") }
     static var ingestorAuthToken: ConfigField { named("ingestor", "auth_token") }
+    static var ingestorSigningSecret: ConfigField { named("ingestor", "signing_secret") }
+    static var ingestorPreviousSigningSecret: ConfigField { named("ingestor", "previous_signing_secret") }
 
     /// The original service's connection-pool keys: accepted with a warning so its config files
     /// keep loading, and ignored, because each table worker holds exactly one connection.

@@ -1,6 +1,8 @@
 // The environment overlay: `ATOMIC_DATA_PUBLISHER_<SECTION>_<KEY>` for every scalar key, plus
-// secrets from files (`..._DATABASE_PASSWORD_FILE`, `..._INGESTOR_AUTH_TOKEN_FILE`) and from
-// systemd credentials (`$CREDENTIALS_DIRECTORY/database_password`, `.../ingestor_auth_token`).
+// secrets from files (`..._DATABASE_PASSWORD_FILE`, `..._INGESTOR_AUTH_TOKEN_FILE`,
+// `..._INGESTOR_SIGNING_SECRET_FILE`, `..._INGESTOR_PREVIOUS_SIGNING_SECRET_FILE`) and from systemd
+// credentials (`$CREDENTIALS_DIRECTORY/database_password`, `.../ingestor_auth_token`,
+// `.../ingestor_signing_secret`, `.../ingestor_previous_signing_secret`).
 // For a secret the plain variable wins over `_FILE`, which wins over the credential, which wins
 // over the TOML files. A variable with the prefix that names no key is only a warning, because
 // an environment is shared with other tools and a hard failure there would be unfriendly.
@@ -16,6 +18,8 @@ extension ConfigLoader {
         [
             SecretSource(field: .databasePassword, credentialName: "database_password"),
             SecretSource(field: .ingestorAuthToken, credentialName: "ingestor_auth_token"),
+            SecretSource(field: .ingestorSigningSecret, credentialName: "ingestor_signing_secret"),
+            SecretSource(field: .ingestorPreviousSigningSecret, credentialName: "ingestor_previous_signing_secret"),
         ]
     }
 
@@ -111,6 +115,12 @@ extension ConfigLoader {
                 throw ConfigError(key: name, problem: "expected a number\(shown)")
             }
             config[keyPath: keyPath] = double
+        case .bool(let keyPath):
+            switch trimmed.lowercased() {
+            case "true", "1", "yes", "on": config[keyPath: keyPath] = true
+            case "false", "0", "no", "off": config[keyPath: keyPath] = false
+            default: throw ConfigError(key: name, problem: "expected true or false\(shown)")
+            }
         case .logFormat(let keyPath):
             guard let format = LogFormat(rawValue: trimmed) else {
                 throw ConfigError(key: name, problem: "expected one of \(logFormatNames)\(shown)")

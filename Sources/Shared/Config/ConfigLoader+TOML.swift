@@ -17,7 +17,7 @@ extension ConfigLoader {
             // value"), so its message is dropped when the line may hold a secret.
             let lines = toml.split(separator: "\n", omittingEmptySubsequences: false)
             let line = lines.indices.contains(position.line - 1) ? lines[position.line - 1].lowercased() : ""
-            let detail = line.contains("password") || line.contains("token")
+            let detail = line.contains("password") || line.contains("token") || line.contains("secret")
                 ? " (the parser's message is withheld because this line may hold a secret)"
                 : ": \(error.description)"
             throw ConfigError(file: file, problem: "invalid TOML at line \(position.line), column \(position.column)\(detail)")
@@ -76,6 +76,9 @@ extension ConfigLoader {
             config[keyPath: keyPath] = try int(value, file: file, key: key)
         case .double(let keyPath):
             config[keyPath: keyPath] = try double(value, file: file, key: key)
+        case .bool(let keyPath):
+            guard let bool = value.bool else { throw typeError(file: file, key: key, expected: "a boolean (true or false)", found: value) }
+            config[keyPath: keyPath] = bool
         case .logFormat(let keyPath):
             let text = try string(value, file: file, key: key)
             guard let format = LogFormat(rawValue: text) else {

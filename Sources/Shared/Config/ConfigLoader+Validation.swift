@@ -3,6 +3,14 @@
 // Identifiers are checked strictly (ASCII letters, digits, underscore) because they end up
 // in generated SQL (triggers, tracking tables) and in file and metric names.
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 extension ConfigLoader {
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
     public static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -48,8 +56,18 @@ extension ConfigLoader {
             throw ConfigError(key: "database.sslmode",
                               problem: "'\(database.sslmode)' is not an sslmode; expected one of \(sslModes.joined(separator: ", "))")
         }
+        try readableFile(database.sslrootcert, "database.sslrootcert")
+        try readableFile(database.sslcert, "database.sslcert")
+        try readableFile(database.sslkey, "database.sslkey")
+        if !database.sslkey.isEmpty && database.sslcert.isEmpty {
+            throw ConfigError(key: "database.sslkey", problem: "is set but database.sslcert is not; a client key needs its certificate")
+        }
         try positive(database.connectTimeoutSeconds, "database.connect_timeout_seconds")
         try positive(database.statementTimeoutSeconds, "database.statement_timeout_seconds")
+        try positive(database.keepalivesIdleSeconds, "database.keepalives_idle_seconds")
+        try positive(database.keepalivesIntervalSeconds, "database.keepalives_interval_seconds")
+        try atLeast(1, database.keepalivesCount, "database.keepalives_count")
+        try atLeast(0, database.tcpUserTimeoutSeconds, "database.tcp_user_timeout_seconds")
     }
 
     private static func validateIngestor(_ ingestor: IngestorConfig) throws(ConfigError) {
@@ -75,6 +93,51 @@ extension ConfigLoader {
         }
         try atLeast(1, ingestor.circuitBreakerFailureThreshold, "ingestor.circuit_breaker_failure_threshold")
         try positive(ingestor.circuitBreakerResetSeconds, "ingestor.circuit_breaker_reset_seconds")
+
+        for (value, key) in [(ingestor.signingSecret, "ingestor.signing_secret"),
+                             (ingestor.previousSigningSecret, "ingestor.previous_signing_secret")] where !value.isEmpty {
+            // The secret itself is never echoed.
+            if let problem = WebhookSigner.secretProblem(value) { throw ConfigError(key: key, problem: problem) }
+        }
+        if !ingestor.previousSigningSecret.isEmpty && ingestor.signingSecret.isEmpty {
+            throw ConfigError(key: "ingestor.previous_signing_secret",
+                              problem: "is set but ingestor.signing_secret is not; set the new secret in signing_secret")
+        }
+
+        // Credentials in clear text only on loopback, unless the user says so explicitly.
+        if url.hasPrefix("http://") && !ingestor.allowInsecureHTTP && !isLoopbackHost(ofURL: url) {
+            let credentials = [(ingestor.authToken, "ingestor.auth_token"), (ingestor.signingSecret, "ingestor.signing_secret")]
+            if let (_, key) = credentials.first(where: { !$0.0.isEmpty }) {
+                throw ConfigError(key: key, problem: """
+                    is set but ingestor.base_url is plain http:// to a host that is not loopback, so it would travel \
+                    unencrypted; use https://, or set ingestor.allow_insecure_http = true to accept that
+                    """)
+            }
+        }
+
+        try readableFile(ingestor.caFile, "ingestor.ca_file")
+        try readableFile(ingestor.clientCert, "ingestor.client_cert")
+        try readableFile(ingestor.clientKey, "ingestor.client_key")
+        if !ingestor.clientKey.isEmpty && ingestor.clientCert.isEmpty {
+            throw ConfigError(key: "ingestor.client_key", problem: "is set but ingestor.client_cert is not; a client key needs its certificate")
+        }
+    }
+
+    /// The host of an http(s) URL is a loopback name or address: localhost, 127.0.0.0/8, ::1.
+    static func isLoopbackHost(ofURL url: String) -> Bool {
+        guard let schemeEnd = url.range(of: "://") else { return false }
+        var authority = url[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
+        let host: Substring
+        if authority.hasPrefix("[") {
+            host = authority.dropFirst().prefix { $0 != "]" }
+        } else {
+            host = authority.prefix { $0 != ":" }
+        }
+        let name = host.lowercased()
+        if name == "localhost" || name == "localhost." || name.hasSuffix(".localhost") || name == "::1" { return true }
+        let octets = name.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
     }
 
     private static func validateService(_ service: ServiceConfig) throws(ConfigError) {
@@ -164,6 +227,22 @@ extension ConfigLoader {
     }
 
     // MARK: Checks
+
+    /// An optional file setting: empty, or a file this process can read now (checked offline too,
+    /// so a typo fails `check-config --offline` rather than the first connection).
+    private static func readableFile(_ path: String, _ key: String) throws(ConfigError) {
+        guard !path.isEmpty else { return }
+        var status = stat()
+        guard stat(path, &status) == 0 else {
+            throw ConfigError(key: key, problem: "cannot use '\(path)': \(String(cString: strerror(errno)))")
+        }
+        guard (status.st_mode & S_IFMT) == S_IFREG else {
+            throw ConfigError(key: key, problem: "'\(path)' is not a regular file")
+        }
+        guard access(path, R_OK) == 0 else {
+            throw ConfigError(key: key, problem: "cannot read '\(path)': \(String(cString: strerror(errno)))")
+        }
+    }
 
     private static func nonEmpty(_ value: String, _ key: String) throws(ConfigError) {
         guard !value.isEmpty else { throw ConfigError(key: key, problem: "must not be empty") }

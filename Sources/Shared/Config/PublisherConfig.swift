@@ -39,8 +39,21 @@ public struct DatabaseConfig: Codable, Sendable, Equatable {
     public var password = ""
     public var databaseName = "helium"
     public var sslmode = "prefer"
+    /// PEM file of the CA(s) that signed the server's certificate (libpq `sslrootcert`); empty: libpq's default.
+    public var sslrootcert = ""
+    /// PEM client certificate and its key (libpq `sslcert`, `sslkey`); empty: none.
+    public var sslcert = ""
+    public var sslkey = ""
     public var connectTimeoutSeconds = 10
     public var statementTimeoutSeconds = 30
+    /// Dead-peer detection on the long-lived connection: TCP keepalive probes after this much
+    /// idle time, every `keepalivesIntervalSeconds`, `keepalivesCount` times; and the kernel's
+    /// TCP_USER_TIMEOUT for unacknowledged data. Applied on both ends (libpq and the server's
+    /// `tcp_keepalives_*` settings).
+    public var keepalivesIdleSeconds = 10
+    public var keepalivesIntervalSeconds = 5
+    public var keepalivesCount = 3
+    public var tcpUserTimeoutSeconds = 30
     public init() {}
 }
 
@@ -51,8 +64,19 @@ public struct IngestorConfig: Codable, Sendable, Equatable {
     public var retryDelaySeconds = 5.0
     public var maxRetryDelaySeconds = 60.0
     public var authToken = ""
+    /// Standard Webhooks signing secret (`whsec_<base64>`); empty: requests are not signed.
+    public var signingSecret = ""
+    /// The secret being rotated out: while set, requests carry a signature with each secret.
+    public var previousSigningSecret = ""
     public var circuitBreakerFailureThreshold = 5
     public var circuitBreakerResetSeconds = 60.0
+    /// PEM CA file to verify the ingestor's certificate with; empty: the system's CA store.
+    public var caFile = ""
+    /// PEM client certificate and key for mutual TLS; empty: none.
+    public var clientCert = ""
+    public var clientKey = ""
+    /// Allow a token or signing secret to travel over plain http:// to a host that is not loopback.
+    public var allowInsecureHTTP = false
     public init() {}
 }
 

@@ -1,10 +1,24 @@
 // The one file that imports libcurl. Everything else sees `HTTPClient`, `HTTPRequest`,
-// `HTTPResponse` and `HTTPTransportError`.
+// `HTTPResponse`, `HTTPTLSOptions` and `HTTPTransportError`.
 //
-// Invariants: one HTTPClient per owner (a worker's loop); its multi handle and a pool of easy
-// handles are reused across batches, so keep-alive connections survive from one batch to the next.
-// Bodies are copied into libcurl (COPYPOSTFIELDS): no Swift buffer is referenced after a call
-// returns. `curl_global_init` runs once, from `HTTPClient.globalInit()`, before threads start.
+// Invariants:
+// - One HTTPClient per owner (a worker's loop); its multi handle and a pool of easy handles are
+//   reused across batches, so keep-alive connections (kept by the multi handle) survive from one
+//   batch to the next. A pooled easy handle is `curl_easy_reset` before each use, so no option of
+//   an earlier request (method, URL, body) can leak into the next one.
+// - Every request of a `perform` call ends with exactly one result: a response, or a transport
+//   error for a request whose setup failed, that libcurl refused, or whose transfer failed.
+//   `onComplete` sees each of them (only requests never started after `onComplete` said stop,
+//   or given up at shutdown, are not reported to it).
+// - Every `curl_easy_setopt` that matters is checked: a request is never sent with a URL, body or
+//   TLS setting other than the one asked for.
+// - Memory per transfer is bounded: at most `maximumBodyBytes` (64 KiB unless the owner asks for
+//   more) of a response body are kept; the rest is read and discarded, so the connection stays
+//   reusable.
+// - TLS peer and host verification are always on; `HTTPTLSOptions` only says which CA to trust
+//   and which client certificate to present.
+// - Bodies are copied into libcurl (COPYPOSTFIELDS): no Swift buffer is referenced after a call
+//   returns. `curl_global_init` runs once, from `HTTPClient.globalInit()`, before threads start.
 
 import CCurl
 import Foundation
@@ -25,14 +39,18 @@ public struct HTTPRequest: Sendable {
 
 public struct HTTPResponse: Sendable {
     public var status: Int
+    /// At most the client's `maximumBodyBytes` of the body.
     public var body: [UInt8]
+    /// The server sent more than `body` holds; the rest was read and discarded.
+    public var bodyTruncated: Bool = false
     /// Lower-cased header names.
     public var headers: [String: String]
     public var seconds: Double
 
-    public init(status: Int, body: [UInt8], headers: [String: String], seconds: Double) {
+    public init(status: Int, body: [UInt8], bodyTruncated: Bool = false, headers: [String: String], seconds: Double) {
         self.status = status
         self.body = body
+        self.bodyTruncated = bodyTruncated
         self.headers = headers
         self.seconds = seconds
     }
@@ -42,6 +60,8 @@ public struct HTTPResponse: Sendable {
 }
 
 public struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
+    /// The CURLcode, a CURLMcode offset by `multiCodeBase`, or one of HTTPClient's own codes
+    /// (`abortedCode`, `notSentCode`).
     public var code: Int
     public var message: String
     public var isTimeout: Bool
@@ -53,15 +73,46 @@ public struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { "\(message) (CURLcode \(code))" }
+
+    /// The TLS handshake or certificate verification failed (wrong CA, wrong host name, a client
+    /// certificate that is missing, unreadable or refused).
+    public var isTLSFailure: Bool { HTTPClient.tlsFailureCodes.contains(code) }
+}
+
+/// Which CA the client trusts and which certificate it presents. Verification of the server's
+/// certificate and host name is always on: there is deliberately no switch to turn it off.
+public struct HTTPTLSOptions: Sendable, Equatable {
+    /// PEM file of the CA certificate(s) to trust instead of the system's; nil: the system store.
+    public var caFile: String?
+    /// PEM client certificate for mutual TLS; nil: none.
+    public var clientCertificate: String?
+    /// PEM private key of the client certificate; nil: the key is in `clientCertificate`'s file.
+    public var clientKey: String?
+
+    public init(caFile: String? = nil, clientCertificate: String? = nil, clientKey: String? = nil) {
+        self.caFile = caFile.flatMap { $0.isEmpty ? nil : $0 }
+        self.clientCertificate = clientCertificate.flatMap { $0.isEmpty ? nil : $0 }
+        self.clientKey = clientKey.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// `ingestor.ca_file`, `ingestor.client_cert`, `ingestor.client_key` (empty: unset).
+    public init(_ ingestor: IngestorConfig) {
+        self.init(caFile: ingestor.caFile, clientCertificate: ingestor.clientCert, clientKey: ingestor.clientKey)
+    }
 }
 
 public final class HTTPClient: @unchecked Sendable {
     private final class Transfer {
         var handle: UnsafeMutableRawPointer?
         var index = 0
+        var startedAt: UInt64 = 0
         var body: [UInt8] = []
+        var bodyTruncated = false
+        var bodyLimit = HTTPClient.defaultMaximumBodyBytes
         var headers: [String: String] = [:]
+        var headerBytes = 0
         var headerList: UnsafeMutablePointer<curl_slist>?
+        var isTLS = false
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
 
         init() { errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1) }
@@ -76,18 +127,43 @@ public final class HTTPClient: @unchecked Sendable {
     private var idle: [Transfer] = []
     public let timeoutMilliseconds: Int
     public let connectTimeoutMilliseconds: Int
+    public let tls: HTTPTLSOptions
+    /// Response bodies are kept up to this size; the rest is read and dropped.
+    public let maximumBodyBytes: Int
+
+    /// The ingestor's answers are small; a runaway one must not grow a worker's memory.
+    public static let defaultMaximumBodyBytes = 64 * 1024
+    /// Response headers are kept up to this total size; later ones are ignored.
+    public static let maximumHeaderBytes = 64 * 1024
+
+    /// The code of a request that was never sent because `onComplete` asked to stop launching.
+    public static let notSentCode = -2
+    /// The code of a request given up because `shouldAbort` returned true (message "aborted by shutdown").
+    public static let abortedCode = -1
+    /// A CURLMcode `m` is reported as `multiCodeBase - m` (never confused with a CURLcode).
+    public static let multiCodeBase = -1000
+
+    static let tlsFailureCodes: Set<Int> = [
+        CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER, CURLE_PEER_FAILED_VERIFICATION,
+        CURLE_SSL_CACERT_BADFILE, CURLE_SSL_ISSUER_ERROR, CURLE_SSL_PINNEDPUBKEYNOTMATCH, CURLE_SSL_INVALIDCERTSTATUS,
+        CURLE_SSL_CLIENTCERT, CURLE_SSL_ENGINE_NOTFOUND, CURLE_SSL_ENGINE_SETFAILED, CURLE_SSL_CRL_BADFILE,
+    ].map { Int($0.rawValue) }.reduce(into: []) { $0.insert($1) }
 
     private static let initOnce: Void = { _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
 
     /// Call once at start, before any thread is spawned (libcurl's requirement).
     public static func globalInit() { _ = initOnce }
 
-    public init(timeoutMilliseconds: Int, connectTimeoutMilliseconds: Int = 10_000, maxConnections: Int = 32) {
+    public init(timeoutMilliseconds: Int, connectTimeoutMilliseconds: Int = 10_000, maxConnections: Int = 32,
+                tls: HTTPTLSOptions = HTTPTLSOptions(), maximumBodyBytes: Int = HTTPClient.defaultMaximumBodyBytes) {
         Self.globalInit()
         multi = curl_multi_init()
         self.timeoutMilliseconds = timeoutMilliseconds
         self.connectTimeoutMilliseconds = min(connectTimeoutMilliseconds, timeoutMilliseconds)
-        // Without MAXCONNECTS the pool drops a connection each round (measured).
+        self.tls = tls
+        self.maximumBodyBytes = max(0, maximumBodyBytes)
+        // Without MAXCONNECTS the pool drops a connection each round (measured). A failure only
+        // costs connection reuse, never correctness.
         _ = curlx_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnections)
     }
 
@@ -96,75 +172,86 @@ public final class HTTPClient: @unchecked Sendable {
         curl_multi_cleanup(multi)
     }
 
-    /// The code of a request that was never sent because `onComplete` asked to stop launching.
-    public static let notSentCode = -2
-
     /// Perform the requests with at most `maxConcurrent` in flight; results come back in request
-    /// order. `onComplete` sees each result as it arrives and returns false to stop launching the
-    /// rest (they come back as `notSentCode` failures); `shouldAbort` gives up on everything.
+    /// order. `onComplete` sees each result as it arrives (a request that could not even be set up
+    /// included) and returns false to stop launching the rest (they come back as `notSentCode`
+    /// failures, not reported to `onComplete`); `shouldAbort` gives up on everything (`abortedCode`).
     public func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool = { false },
                         onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool = { _, _ in true }) -> [Result<HTTPResponse, HTTPTransportError>] {
         var results: [Result<HTTPResponse, HTTPTransportError>?] = Array(repeating: nil, count: requests.count)
         var next = 0
         var active: [UnsafeMutableRawPointer: Transfer] = [:]
         let limit = max(1, maxConcurrent)
-        let started = DispatchTime.now().uptimeNanoseconds
-        var startedAt: [Int: UInt64] = [:]
+
+        func stopLaunching() {
+            for index in next..<requests.count {
+                results[index] = .failure(HTTPTransportError(code: Self.notSentCode, message: "not sent", isTimeout: false))
+            }
+            next = requests.count
+        }
+
+        // The one place a request ends.
+        func finish(_ index: Int, _ result: Result<HTTPResponse, HTTPTransportError>) {
+            results[index] = result
+            if !onComplete(index, result) { stopLaunching() }
+        }
+
+        func finishActive(_ easy: UnsafeMutableRawPointer, _ transfer: Transfer, _ result: Result<HTTPResponse, HTTPTransportError>) {
+            active.removeValue(forKey: easy)
+            _ = curl_multi_remove_handle(multi, easy)
+            checkin(transfer)
+            finish(transfer.index, result)
+        }
 
         func launch() {
             while active.count < limit && next < requests.count {
                 let index = next
                 next += 1
                 let transfer = checkout()
+                transfer.index = index
                 do {
                     try configure(transfer, requests[index])
                 } catch {
-                    results[index] = .failure(error)
                     checkin(transfer)
+                    finish(index, .failure(error))
                     continue
                 }
-                transfer.index = index
-                startedAt[index] = DispatchTime.now().uptimeNanoseconds
-                curl_multi_add_handle(multi, transfer.handle)
+                transfer.startedAt = DispatchTime.now().uptimeNanoseconds
+                let added = curl_multi_add_handle(multi, transfer.handle)
+                guard added == CURLM_OK else {
+                    checkin(transfer)
+                    finish(index, .failure(Self.multiError(added, "curl_multi_add_handle")))
+                    continue
+                }
                 active[transfer.handle!] = transfer
             }
+        }
+
+        // A failure of the multi handle itself ends every transfer in flight with that error, so
+        // the loop never spins on transfers that cannot progress.
+        func failActive(_ error: HTTPTransportError) {
+            for (easy, transfer) in active { finishActive(easy, transfer, .failure(error)) }
         }
 
         launch()
         while !active.isEmpty {
             var running: Int32 = 0
-            _ = curl_multi_perform(multi, &running)
+            let performed = curl_multi_perform(multi, &running)
+            if performed != CURLM_OK {
+                failActive(Self.multiError(performed, "curl_multi_perform"))
+            }
             var queued: Int32 = 0
             while let msg = curl_multi_info_read(multi, &queued) {
                 guard msg.pointee.msg == CURLMSG_DONE, let easy = msg.pointee.easy_handle,
-                      let transfer = active.removeValue(forKey: easy) else { continue }
-                let code = msg.pointee.data.result
-                curl_multi_remove_handle(multi, easy)
-                let seconds = Double(DispatchTime.now().uptimeNanoseconds - (startedAt[transfer.index] ?? started)) / 1e9
-                if code == CURLE_OK {
-                    var status = 0
-                    _ = curlx_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
-                    results[transfer.index] = .success(HTTPResponse(status: status, body: transfer.body, headers: transfer.headers, seconds: seconds))
-                } else {
-                    let detail = String(cString: transfer.errorBuffer)
-                    let text = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
-                    results[transfer.index] = .failure(HTTPTransportError(
-                        code: Int(code.rawValue), message: text, isTimeout: code == CURLE_OPERATION_TIMEDOUT))
-                }
-                checkin(transfer)
-                if let result = results[transfer.index], !onComplete(transfer.index, result) {
-                    for index in next..<requests.count {
-                        results[index] = .failure(HTTPTransportError(code: Self.notSentCode, message: "not sent", isTimeout: false))
-                    }
-                    next = requests.count
-                }
+                      let transfer = active[easy] else { continue }
+                finishActive(easy, transfer, outcome(of: transfer, code: msg.pointee.data.result))
             }
             if shouldAbort() {
                 // Shutting down: give up on what is in flight. Nothing was acknowledged, so the
                 // tracking rows stay and are published after the restart.
                 for (easy, transfer) in active {
-                    curl_multi_remove_handle(multi, easy)
-                    results[transfer.index] = .failure(HTTPTransportError(code: -1, message: "aborted by shutdown", isTimeout: false))
+                    _ = curl_multi_remove_handle(multi, easy)
+                    results[transfer.index] = .failure(HTTPTransportError(code: Self.abortedCode, message: "aborted by shutdown", isTimeout: false))
                     checkin(transfer)
                 }
                 active.removeAll()
@@ -174,14 +261,48 @@ public final class HTTPClient: @unchecked Sendable {
             launch()
             if active.isEmpty { break }
             var fds: Int32 = 0
-            _ = curl_multi_poll(multi, nil, 0, 100, &fds)
+            let polled = curl_multi_poll(multi, nil, 0, 100, &fds)
+            if polled != CURLM_OK {
+                failActive(Self.multiError(polled, "curl_multi_poll"))
+                launch()
+            }
         }
-        return results.map { $0 ?? .failure(HTTPTransportError(code: -1, message: "request not performed", isTimeout: false)) }
+        return results.map { $0 ?? .failure(HTTPTransportError(code: Self.abortedCode, message: "request not performed", isTimeout: false)) }
     }
 
     /// One request, for commands and tests.
     public func perform(_ request: HTTPRequest) -> Result<HTTPResponse, HTTPTransportError> {
         perform([request], maxConcurrent: 1)[0]
+    }
+
+    // MARK: - transfers
+
+    private func outcome(of transfer: Transfer, code: CURLcode) -> Result<HTTPResponse, HTTPTransportError> {
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - transfer.startedAt) / 1e9
+        guard code == CURLE_OK else {
+            let detail = String(cString: transfer.errorBuffer)
+            var text = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
+            if transfer.isTLS, let hint = clientCertificateHint(code) { text += hint }
+            return .failure(HTTPTransportError(code: Int(code.rawValue), message: text, isTimeout: code == CURLE_OPERATION_TIMEDOUT))
+        }
+        var status = 0
+        let info = curlx_getinfo_long(transfer.handle, CURLINFO_RESPONSE_CODE, &status)
+        guard info == CURLE_OK, status > 0 else {
+            return .failure(HTTPTransportError(code: Int(info.rawValue), message: "no HTTP status in the response", isTimeout: false))
+        }
+        return .success(HTTPResponse(status: status, body: transfer.body, bodyTruncated: transfer.bodyTruncated,
+                                     headers: transfer.headers, seconds: seconds))
+    }
+
+    /// With TLS 1.3 a server checks the client's certificate after the client considers the
+    /// handshake done, so a missing or refused certificate shows up as the connection dropping
+    /// ("getpeername() failed", "Send failure", "SSL_read: ... alert certificate required"):
+    /// name the likely cause, which libcurl cannot know.
+    private func clientCertificateHint(_ code: CURLcode) -> String? {
+        guard [CURLE_SSL_CONNECT_ERROR, CURLE_GOT_NOTHING, CURLE_SEND_ERROR, CURLE_RECV_ERROR].contains(code) else { return nil }
+        return tls.clientCertificate == nil
+            ? " (over TLS: if the server requires a client certificate, set ingestor.client_cert and ingestor.client_key)"
+            : " (over TLS: the server may have refused the client certificate of ingestor.client_cert)"
     }
 
     private func checkout() -> Transfer {
@@ -195,69 +316,115 @@ public final class HTTPClient: @unchecked Sendable {
         if let list = transfer.headerList { curl_slist_free_all(list) }
         transfer.headerList = nil
         transfer.body = []
+        transfer.bodyTruncated = false
         transfer.headers = [:]
-        idle.append(transfer)
+        transfer.headerBytes = 0
+        // A handle that never got one stays out of the pool: the next checkout makes a new one.
+        if transfer.handle != nil { idle.append(transfer) }
+    }
+
+    private static func multiError(_ code: CURLMcode, _ call: String) -> HTTPTransportError {
+        HTTPTransportError(code: multiCodeBase - Int(code.rawValue),
+                           message: "\(call) failed: \(String(cString: curl_multi_strerror(code)))", isTimeout: false)
     }
 
     private func configure(_ transfer: Transfer, _ request: HTTPRequest) throws(HTTPTransportError) {
         guard let h = transfer.handle else {
-            throw HTTPTransportError(code: -1, message: "curl_easy_init failed", isTimeout: false)
+            throw HTTPTransportError(code: Self.abortedCode, message: "curl_easy_init failed", isTimeout: false)
         }
+        // Start from libcurl's defaults: nothing of the handle's previous request survives
+        // (connections live in the multi handle's pool, not here).
+        curl_easy_reset(h)
         transfer.errorBuffer[0] = 0
+        transfer.isTLS = request.url.lowercased().hasPrefix("https:")
+        transfer.bodyLimit = maximumBodyBytes
         let context = Unmanaged.passUnretained(transfer).toOpaque()
-        var rc = curlx_setopt_ptr(h, CURLOPT_URL, request.url)
-        _ = curlx_setopt_long(h, CURLOPT_NOSIGNAL, 1)
-        _ = curlx_setopt_long(h, CURLOPT_TIMEOUT_MS, timeoutMilliseconds)
-        _ = curlx_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, connectTimeoutMilliseconds)
-        _ = curlx_setopt_ptr(h, CURLOPT_ERRORBUFFER, transfer.errorBuffer)
+
+        func check(_ rc: CURLcode, _ option: String) throws(HTTPTransportError) {
+            guard rc == CURLE_OK else {
+                throw HTTPTransportError(code: Int(rc.rawValue),
+                                         message: "cannot set \(option) for the request: \(String(cString: curl_easy_strerror(rc)))",
+                                         isTimeout: false)
+            }
+        }
+
+        try check(curlx_setopt_ptr(h, CURLOPT_ERRORBUFFER, transfer.errorBuffer), "CURLOPT_ERRORBUFFER")
+        try check(curlx_setopt_ptr(h, CURLOPT_URL, request.url), "CURLOPT_URL")
+        try check(curlx_setopt_ptr(h, CURLOPT_PROTOCOLS_STR, "http,https"), "CURLOPT_PROTOCOLS_STR")
+        try check(curlx_setopt_long(h, CURLOPT_NOSIGNAL, 1), "CURLOPT_NOSIGNAL")
+        try check(curlx_setopt_long(h, CURLOPT_TIMEOUT_MS, timeoutMilliseconds), "CURLOPT_TIMEOUT_MS")
+        try check(curlx_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, connectTimeoutMilliseconds), "CURLOPT_CONNECTTIMEOUT_MS")
+        // Performance only: a failure here changes no request.
         _ = curlx_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
         _ = curlx_setopt_long(h, CURLOPT_TCP_NODELAY, 1)
-        _ = curlx_setopt_write(h, CURLOPT_WRITEFUNCTION) { data, size, count, user in
+
+        // TLS: verification on, always (libcurl's default, set anyway so it is never left to chance).
+        try check(curlx_setopt_long(h, CURLOPT_SSL_VERIFYPEER, 1), "CURLOPT_SSL_VERIFYPEER")
+        try check(curlx_setopt_long(h, CURLOPT_SSL_VERIFYHOST, 2), "CURLOPT_SSL_VERIFYHOST")
+        if let caFile = tls.caFile { try check(curlx_setopt_ptr(h, CURLOPT_CAINFO, caFile), "CURLOPT_CAINFO") }
+        if let certificate = tls.clientCertificate {
+            try check(curlx_setopt_ptr(h, CURLOPT_SSLCERT, certificate), "CURLOPT_SSLCERT")
+            try check(curlx_setopt_ptr(h, CURLOPT_SSLCERTTYPE, "PEM"), "CURLOPT_SSLCERTTYPE")
+        }
+        if let key = tls.clientKey { try check(curlx_setopt_ptr(h, CURLOPT_SSLKEY, key), "CURLOPT_SSLKEY") }
+
+        try check(curlx_setopt_write(h, CURLOPT_WRITEFUNCTION) { data, size, count, user in
             guard let data, let user else { return 0 }
             let t = Unmanaged<Transfer>.fromOpaque(user).takeUnretainedValue()
             let n = size * count
-            data.withMemoryRebound(to: UInt8.self, capacity: n) { t.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n)) }
+            let room = t.bodyLimit - t.body.count
+            let kept = min(n, max(0, room))
+            if kept > 0 {
+                data.withMemoryRebound(to: UInt8.self, capacity: kept) { t.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: kept)) }
+            }
+            if kept < n { t.bodyTruncated = true }
+            // Report everything as consumed: the rest is drained, not refused, so the response
+            // completes and its connection can be reused.
             return n
-        }
-        _ = curlx_setopt_ptr(h, CURLOPT_WRITEDATA, context)
-        _ = curlx_setopt_write(h, CURLOPT_HEADERFUNCTION) { data, size, count, user in
+        }, "CURLOPT_WRITEFUNCTION")
+        try check(curlx_setopt_ptr(h, CURLOPT_WRITEDATA, context), "CURLOPT_WRITEDATA")
+        try check(curlx_setopt_write(h, CURLOPT_HEADERFUNCTION) { data, size, count, user in
             guard let data, let user else { return 0 }
             let t = Unmanaged<Transfer>.fromOpaque(user).takeUnretainedValue()
             let n = size * count
             let line = data.withMemoryRebound(to: UInt8.self, capacity: n) { String(decoding: UnsafeBufferPointer(start: $0, count: n), as: UTF8.self) }
-            if line.hasPrefix("HTTP/") { t.headers = [:] }  // a new response (after 100-continue or a redirect)
-            if let colon = line.firstIndex(of: ":") {
+            if line.hasPrefix("HTTP/") {  // a new response (after 100-continue or a redirect)
+                t.headers = [:]
+                t.headerBytes = 0
+            }
+            t.headerBytes += n
+            if t.headerBytes <= HTTPClient.maximumHeaderBytes, let colon = line.firstIndex(of: ":") {
                 let name = line[..<colon].lowercased()
                 let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
                 t.headers[name] = value
             }
             return n
-        }
-        _ = curlx_setopt_ptr(h, CURLOPT_HEADERDATA, context)
+        }, "CURLOPT_HEADERFUNCTION")
+        try check(curlx_setopt_ptr(h, CURLOPT_HEADERDATA, context), "CURLOPT_HEADERDATA")
+
         var list: UnsafeMutablePointer<curl_slist>? = nil
         for (name, value) in request.headers {
-            list = curl_slist_append(list, "\(name): \(value)")
+            guard let appended = curl_slist_append(list, "\(name): \(value)") else {
+                if let list { curl_slist_free_all(list) }
+                throw HTTPTransportError(code: Int(CURLE_OUT_OF_MEMORY.rawValue), message: "curl_slist_append failed", isTimeout: false)
+            }
+            list = appended
         }
         // libcurl adds "Expect: 100-continue" to large POSTs, which costs a round trip.
-        list = curl_slist_append(list, "Expect:")
+        if let appended = curl_slist_append(list, "Expect:") { list = appended }
         transfer.headerList = list
-        _ = curlx_setopt_ptr(h, CURLOPT_HTTPHEADER, list)
+        try check(curlx_setopt_ptr(h, CURLOPT_HTTPHEADER, list), "CURLOPT_HTTPHEADER")
+
         if request.method == "GET" {
-            // Pooled handles remember their last method: clear any custom one.
-            _ = curlx_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, nil)
-            _ = curlx_setopt_long(h, CURLOPT_HTTPGET, 1)
+            try check(curlx_setopt_long(h, CURLOPT_HTTPGET, 1), "CURLOPT_HTTPGET")
         } else {
-            _ = curlx_setopt_long(h, CURLOPT_POST, 1)
-            _ = curlx_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count))
-            rc = request.body.withUnsafeBufferPointer { curlx_setopt_ptr(h, CURLOPT_COPYPOSTFIELDS, $0.baseAddress ?? UnsafePointer(bitPattern: 1)) }
+            try check(curlx_setopt_long(h, CURLOPT_POST, 1), "CURLOPT_POST")
+            try check(curlx_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count)), "CURLOPT_POSTFIELDSIZE_LARGE")
+            try check(request.body.withUnsafeBufferPointer { curlx_setopt_ptr(h, CURLOPT_COPYPOSTFIELDS, $0.baseAddress ?? UnsafePointer(bitPattern: 1)) },
+                      "CURLOPT_COPYPOSTFIELDS")
             if request.method != "POST" {
-                _ = curlx_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, request.method)
-            } else {
-                _ = curlx_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, nil)
+                try check(curlx_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, request.method), "CURLOPT_CUSTOMREQUEST")
             }
-        }
-        if rc != CURLE_OK {
-            throw HTTPTransportError(code: Int(rc.rawValue), message: String(cString: curl_easy_strerror(rc)), isTimeout: false)
         }
     }
 }

@@ -5,6 +5,18 @@
 // never shared across threads concurrently. Parameters are always bound (PQexecParams /
 // PQsendQueryPrepared), never spliced into SQL text. Error descriptions carry libpq's message and
 // the SQLSTATE, never the password or the connection parameters.
+//
+// Connecting: PQconnectStartParams + PQconnectPoll under our own deadline, so that the error
+// verbosity can be raised before the server answers. libpq hands no result object out of a failed
+// connection attempt, so the SQLSTATE of a rejected login (28P01, 28000, 3D000) is only in the
+// error text; with PQERRORS_VERBOSE libpq writes it there in a fixed place ("FATAL:  28P01: ..."),
+// which is read instead of guessing from the (translatable) human wording. Failures detected by
+// libpq itself (TLS certificate verification, unreadable key files) have no SQLSTATE at all: those
+// are classified from libpq's own message texts (`PostgresTLSFailure`), the one place where that is done.
+//
+// A held connection notices a vanished peer within about keepalives_idle + interval x count
+// seconds (libpq's TCP keepalives) or tcp_user_timeout for unacknowledged data; the server gets the
+// same settings (`options`), so it does not keep a dead session's locks for hours either.
 
 import CLibPQ
 import Foundation
@@ -16,8 +28,15 @@ public struct ConnectionParameters: Sendable, Equatable {
     public var password: String
     public var database: String
     public var sslmode: String
+    public var sslrootcert: String
+    public var sslcert: String
+    public var sslkey: String
     public var connectTimeoutSeconds: Int
     public var statementTimeoutSeconds: Int
+    public var keepalivesIdleSeconds: Int
+    public var keepalivesIntervalSeconds: Int
+    public var keepalivesCount: Int
+    public var tcpUserTimeoutSeconds: Int
     public var applicationName: String
 
     public init(_ config: DatabaseConfig, applicationName: String) {
@@ -27,9 +46,54 @@ public struct ConnectionParameters: Sendable, Equatable {
         password = config.password
         database = config.databaseName
         sslmode = config.sslmode
+        sslrootcert = config.sslrootcert
+        sslcert = config.sslcert
+        sslkey = config.sslkey
         connectTimeoutSeconds = config.connectTimeoutSeconds
         statementTimeoutSeconds = config.statementTimeoutSeconds
+        keepalivesIdleSeconds = config.keepalivesIdleSeconds
+        keepalivesIntervalSeconds = config.keepalivesIntervalSeconds
+        keepalivesCount = config.keepalivesCount
+        tcpUserTimeoutSeconds = config.tcpUserTimeoutSeconds
         self.applicationName = applicationName
+    }
+
+    /// libpq's connection keywords and values (the password only when set).
+    var keywords: [(String, String)] {
+        var pairs: [(String, String)] = [
+            ("host", host),
+            ("port", String(port)),
+            ("user", username),
+            ("dbname", database),
+            ("sslmode", sslmode),
+            ("connect_timeout", String(connectTimeoutSeconds)),
+            ("application_name", applicationName),
+            ("options", serverOptions),
+            // The daemon holds a connection for days: let the kernel notice a dead peer.
+            ("keepalives", "1"),
+            ("keepalives_idle", String(keepalivesIdleSeconds)),
+            ("keepalives_interval", String(keepalivesIntervalSeconds)),
+            ("keepalives_count", String(keepalivesCount)),
+            ("tcp_user_timeout", String(tcpUserTimeoutSeconds * 1000)),
+        ]
+        if !password.isEmpty { pairs.append(("password", password)) }
+        for (key, value) in [("sslrootcert", sslrootcert), ("sslcert", sslcert), ("sslkey", sslkey)] where !value.isEmpty {
+            pairs.append((key, value))
+        }
+        return pairs
+    }
+
+    /// Session settings sent in the startup packet: timeouts, and the same dead-peer detection on
+    /// the server's side of the socket (all user-settable, PostgreSQL 12 and later).
+    var serverOptions: String {
+        [
+            "-c statement_timeout=\(statementTimeoutSeconds * 1000)",
+            "-c idle_in_transaction_session_timeout=\(max(60, statementTimeoutSeconds * 2) * 1000)",
+            "-c tcp_keepalives_idle=\(keepalivesIdleSeconds)",
+            "-c tcp_keepalives_interval=\(keepalivesIntervalSeconds)",
+            "-c tcp_keepalives_count=\(keepalivesCount)",
+            "-c tcp_user_timeout=\(tcpUserTimeoutSeconds * 1000)",
+        ].joined(separator: " ")
     }
 
     /// Where we connect, for log lines: no user name, no password.
@@ -42,6 +106,9 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
         case connection
         /// The server rejected a statement; `sqlState` says why.
         case query
+        /// TLS was refused or the server's certificate failed verification (wrong CA, wrong host
+        /// name), or the client's own certificate or key is unusable: retrying cannot help.
+        case tls
     }
 
     public var kind: Kind
@@ -76,6 +143,12 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public var isRejectedLogin: Bool {
         guard let sqlState else { return false }
         return sqlState == "28P01" || sqlState == "28000" || sqlState == "3D000"
+    }
+
+    /// Retrying cannot help, the configuration (or the server's certificates) must change: the
+    /// login was rejected, or TLS verification failed. `check-config`, `run` and the worker exit 78.
+    public var isConfigurationFailure: Bool {
+        isRejectedLogin || kind == .tls
     }
 
     public var isConnectionLost: Bool {
@@ -119,28 +192,12 @@ public final class PostgresConnection: @unchecked Sendable {
         return PQstatus(conn) == CONNECTION_OK
     }
 
-    public var serverVersion: Int {
-        guard let conn else { return 0 }
-        return Int(PQserverVersion(conn))
-    }
+    /// Receives the server's NOTICE and WARNING messages ("NOTICE:  ...", one line), which libpq
+    /// would otherwise print on stderr outside our log format. nil: they are dropped.
+    public var noticeHandler: (@Sendable (String) -> Void)?
 
     private func open() throws(PostgresError) {
-        var options = "-c statement_timeout=\(parameters.statementTimeoutSeconds * 1000)"
-        options += " -c idle_in_transaction_session_timeout=\(max(60, parameters.statementTimeoutSeconds * 2) * 1000)"
-        let pairs: [(String, String)] = [
-            ("host", parameters.host),
-            ("port", String(parameters.port)),
-            ("user", parameters.username),
-            ("password", parameters.password),
-            ("dbname", parameters.database),
-            ("sslmode", parameters.sslmode),
-            ("connect_timeout", String(parameters.connectTimeoutSeconds)),
-            ("application_name", parameters.applicationName),
-            ("options", options),
-            // The daemon holds a connection for days: let the kernel notice a dead peer.
-            ("keepalives", "1"),
-            ("keepalives_idle", "30"),
-        ].filter { !($0.0 == "password" && $0.1.isEmpty) }
+        let pairs = parameters.keywords
         let keys = pairs.map { strdup($0.0) }
         let values = pairs.map { strdup($0.1) }
         defer {
@@ -149,24 +206,97 @@ public final class PostgresConnection: @unchecked Sendable {
         }
         var keyPointers: [UnsafePointer<CChar>?] = keys.map { UnsafePointer($0) } + [nil]
         var valuePointers: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) } + [nil]
-        let handle = keyPointers.withUnsafeMutableBufferPointer { k in
+        let started = keyPointers.withUnsafeMutableBufferPointer { k in
             valuePointers.withUnsafeMutableBufferPointer { v in
-                PQconnectdbParams(k.baseAddress, v.baseAddress, 0)
+                PQconnectStartParams(k.baseAddress, v.baseAddress, 0)
             }
         }
-        guard let handle else {
+        guard let handle = started else {
             throw PostgresError(kind: .connection, sqlState: nil, message: "could not allocate a PostgreSQL connection")
         }
-        if PQstatus(handle) != CONNECTION_OK {
-            let message = Self.clean(String(cString: PQerrorMessage(handle)))
+        // Before the server can answer: the SQLSTATE of a rejected login then appears in the message.
+        PQsetErrorVerbosity(handle, PQERRORS_VERBOSE)
+        if let problem = Self.finishConnecting(handle, timeoutSeconds: parameters.connectTimeoutSeconds) {
             PQfinish(handle)
-            // libpq's message names host and port but never the password.
-            throw PostgresError(kind: .connection, sqlState: Self.sqlStateFromMessage(message),
-                                message: "could not connect to PostgreSQL at \(parameters.safeDescription): \(message)")
+            throw connectFailure(problem)
         }
-        // Server NOTICEs would otherwise be printed on stderr by libpq, outside our log format.
-        PQsetNoticeProcessor(handle, { _, _ in }, nil)
+        PQsetErrorVerbosity(handle, PQERRORS_DEFAULT)
+        PQsetNoticeProcessor(handle, { context, message in
+            guard let context, let message else { return }
+            let connection = Unmanaged<PostgresConnection>.fromOpaque(context).takeUnretainedValue()
+            connection.noticeHandler?(PostgresConnection.clean(String(cString: message)))
+        }, Unmanaged.passUnretained(self).toOpaque())
         conn = handle
+    }
+
+    /// Drive PQconnectPoll to the end (libpq's documented loop), waiting in poll(2) on whichever
+    /// socket libpq is using at each step, within `timeoutSeconds` overall (connect_timeout is
+    /// applied by libpq's blocking connect only). Returns libpq's error text, or nil when connected.
+    private static func finishConnecting(_ handle: OpaquePointer, timeoutSeconds: Int) -> String? {
+        if PQstatus(handle) == CONNECTION_BAD { return String(cString: PQerrorMessage(handle)) }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(1, timeoutSeconds)) * 1_000_000_000
+        var state = PGRES_POLLING_WRITING
+        while true {
+            switch state {
+            case PGRES_POLLING_OK:
+                return nil
+            case PGRES_POLLING_FAILED:
+                return String(cString: PQerrorMessage(handle))
+            default:
+                let now = DispatchTime.now().uptimeNanoseconds
+                guard now < deadline else { return "timeout expired after \(timeoutSeconds) s (database.connect_timeout_seconds)" }
+                let fd = PQsocket(handle)
+                guard fd >= 0 else { return String(cString: PQerrorMessage(handle)) }
+                var descriptor = pollfd(fd: fd, events: Int16(state == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)
+                let milliseconds = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
+                let ready = poll(&descriptor, 1, milliseconds)
+                if ready < 0 && errno != EINTR { return "poll() failed: \(String(cString: strerror(errno)))" }
+                if ready <= 0 { continue }
+            }
+            state = PQconnectPoll(handle)
+        }
+    }
+
+    /// The error of a failed connection attempt, classified (see the file's opening comment).
+    private func connectFailure(_ libpqMessage: String) -> PostgresError {
+        let sqlState = Self.sqlState(inVerboseMessage: libpqMessage)
+        let shown = Self.withoutVerboseDecoration(libpqMessage)
+        let target = parameters.safeDescription
+        if sqlState == nil, let tls = PostgresTLSFailure(libpqMessage: libpqMessage) {
+            return PostgresError(kind: .tls, sqlState: nil, message: tls.sentence(target: target, parameters: parameters, detail: shown))
+        }
+        // libpq's message names host and port but never the password.
+        return PostgresError(kind: .connection, sqlState: sqlState, message: "could not connect to PostgreSQL at \(target): \(shown)")
+    }
+
+    /// With PQERRORS_VERBOSE libpq renders a server error as "SEVERITY:  SQLSTATE: message" (then
+    /// a "LOCATION:" line). The last such code wins: libpq may have tried more than once (sslmode
+    /// prefer or allow retry with the other mode; several hosts).
+    static func sqlState(inVerboseMessage message: String) -> String? {
+        var found: String?
+        for line in message.split(whereSeparator: \.isNewline) {
+            guard let separator = line.range(of: ":  ") else { continue }
+            let rest = line[separator.upperBound...]
+            let code = rest.prefix(5)
+            guard code.count == 5, rest.dropFirst(5).hasPrefix(": "),
+                  code.allSatisfy({ ($0.isASCII && $0.isNumber) || ($0.isASCII && $0.isUppercase) }) else { continue }
+            found = String(code)
+        }
+        return found
+    }
+
+    /// The message without the verbose decoration: no "LOCATION:" line, no SQLSTATE (the
+    /// description adds it once).
+    static func withoutVerboseDecoration(_ message: String) -> String {
+        message.split(whereSeparator: \.isNewline)
+            .filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("LOCATION:") }
+            .map { line -> String in
+                guard let separator = line.range(of: ":  "), let code = sqlState(inVerboseMessage: String(line)) else { return String(line) }
+                return String(line[..<separator.upperBound]) + String(line[separator.upperBound...].dropFirst(code.count + 2))
+            }
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }
+            .joined(separator: " ")
     }
 
     /// Run one statement with bound text parameters (nil is SQL NULL).
@@ -236,83 +366,6 @@ public final class PostgresConnection: @unchecked Sendable {
         prepared.insert(name)
     }
 
-    /// The statement's parameter types as PostgreSQL inferred them (type names), for check-config.
-    public func describePrepared(name: String) throws(PostgresError) -> [String] {
-        guard let conn else { throw PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL") }
-        guard let r = PQdescribePrepared(conn, name) else { throw connectionLost() }
-        defer { PQclear(r) }
-        if PQresultStatus(r) != PGRES_COMMAND_OK { throw error(from: r) }
-        return (0..<PQnparams(r)).map { String(PQparamtype(r, $0)) }
-    }
-
-    /// Execute a prepared statement once per parameter list in pipeline mode: one round trip for
-    /// the whole batch. A failing execution aborts the rest of the pipeline (libpq semantics), so
-    /// those are re-run one by one: every element gets its own result.
-    public func pipelinePrepared(name: String, parameterLists: [[String?]]) throws(PostgresError) -> [Result<QueryResult, PostgresError>] {
-        guard let conn else { throw PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL") }
-        if parameterLists.isEmpty { return [] }
-        if parameterLists.count == 1 {
-            return [executePreparedResult(name: name, params: parameterLists[0])]
-        }
-        guard PQenterPipelineMode(conn) == 1 else { throw connectionLost() }
-        defer { _ = PQexitPipelineMode(conn) }
-        for params in parameterLists {
-            let ok = withCStrings(params) { pointers in
-                PQsendQueryPrepared(conn, name, Int32(params.count), pointers, nil, nil, 0)
-            }
-            if ok != 1 { throw connectionLost() }
-        }
-        guard PQpipelineSync(conn) == 1 else { throw connectionLost() }
-
-        var results: [Result<QueryResult, PostgresError>?] = Array(repeating: nil, count: parameterLists.count)
-        var index = 0
-        var aborted: [Int] = []
-        // Each query yields its result(s) then a NULL; the sync yields PGRES_PIPELINE_SYNC.
-        while true {
-            guard let r = PQgetResult(conn) else {
-                if PQstatus(conn) != CONNECTION_OK { throw connectionLost() }
-                index += 1
-                continue
-            }
-            let status = PQresultStatus(r)
-            if status == PGRES_PIPELINE_SYNC {
-                PQclear(r)
-                break
-            }
-            if index >= results.count {
-                PQclear(r)
-                continue
-            }
-            if status == PGRES_PIPELINE_ABORTED {
-                PQclear(r)
-                aborted.append(index)
-                continue
-            }
-            do throws(PostgresError) {
-                results[index] = .success(try consumeOne(r))
-            } catch {
-                results[index] = .failure(error)
-            }
-        }
-        _ = PQexitPipelineMode(conn)
-        for i in aborted {
-            results[i] = executePreparedResult(name: name, params: parameterLists[i])
-        }
-        return results.map { $0 ?? .failure(PostgresError(kind: .query, sqlState: nil, message: "no result from pipeline")) }
-    }
-
-    public func executePrepared(name: String, params: [String?]) throws(PostgresError) -> QueryResult {
-        try executePreparedResult(name: name, params: params).get()
-    }
-
-    private func executePreparedResult(name: String, params: [String?]) -> Result<QueryResult, PostgresError> {
-        guard let conn else { return .failure(PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL")) }
-        let r = withCStrings(params) { pointers in
-            PQexecPrepared(conn, name, Int32(params.count), pointers, nil, nil, 0)
-        }
-        do throws(PostgresError) { return .success(try consume(r)) } catch { return .failure(error) }
-    }
-
     // MARK: - results
 
     private func consume(_ result: OpaquePointer?) throws(PostgresError) -> QueryResult {
@@ -366,14 +419,8 @@ public final class PostgresConnection: @unchecked Sendable {
                              message: message.isEmpty ? "connection to PostgreSQL lost" : "connection to PostgreSQL lost: \(message)")
     }
 
-    private static func clean(_ message: String) -> String {
+    fileprivate static func clean(_ message: String) -> String {
         message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
-    }
-
-    private static func sqlStateFromMessage(_ message: String) -> String? {
-        if message.contains("password authentication failed") { return "28P01" }
-        if message.contains("does not exist") && message.contains("database") { return "3D000" }
-        return nil
     }
 
     private func withCStrings<R>(_ params: [String?], _ body: (UnsafePointer<UnsafePointer<CChar>?>?) -> R) -> R {

@@ -25,8 +25,8 @@ enum CommandSupport {
         do {
             return try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(purpose)"))
         } catch {
-            fail("\(error.description); check [database] host, port, username, password and database_name",
-                 status: error.isRejectedLogin ? ExitStatus.config : ExitStatus.transient)
+            fail(error.kind == .tls ? error.description : "\(error.description); check [database] host, port, username, password and database_name",
+                 status: error.isConfigurationFailure ? ExitStatus.config : ExitStatus.transient)
         }
     }
 

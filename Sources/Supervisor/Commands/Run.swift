@@ -31,8 +31,9 @@ struct Run: ParsableCommand {
         do {
             db = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/preflight"))
         } catch {
-            if error.isRejectedLogin {
-                CommandSupport.fail("\(error.description); check [database] username, password and database_name", status: ExitStatus.config)
+            if error.isConfigurationFailure {
+                CommandSupport.fail(error.kind == .tls ? error.description : "\(error.description); check [database] username, password and database_name",
+                                    status: ExitStatus.config)
             }
             logger.warning("database not reachable yet; workers will keep trying", metadata: ["error": "\(error)"])
             return

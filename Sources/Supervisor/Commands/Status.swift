@@ -10,7 +10,7 @@ struct Status: ParsableCommand {
         let (config, _) = CommandSupport.loadConfig(global)
         let host = ["0.0.0.0", "::", ""].contains(config.service.healthCheckAddress) ? "127.0.0.1" : config.service.healthCheckAddress
         let url = "http://\(host.contains(":") ? "[\(host)]" : host):\(config.service.healthCheckPort)/health"
-        let client = HTTPClient(timeoutMilliseconds: 5000)
+        let client = HTTPClient(timeoutMilliseconds: 5000, maximumBodyBytes: 1 << 24)  // /health lists every table
         let response: HTTPResponse
         switch client.perform(HTTPRequest(url: url, method: "GET")) {
         case .success(let r): response = r

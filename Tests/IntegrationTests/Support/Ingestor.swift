@@ -9,6 +9,8 @@ struct RecordedRequest: CustomStringConvertible {
     let body: JSON
     /// What the ingestor answered (0: stalled, no answer).
     let status: Int
+    /// Whether the Standard Webhooks signature verified (only when started with webhook secrets).
+    var verified: Bool? = nil
 
     func header(_ name: String) -> String? { headers[name.lowercased()] }
 
@@ -20,25 +22,46 @@ struct RecordedRequest: CustomStringConvertible {
 final class Ingestor {
     let process: ManagedProcess
     let port: Int
+    let tls: TLS?
+
+    /// HTTPS: the server's certificate and key (issued for "localhost"), optionally the CA its
+    /// clients' certificates must be signed by (mutual TLS), and what the test's own control calls
+    /// present (`client`).
+    struct TLS {
+        var certificate: String
+        var key: String
+        var clientCA: String? = nil
+        var client: HTTPTLSOptions
+    }
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
     }
 
-    var baseURL: String { "http://127.0.0.1:\(port)" }
+    /// https://localhost:PORT with TLS (the certificate's name), else http://127.0.0.1:PORT.
+    var baseURL: String { tls == nil ? "http://127.0.0.1:\(port)" : "https://localhost:\(port)" }
 
-    private init(process: ManagedProcess, port: Int) {
+    private init(process: ManagedProcess, port: Int, tls: TLS?) {
         self.process = process
         self.port = port
+        self.tls = tls
     }
 
     /// Start it and wait until it accepts requests (`GET /_health`).
     /// `port`: listen on this port (0: any free one), e.g. to come back on the same address after a stop.
-    static func start(directory: URL, name: String = "ingestor", port requestedPort: Int = 0) throws -> Ingestor {
+    /// `tls`: serve HTTPS; `webhookSecrets`: verify each publish's signature (`verified`).
+    static func start(directory: URL, name: String = "ingestor", port requestedPort: Int = 0,
+                      tls: TLS? = nil, webhookSecrets: [String] = []) throws -> Ingestor {
         let portFile = directory.appendingPathComponent("\(name).port")
+        var arguments = ["-u", TestEnvironment.ingestorScript.path, "--port-file", portFile.path, "--port", String(requestedPort)]
+        if let tls {
+            arguments += ["--tls-cert", tls.certificate, "--tls-key", tls.key]
+            if let clientCA = tls.clientCA { arguments += ["--tls-client-ca", clientCA] }
+        }
+        for secret in webhookSecrets { arguments += ["--webhook-secret", secret] }
         let process = try ManagedProcess(
             name: name, executable: try TestEnvironment.python(),
-            arguments: ["-u", TestEnvironment.ingestorScript.path, "--port-file", portFile.path, "--port", String(requestedPort)],
+            arguments: arguments,
             workingDirectory: directory, logDirectory: directory)
         var port: Int?
         let started = Wait.until(timeout: 15, "\(name) (dev/ingestor.py) wrote its port to \(portFile.path)",
@@ -51,7 +74,7 @@ final class Ingestor {
             process.stop(timeout: 2)
             throw Failure(description: "the ingestor did not start")
         }
-        let ingestor = Ingestor(process: process, port: port)
+        let ingestor = Ingestor(process: process, port: port, tls: tls)
         let healthy = Wait.until(timeout: 15, "\(name) answers GET /_health", lastSeen: { process.stderrTail() }) {
             if let ended = process.termination { throw WaitAborted("it \(ended)") }
             return (try? ingestor.call("GET", "/_health").status) == 200
@@ -82,7 +105,7 @@ final class Ingestor {
             }
             var lowered: [String: String] = [:]
             for (name, value) in headers { lowered[name.lowercased()] = value.string ?? value.description }
-            return RecordedRequest(path: path, headers: lowered, body: body, status: status)
+            return RecordedRequest(path: path, headers: lowered, body: body, status: status, verified: item["verified"]?.bool)
         }
     }
 
@@ -117,7 +140,8 @@ final class Ingestor {
     private func call(_ method: String, _ path: String, body: [UInt8] = []) throws -> HTTPResponse {
         let headers = body.isEmpty ? [] : [("Content-Type", "application/json")]
         let request = HTTPRequest(url: baseURL + path, method: method, headers: headers, body: body)
-        let http = HTTPClient(timeoutMilliseconds: 10_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)
+        let http = HTTPClient(timeoutMilliseconds: 10_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1,
+                              tls: tls?.client ?? HTTPTLSOptions(), maximumBodyBytes: 1 << 30)  // /_requests lists every publish
         return try http.perform(request).get()
     }
 }

@@ -57,8 +57,10 @@ class IntegrationTestCase: XCTestCase {
         return database
     }
 
-    func startIngestor() throws -> Ingestor {
-        let ingestor = try Ingestor.start(directory: workDirectory, name: "ingestor\(ingestors.isEmpty ? "" : "-\(ingestors.count + 1)")")
+    /// `tls`: serve HTTPS (see `Ingestor.TLS`); `webhookSecrets`: verify Standard Webhooks signatures.
+    func startIngestor(tls: Ingestor.TLS? = nil, webhookSecrets: [String] = []) throws -> Ingestor {
+        let ingestor = try Ingestor.start(directory: workDirectory, name: "ingestor\(ingestors.isEmpty ? "" : "-\(ingestors.count + 1)")",
+                                          tls: tls, webhookSecrets: webhookSecrets)
         ingestors.append(ingestor)
         return ingestor
     }
@@ -89,11 +91,12 @@ class IntegrationTestCase: XCTestCase {
 
     /// The common setup: a database with `schemaSQL` applied, an ingestor, a config watching
     /// `tables`, and a ready worker for the first table.
-    func startPipeline(schemaSQL: String, tables: [WatchedTable], adjust: (inout PublisherConfig) -> Void = { _ in },
+    func startPipeline(schemaSQL: String, tables: [WatchedTable], ingestorTLS: Ingestor.TLS? = nil, webhookSecrets: [String] = [],
+                       adjust: (inout PublisherConfig) -> Void = { _ in },
                        file: StaticString = #filePath, line: UInt = #line) throws -> Pipeline {
         let database = try makeDatabase()
         try database.executeScript(schemaSQL)
-        let ingestor = try startIngestor()
+        let ingestor = try startIngestor(tls: ingestorTLS, webhookSecrets: webhookSecrets)
         var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: tables)
         adjust(&config)
         let configURL = try writeConfig(config)

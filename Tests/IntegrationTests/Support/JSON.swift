@@ -72,6 +72,11 @@ enum JSON: Equatable, CustomStringConvertible, Sendable {
         return nil
     }
 
+    var bool: Bool? {
+        if case .bool(let b) = self { return b }
+        return nil
+    }
+
     var number: Double? {
         if case .number(let n) = self { return n }
         return nil

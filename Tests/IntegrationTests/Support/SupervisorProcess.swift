@@ -7,7 +7,7 @@ import XCTest
 final class SupervisorProcess {
     let process: ManagedProcess
     let healthPort: Int
-    private let http = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 1_000, maxConnections: 2)
+    private let http = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 1_000, maxConnections: 2, maximumBodyBytes: 1 << 26)
 
     /// `wrapper`: a command that runs the supervisor (e.g. `unshare --pid --fork ...`).
     init(configURL: URL, healthPort: Int, directory: URL, name: String, environment: [String: String] = [:], wrapper: [String] = []) throws {
