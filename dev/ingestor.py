@@ -10,6 +10,8 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                      {"fail_keys": {"42": 400}} answer 400 for payloads whose primary_key is 42
                      {"retry_after": 2}         add Retry-After to 429/503 answers
                      {"delay": 1.5}             wait this long before answering (then answer normally)
+                     {"keep": ["primary_key"]}  record only these body fields and no headers (large
+                                                runs, e.g. a 200,000-row backfill); null: everything
   GET    /_requests  every publish received, in order: {"path", "headers", "body", "status"}
   DELETE /_requests  forget them
   GET    /_health    200
@@ -25,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 lock = threading.Lock()
 requests = []
-control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0}
+control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None}
 args = None
 
 
@@ -86,8 +88,13 @@ class Handler(BaseHTTPRequestHandler):
                 status = int(control["fail_keys"][str(key)])
             retry_after = control["retry_after"]
             delay = control["delay"]
-            requests.append({"path": self.path, "headers": dict(self.headers.items()), "body": body,
-                             "status": 0 if stall else status, "at": time.time()})
+            keep = control["keep"]
+            if keep is not None and isinstance(body, dict):
+                requests.append({"path": self.path, "headers": {}, "body": {k: body.get(k) for k in keep},
+                                 "status": 0 if stall else status, "at": time.time()})
+            else:
+                requests.append({"path": self.path, "headers": dict(self.headers.items()), "body": body,
+                                 "status": 0 if stall else status, "at": time.time()})
         if stall:
             while True:
                 time.sleep(0.05)
