@@ -49,6 +49,8 @@ struct Backfill: ParsableCommand {
         // would); the trigger must be in place, or writes during the backfill would be missed.
         do {
             try schema.install(on: db)
+        } catch let error as PostgresError where !error.isPermanent {
+            failOn(error, name: name)
         } catch {
             CommandSupport.fail("backfill of \(name): setup failed: \(error) (run `setup` with a role that may create the objects, or apply `print-sql`)", status: ExitStatus.config)
         }
