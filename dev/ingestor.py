@@ -10,6 +10,8 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                      {"fail_keys": {"42": 400}} answer 400 for payloads whose primary_key is 42
                      {"retry_after": 2}         add Retry-After to 429/503 answers
                      {"delay": 1.5}             wait this long before answering (then answer normally)
+                     {"keep": ["primary_key"]}  record only these body fields and no headers (large
+                                                runs, e.g. a 200,000-row backfill); null: everything
   GET    /_requests  every publish received, in order: {"path", "headers", "body", "status"}
                      (plus "verified" when --webhook-secret is given)
   DELETE /_requests  forget them
@@ -36,7 +38,7 @@ from urllib.parse import parse_qs, urlparse
 
 lock = threading.Lock()
 requests = []
-control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0}
+control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None}
 args = None
 verifiers = []  # standardwebhooks.Webhook, one per --webhook-secret
 
@@ -115,8 +117,13 @@ class Handler(BaseHTTPRequestHandler):
             delay = control["delay"]
             if verified is False:
                 status = 401
-            record = {"path": self.path, "headers": dict(self.headers.items()), "body": body,
-                      "status": 0 if stall else status, "at": time.time()}
+            keep = control["keep"]
+            if keep is not None and isinstance(body, dict):
+                record = {"path": self.path, "headers": {}, "body": {k: body.get(k) for k in keep},
+                          "status": 0 if stall else status, "at": time.time()}
+            else:
+                record = {"path": self.path, "headers": dict(self.headers.items()), "body": body,
+                          "status": 0 if stall else status, "at": time.time()}
             if verified is not None:
                 record["verified"] = verified
             requests.append(record)

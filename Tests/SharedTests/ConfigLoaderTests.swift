@@ -337,6 +337,17 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertTrue(error.problem.contains("'upsert'"), error.problem)
     }
 
+    func testApply_backfillInOperations_isAnError_itIsNotATriggerEvent() {
+        let error = parseError(Self.watchedTable(#"change_column = "a"\#noperations = ["update", "backfill"]"#))
+        XCTAssertEqual(error.key, "service.watched_tables[0].operations[1]")
+        XCTAssertTrue(error.problem.contains("'backfill'"), error.problem)
+    }
+
+    func testValidate_backfillInOperations_fails() throws {
+        XCTAssertEqual(try validationError { $0.service.watchedTables[0].operations = [.update, .backfill] }.key,
+                       "service.watched_tables[0].operations[1]")
+    }
+
     func testApply_failingText_leavesTheConfigAndWarningsUnchanged() {
         var config = PublisherConfig()
         var warnings: [String] = []

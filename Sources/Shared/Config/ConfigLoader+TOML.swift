@@ -210,7 +210,8 @@ extension ConfigLoader {
             let names = try stringArray(value, file: file, key: key, context: context)
             var operations: [ChangeOperation] = []
             for (position, operationName) in names.enumerated() {
-                guard let operation = ChangeOperation(rawValue: operationName) else {
+                // backfill: not a trigger event (the backfill command writes it), so not listed here.
+                guard let operation = ChangeOperation(rawValue: operationName), ChangeOperation.triggerOperations.contains(operation) else {
                     throw ConfigError(file: file, key: "\(key)[\(position)]",
                                       problem: "'\(operationName)' is not an operation\(context); expected insert, update or delete")
                 }

@@ -105,6 +105,12 @@ public struct ServiceConfig: Codable, Sendable, Equatable {
 
 public enum ChangeOperation: String, Codable, Sendable, CaseIterable {
     case insert, update, delete
+    /// Written by `atomic-data-publisher backfill`, never by the trigger: not a valid entry of a
+    /// watched table's `operations` (see `triggerOperations`).
+    case backfill
+
+    /// What a watched table's `operations` may list: the trigger's events.
+    public static let triggerOperations: [ChangeOperation] = [.insert, .update, .delete]
 
     /// The one-character code stored in the tracking table's `operation "char"` column.
     public var code: String {
@@ -112,6 +118,7 @@ public enum ChangeOperation: String, Codable, Sendable, CaseIterable {
         case .insert: "I"
         case .update: "U"
         case .delete: "D"
+        case .backfill: "B"
         }
     }
 
@@ -120,6 +127,7 @@ public enum ChangeOperation: String, Codable, Sendable, CaseIterable {
         case "I": self = .insert
         case "U": self = .update
         case "D": self = .delete
+        case "B": self = .backfill
         default: return nil
         }
     }

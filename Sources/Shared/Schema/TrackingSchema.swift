@@ -45,7 +45,7 @@ public struct TrackingSchema: Sendable {
     private var columnsDDL: String {
         """
             primary_key text NOT NULL,
-            operation "char" NOT NULL CHECK (operation IN ('I', 'U', 'D')),
+            operation "char" NOT NULL CHECK (operation IN \(Self.operationCodes)),
             change_column_value text,
             changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             attempts integer NOT NULL DEFAULT 0,
@@ -68,6 +68,7 @@ public struct TrackingSchema: Sendable {
         \(columnsDDL),
             failed_at timestamptz NOT NULL DEFAULT clock_timestamp()
         );
+        \(createBackfillTableSQL)
         \(upgradeTablesSQL)
         """
     }
@@ -78,12 +79,46 @@ public struct TrackingSchema: Sendable {
         """
         ALTER TABLE \(changesTable) ADD COLUMN IF NOT EXISTS permanent_failures integer NOT NULL DEFAULT 0;
         ALTER TABLE \(failedTable) ADD COLUMN IF NOT EXISTS permanent_failures integer NOT NULL DEFAULT 0;
+        \(upgradeOperationCheckSQL)
         """
+    }
+
+    /// Every code the `operation` column accepts: the trigger's I, U, D and the backfill's B.
+    public static let operationCodes = "(" + ChangeOperation.allCases.map { "'\($0.code)'" }.joined(separator: ", ") + ")"
+
+    /// issue 11: a tracking table made before `backfill` existed checks `operation IN ('I','U','D')`.
+    /// Replace every CHECK on `operation` that does not accept every code. The new check is looser
+    /// than the old one, so the rows already there satisfy it: it is added NOT VALID (no scan of
+    /// the tracking table under ACCESS EXCLUSIVE, which would hold up the trigger's inserts, i.e.
+    /// the application's writes). A no-op when the constraints are already right.
+    public var upgradeOperationCheckSQL: String {
+        """
+        DO $adp_upgrade$
+        DECLARE c record;
+        BEGIN
+            FOR c IN \(staleOperationChecksSQL(changes: quoteLiteral(changesTable), failed: quoteLiteral(failedTable), select: "conrelid::regclass::text AS rel, conname")) LOOP
+                EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.rel, c.conname);
+                EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (operation IN \(Self.operationCodes.replacingOccurrences(of: "'", with: "''"))) NOT VALID', c.rel, c.conname);
+            END LOOP;
+        END
+        $adp_upgrade$;
+        """
+    }
+
+    /// The CHECK constraints on `operation` (of the two tracking tables, given as SQL text
+    /// expressions) that refuse one of `operationCodes`.
+    func staleOperationChecksSQL(changes: String, failed: String, select: String) -> String {
+        let missing = ChangeOperation.allCases.map { "pg_get_constraintdef(oid) NOT LIKE '%''\($0.code)''%'" }.joined(separator: " OR ")
+        return """
+            SELECT \(select) FROM pg_constraint
+                     WHERE conrelid IN (to_regclass(\(changes)), to_regclass(\(failed))) AND contype = 'c'
+                       AND pg_get_constraintdef(oid) LIKE '%operation%' AND (\(missing))
+            """
     }
 
     /// The text recorded as `change_column_value`: the column's text for one column, a JSON
     /// object of the columns for several.
-    private func changeValueExpression(_ record: String) -> String {
+    func changeValueExpression(_ record: String) -> String {
         if table.changeColumns.count == 1 {
             return "\(record).\(quoteIdentifier(table.changeColumns[0]))::text"
         }
@@ -168,6 +203,7 @@ public struct TrackingSchema: Sendable {
         DROP FUNCTION IF EXISTS \(function)();
         DROP TABLE IF EXISTS \(changesTable);
         DROP TABLE IF EXISTS \(failedTable);
+        DROP TABLE IF EXISTS \(backfillTable);
         """
     }
 }
@@ -222,11 +258,15 @@ extension TrackingSchema {
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
             // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
             // exists, so a least-privilege role can run against objects a DBA created.
+            // issue 11: also the backfill progress table, and an `operation` CHECK that accepts 'B'.
             let existing = try db.execute("""
                 SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
+                   AND to_regclass($5) IS NOT NULL
                    AND (SELECT count(*) FROM pg_attribute WHERE attrelid IN (to_regclass($1), to_regclass($2))
                         AND attname = 'permanent_failures' AND NOT attisdropped) = 2
-                """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))"])
+                   AND NOT EXISTS (\(staleOperationChecksSQL(changes: "$1", failed: "$2", select: "1")))
+                """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))",
+                      backfillTable])
             if existing[0, 0] != "t" {
                 try db.executeScript(createTablesSQL)
             }
