@@ -178,6 +178,7 @@ def main():
     global args
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback, or a test network's own address)")
     p.add_argument("--port-file")
     p.add_argument("--print", action="store_true")
     p.add_argument("--tls-cert")
@@ -191,7 +192,7 @@ def main():
         except ImportError:
             sys.exit("ingestor.py: --webhook-secret needs the standardwebhooks package: python3 -m pip install standardwebhooks")
         verifiers.extend(Webhook(secret) for secret in args.webhook_secret)
-    server = Server(("127.0.0.1", args.port), Handler)
+    server = Server((args.host, args.port), Handler)
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls_cert, args.tls_key)

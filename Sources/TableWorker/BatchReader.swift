@@ -43,7 +43,10 @@ struct BatchReader {
     let batchSize: Int
     static let statementName = "adp_atomic_data"
 
-    func read(_ db: PostgresConnection) throws(PostgresError) -> Batch {
+    /// `probeFirst` (when the last poll found nothing): one cheap statement decides whether a
+    /// snapshot is worth opening, so an idle table costs one statement per poll, not three.
+    func read(_ db: PostgresConnection, probeFirst: Bool = false) throws(PostgresError) -> Batch {
+        if probeFirst, try db.execute(schema.anyDueSQL)[0, 0] != "t" { return Batch() }
         try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         do {
             var batch = Batch()

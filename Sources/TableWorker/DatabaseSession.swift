@@ -57,6 +57,19 @@ final class DatabaseSession: ChangeStore {
         db = connection
     }
 
+    /// Prepare the atomic data statement afresh (after a table problem: a dropped column leaves a
+    /// cached plan that can never run again), without giving up the session and its lease.
+    func reprepare() throws(PostgresError) {
+        let db = try connection()
+        try db.deallocate(name: BatchReader.statementName)
+        try db.prepare(name: BatchReader.statementName, sql: query.wrapped)
+    }
+
+    /// Read the tracking table's epoch again (after it was recreated).
+    func refreshEpoch() throws(PostgresError) {
+        epoch = try connection().execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
+    }
+
     func close() {
         db?.close()
         db = nil

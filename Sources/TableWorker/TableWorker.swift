@@ -242,7 +242,7 @@ final class TableWorker {
             return false
         }
         logger.error("the tracking table \(schema.changesTable) was dropped while the service ran: recreated it. Writes to \(table.qualifiedName) failed while it was missing, and unpublished changes recorded in it are lost; republish those keys from the source if the ingestor needs them. Payload ids carry a new epoch, so they do not repeat the old ones")
-        session.close()  // prepare afresh on the next connection
+        try? session.refreshEpoch()  // new payload ids must not repeat the old table's
         return true
     }
 
@@ -253,7 +253,7 @@ final class TableWorker {
         let batch: Batch
         do {
             let queryStarted = monotonicSeconds()
-            batch = try reader.read(session.connection())
+            batch = try reader.read(session.connection(), probeFirst: idleDelay > 0)
             lastLeaseConfirmAt = monotonicSeconds()  // the read succeeded on the lease's session
             if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
         } catch {
@@ -264,7 +264,6 @@ final class TableWorker {
             clearTableProblem()
             return 0
         }
-        stats.changesProcessed += batch.rows.count
 
         var items: [DeliveryItem] = []
         var requests: [HTTPRequest] = []
@@ -296,6 +295,7 @@ final class TableWorker {
             items.append(item)
         }
         clearTableProblem()
+        stats.changesProcessed += batch.rows.count
 
         let policy = DeliveryPolicy(maxRetries: config.ingestor.maxRetries,
                                     backoff: Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds),
@@ -333,8 +333,9 @@ final class TableWorker {
             logger.error("table cannot be published: \(problem)")
         }
         stats.tableProblem = problem
-        // A cached plan may be what fails (a dropped column): the next try prepares afresh.
-        session.close()
+        // A cached plan may be what fails (a dropped column): the next try prepares afresh. The
+        // session (and the lease) are kept; a statement that cannot prepare yet fails the next try.
+        try? session.reprepare()
     }
 
     private func clearTableProblem() {

@@ -366,6 +366,13 @@ public final class PostgresConnection: @unchecked Sendable {
         prepared.insert(name)
     }
 
+    /// Drop a prepared statement (its cached plan may no longer fit the tables it reads).
+    public func deallocate(name: String) throws(PostgresError) {
+        guard prepared.contains(name) else { return }
+        try execute("DEALLOCATE \(quoteIdentifier(name))")
+        prepared.remove(name)
+    }
+
     // MARK: - results
 
     private func consume(_ result: OpaquePointer?) throws(PostgresError) -> QueryResult {

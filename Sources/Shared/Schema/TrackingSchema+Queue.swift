@@ -30,6 +30,11 @@ extension TrackingSchema {
         """
     }
 
+    /// Whether any row is due now (an index probe: the primary key, then the retry index).
+    public var anyDueSQL: String {
+        "SELECT EXISTS (SELECT 1 FROM \(changesTable) c WHERE c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())"
+    }
+
     /// Up to `limit` due rows, oldest first.
     public func fetchDue(_ db: PostgresConnection, limit: Int) throws(PostgresError) -> [ChangeRow] {
         Self.rows(try db.execute(fetchDueSQL, [String(limit)]))

@@ -23,6 +23,8 @@ final class Ingestor {
     let process: ManagedProcess
     let port: Int
     let tls: TLS?
+    /// The address it listens on: 127.0.0.1, or a test network's own address.
+    let host: String
 
     /// HTTPS: the server's certificate and key (issued for "localhost"), optionally the CA its
     /// clients' certificates must be signed by (mutual TLS), and what the test's own control calls
@@ -39,21 +41,22 @@ final class Ingestor {
     }
 
     /// https://localhost:PORT with TLS (the certificate's name), else http://127.0.0.1:PORT.
-    var baseURL: String { tls == nil ? "http://127.0.0.1:\(port)" : "https://localhost:\(port)" }
+    var baseURL: String { tls == nil ? "http://\(host):\(port)" : "https://localhost:\(port)" }
 
-    private init(process: ManagedProcess, port: Int, tls: TLS?) {
+    private init(process: ManagedProcess, port: Int, tls: TLS?, host: String) {
         self.process = process
         self.port = port
         self.tls = tls
+        self.host = host
     }
 
     /// Start it and wait until it accepts requests (`GET /_health`).
     /// `port`: listen on this port (0: any free one), e.g. to come back on the same address after a stop.
     /// `tls`: serve HTTPS; `webhookSecrets`: verify each publish's signature (`verified`).
     static func start(directory: URL, name: String = "ingestor", port requestedPort: Int = 0,
-                      tls: TLS? = nil, webhookSecrets: [String] = []) throws -> Ingestor {
+                      tls: TLS? = nil, webhookSecrets: [String] = [], host: String = "127.0.0.1") throws -> Ingestor {
         let portFile = directory.appendingPathComponent("\(name).port")
-        var arguments = ["-u", TestEnvironment.ingestorScript.path, "--port-file", portFile.path, "--port", String(requestedPort)]
+        var arguments = ["-u", TestEnvironment.ingestorScript.path, "--port-file", portFile.path, "--port", String(requestedPort), "--host", host]
         if let tls {
             arguments += ["--tls-cert", tls.certificate, "--tls-key", tls.key]
             if let clientCA = tls.clientCA { arguments += ["--tls-client-ca", clientCA] }
@@ -74,7 +77,7 @@ final class Ingestor {
             process.stop(timeout: 2)
             throw Failure(description: "the ingestor did not start")
         }
-        let ingestor = Ingestor(process: process, port: port, tls: tls)
+        let ingestor = Ingestor(process: process, port: port, tls: tls, host: host)
         let healthy = Wait.until(timeout: 15, "\(name) answers GET /_health", lastSeen: { process.stderrTail() }) {
             if let ended = process.termination { throw WaitAborted("it \(ended)") }
             return (try? ingestor.call("GET", "/_health").status) == 200

@@ -58,9 +58,9 @@ class IntegrationTestCase: XCTestCase {
     }
 
     /// `tls`: serve HTTPS (see `Ingestor.TLS`); `webhookSecrets`: verify Standard Webhooks signatures.
-    func startIngestor(tls: Ingestor.TLS? = nil, webhookSecrets: [String] = []) throws -> Ingestor {
+    func startIngestor(tls: Ingestor.TLS? = nil, webhookSecrets: [String] = [], host: String = "127.0.0.1") throws -> Ingestor {
         let ingestor = try Ingestor.start(directory: workDirectory, name: "ingestor\(ingestors.isEmpty ? "" : "-\(ingestors.count + 1)")",
-                                          tls: tls, webhookSecrets: webhookSecrets)
+                                          tls: tls, webhookSecrets: webhookSecrets, host: host)
         ingestors.append(ingestor)
         return ingestor
     }

@@ -7,6 +7,8 @@ import XCTest
 final class SupervisorProcess {
     let process: ManagedProcess
     let healthPort: Int
+    /// Where its /health answers: 127.0.0.1, or a simulated host's address.
+    var healthHost = "127.0.0.1"
     private let http = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 1_000, maxConnections: 2, maximumBodyBytes: 1 << 26)
 
     /// `wrapper`: a command that runs the supervisor (e.g. `unshare --pid --fork ...`).
@@ -39,7 +41,7 @@ final class SupervisorProcess {
     }
 
     func get(_ path: String) throws -> HTTPResponse {
-        switch http.perform(HTTPRequest(url: "http://127.0.0.1:\(healthPort)\(path)", method: "GET")) {
+        switch http.perform(HTTPRequest(url: "http://\(healthHost):\(healthPort)\(path)", method: "GET")) {
         case .success(let response): return response
         case .failure(let error): throw error
         }
