@@ -4,9 +4,12 @@
 //     ▲                                                                                        │
 //     └───────────────────────────────(connection lost: the lock went with it)─────────────────┘
 //
-// A worker sends requests only while `leading`. `fencing` lasts `fenceSeconds` after every
-// acquisition: the previous holder may have requests in flight until its ingestor timeout, and a
-// key's payloads must not overtake each other across a takeover.
+// A worker sends requests only while `leading`. `fencing` lasts `fenceSeconds` after a takeover
+// (the lease was seen held by another session) and after re-taking a lease this worker lost: the
+// previous holder may have requests in flight until its ingestor timeout, and a key's payloads
+// must not overtake each other. A worker that finds the lease free at its first try does not
+// wait: a single instance starts publishing at once (the one case left open, a holder that died
+// less than a timeout before this worker's first try, is documented in the README).
 
 import Shared
 
@@ -24,6 +27,7 @@ struct LeaseMachine: Equatable, Sendable {
     /// Acquisitions after another session was seen holding the lease.
     private(set) var takeovers = 0
     private var sawAnotherHolder = false
+    private var heldBefore = false
 
     init(fenceSeconds: Double, retrySeconds: Double) {
         self.fenceSeconds = max(0, fenceSeconds)
@@ -53,8 +57,10 @@ struct LeaseMachine: Equatable, Sendable {
             return now + retrySeconds
         }
         if sawAnotherHolder { takeovers += 1 }
+        let fence = (sawAnotherHolder || heldBefore) ? fenceSeconds : 0
         sawAnotherHolder = false
-        state = fenceSeconds > 0 ? .fencing(until: now + fenceSeconds, acquiredAt: now) : .leading(acquiredAt: now)
+        heldBefore = true
+        state = fence > 0 ? .fencing(until: now + fence, acquiredAt: now) : .leading(acquiredAt: now)
         return nil
     }
 
@@ -86,7 +92,6 @@ struct LeaseMachine: Equatable, Sendable {
 
     /// The session ended: the lock went with it.
     mutating func connectionLost() {
-        if isHeld { sawAnotherHolder = true }  // someone may take it meanwhile: fence again
-        state = .none
+        state = .none  // heldBefore: the next acquisition fences again (someone may have led meanwhile)
     }
 }

@@ -2,8 +2,16 @@ import XCTest
 @testable import TableWorker
 
 final class LeaseMachineTests: XCTestCase {
-    func testAcquired_fencesThenLeads() {
+    func testFreeAtTheFirstTry_leadsAtOnce() {
         var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        XCTAssertNil(m.tried(acquired: true, now: 100))
+        XCTAssertTrue(m.mayPublish(now: 100), "nobody was seen holding it: a single instance starts at once")
+        XCTAssertEqual(m.takeovers, 0)
+    }
+
+    func testTakeover_fencesThenLeads() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = m.tried(acquired: false, now: 90)
         XCTAssertNil(m.tried(acquired: true, now: 100))
         XCTAssertEqual(m.reported, .standby)
         XCTAssertFalse(m.mayPublish(now: 111.9), "the previous holder's requests may still be in flight")
@@ -33,7 +41,7 @@ final class LeaseMachineTests: XCTestCase {
     func testConnectionLost_dropsTheLease_andTheNextAcquisitionFencesAgain() {
         var m = LeaseMachine(fenceSeconds: 5, retrySeconds: 2)
         _ = m.tried(acquired: true, now: 0)
-        XCTAssertTrue(m.mayPublish(now: 5))
+        XCTAssertTrue(m.mayPublish(now: 0))
         m.connectionLost()
         XCTAssertFalse(m.mayPublish(now: 6))
         XCTAssertEqual(m.reported, .none)
