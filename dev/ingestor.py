@@ -9,6 +9,7 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                      {"stall": true}            accept, read, never answer (until told otherwise)
                      {"fail_keys": {"42": 400}} answer 400 for payloads whose primary_key is 42
                      {"retry_after": 2}         add Retry-After to 429/503 answers
+                     {"delay": 1.5}             wait this long before answering (then answer normally)
   GET    /_requests  every publish received, in order: {"path", "headers", "body", "status"}
   DELETE /_requests  forget them
   GET    /_health    200
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 lock = threading.Lock()
 requests = []
-control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None}
+control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0}
 args = None
 
 
@@ -84,6 +85,7 @@ class Handler(BaseHTTPRequestHandler):
             if key is not None and str(key) in control["fail_keys"]:
                 status = int(control["fail_keys"][str(key)])
             retry_after = control["retry_after"]
+            delay = control["delay"]
             requests.append({"path": self.path, "headers": dict(self.headers.items()), "body": body,
                              "status": 0 if stall else status, "at": time.time()})
         if stall:
@@ -94,6 +96,8 @@ class Handler(BaseHTTPRequestHandler):
                         break
             self.close_connection = True
             return
+        if delay:
+            time.sleep(delay)
         if args.print and status < 300:
             print(f"--- {self.path} ({status})\n{json.dumps(body, indent=2)}", flush=True)
         extra = {}

@@ -91,7 +91,6 @@ final class ChildProcess {
         return (lines, eof)
     }
 
-    func noteMalformed() { malformedLines += 1 }
 
     func signal(_ sig: WorkerSignal) {
         _ = kill(pid, sig == .term ? SIGTERM : SIGKILL)

@@ -23,8 +23,8 @@ struct TableStats: Sendable {
         s.batch = Self.merge(s.batch, finished.batch)
         if s.lastPublishAt == nil { s.lastPublishAt = finished.lastPublishAt }
         if current == nil {
-            s.database = "unknown"
-            s.circuitBreaker = "unknown"
+            s.database = .unknown
+            s.circuitBreaker = .unknown
             s.backlog = finished.backlog
             s.oldestChangeAgeSeconds = finished.oldestChangeAgeSeconds
             s.deadLetters = finished.deadLetters
@@ -85,8 +85,10 @@ struct ServiceSnapshot: Sendable {
     var health: Health {
         if tables.isEmpty || stopping { return .unhealthy }
         if tables.contains(where: { $0.state == "failed" }) { return .unhealthy }
+        // A table that cannot be published (a revoked grant, a broken query) publishes nothing.
+        if tables.contains(where: { $0.stats.tableProblem != nil }) { return .unhealthy }
         if !tables.contains(where: \.up) { return .unhealthy }
-        if tables.contains(where: { !$0.up || $0.stats.database != "up" || $0.stats.circuitBreaker != "closed" }) { return .degraded }
+        if tables.contains(where: { !$0.up || $0.stats.database != .up || $0.stats.circuitBreaker != .closed }) { return .degraded }
         return .healthy
     }
 

@@ -11,6 +11,7 @@
 
 import Foundation
 import Logging
+import NIOCore
 import Shared
 
 final class Supervisor {
@@ -22,7 +23,12 @@ final class Supervisor {
         /// After the current worker stops: start again (config changed) or forget the table (removed).
         var restartWhenStopped = false
         var removeWhenStopped = false
+        /// When the worker last wrote a line (monotonic seconds): it reports at least every second.
+        var lastHeardAt = 0.0
     }
+
+    /// A running worker silent for this long is stalled (stopped, hung): killed and restarted.
+    static let stallSeconds = 10.0
 
     private var config: PublisherConfig
     private let reloadConfig: () throws -> PublisherConfig
@@ -55,7 +61,8 @@ final class Supervisor {
         do {
             boundPort = try server.start(host: config.service.healthCheckAddress, port: config.service.healthCheckPort, store: store)
         } catch {
-            logger.critical("cannot listen on \(config.service.healthCheckAddress):\(config.service.healthCheckPort) for /health and /metrics: \(error); set service.health_check_port or stop what uses it")
+            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
+            logger.critical("cannot listen on \(config.service.healthCheckAddress):\(config.service.healthCheckPort) for /health and /metrics: \(reason); set service.health_check_port or stop what uses it")
             return ExitStatus.transient
         }
         logger.info("listening for /health and /metrics", metadata: ["address": "\(config.service.healthCheckAddress)", "port": "\(boundPort)"])
@@ -79,6 +86,7 @@ final class Supervisor {
             if signals.contains(.hup) && !shuttingDown { reload() }
             readWorkers(ready.readable.union(ready.hangup))
             reapWorkers()
+            detectStalls()
             fireTimers()
             settlePending()
             publishSnapshot()
@@ -135,7 +143,9 @@ final class Supervisor {
                 existing.table = table
                 existing.removeWhenStopped = false
                 workers[table.name] = existing
-                if changed || existing.machine.isSettled {
+                // Also a table removed and re-added while its worker is still stopping: start it
+                // again once stopped, or it would never run.
+                if changed || existing.machine.isSettled || existing.machine.state.name == "stopping" {
                     logger.notice("reload: restarting worker with the new configuration", metadata: ["table": "\(table.name)"])
                     workers[table.name]!.restartWhenStopped = true
                     execute(table.name, workers[table.name]!.machine.stopRequested(now: now, timeout: config.service.shutdownTimeoutSeconds))
@@ -150,10 +160,21 @@ final class Supervisor {
         logger.info("configuration reloaded", metadata: ["tables": "\(next.service.watchedTables.map(\.name).joined(separator: ","))"])
     }
 
+    private func detectStalls() {
+        let now = monotonicSeconds()
+        for name in order {
+            guard let w = workers[name], case .running = w.machine.state, now - w.lastHeardAt >= Self.stallSeconds else { continue }
+            logger.error("worker stalled: no report for \(Int(now - w.lastHeardAt)) s, killing it", metadata: ["table": "\(name)", "worker_pid": "\(w.machine.pid ?? 0)"])
+            workers[name]!.lastHeardAt = now  // one KILL; the reap restarts it
+            execute(name, workers[name]!.machine.stallDetected(silentSeconds: now - w.lastHeardAt))
+        }
+    }
+
     private func readWorkers(_ readable: Set<Int32>) {
         for name in order {
             guard let child = workers[name]?.child, child.stdoutFD >= 0, readable.contains(child.stdoutFD) else { continue }
             let (lines, _) = child.readLines()
+            if !lines.isEmpty { workers[name]!.lastHeardAt = monotonicSeconds() }
             for line in lines { handle(line: line, from: name, child: child) }
         }
     }
@@ -183,6 +204,8 @@ final class Supervisor {
             // Whatever it wrote before dying still counts.
             for line in child.readLines().lines { handle(line: line, from: name, child: child) }
             child.closePipes()
+            // Its malformed-line count outlives it, so the metric never goes backwards.
+            malformedLines += child.malformedLines
             workers[name]!.child = nil
             workers[name]!.stats.workerExited()
             let level: Logger.Level = (reason == .exited(0)) ? .info : .warning
@@ -227,8 +250,6 @@ final class Supervisor {
                 spawn(name)
             case .signal(_, let sig):
                 workers[name]?.child?.signal(sig)
-            case .scheduleWake:
-                break  // the loop derives its poll timeout from every machine's nextWake
             case .log(let text):
                 logger.info("worker \(text)", metadata: ["table": "\(name)"])
             }
@@ -239,9 +260,13 @@ final class Supervisor {
         guard workers[name] != nil else { return }
         let now = monotonicSeconds()
         do {
-            let line = try WorkerConfig(table: name, config: config).encodedLine()
+            // The worker gets its own table's slice of the configuration, nothing of the others.
+            var slice = config
+            slice.service.watchedTables = config.service.watchedTables.filter { $0.name == name }
+            let line = try WorkerConfig(table: name, config: slice).encodedLine()
             let child = try ChildProcess.spawn(path: workerPath, table: name, configLine: line, environment: Self.workerEnvironment())
             workers[name]!.child = child
+            workers[name]!.lastHeardAt = now
             logger.info("worker started", metadata: ["table": "\(name)", "worker_pid": "\(child.pid)"])
             execute(name, workers[name]!.machine.spawned(pid: child.pid, now: now))
         } catch {
@@ -274,21 +299,19 @@ final class Supervisor {
                                          restarts: w.machine.restarts, lastExit: w.machine.lastExit?.description,
                                          lastError: w.machine.lastError, stats: w.stats.combined))
         }
-        let allSettledOrRunning = order.allSatisfy {
-            let state = workers[$0]!.machine.state
-            if case .running = state { return true }
-            if case .failed = state { return true }
-            return false
-        }
-        snapshot.ready = readyNotified || allSettledOrRunning
+        snapshot.ready = readyNotified
         store.publish(snapshot)
 
         let now = monotonicSeconds()
         let summary = snapshot.summary
-        if !readyNotified && allSettledOrRunning && !shuttingDown {
+        // Ready as soon as the supervisor serves /health and has started its workers: a database
+        // that is down at boot is the service's to wait for (health says why it is not healthy),
+        // not a reason for systemd's start timeout to restart it in a loop.
+        if !readyNotified && !shuttingDown {
             readyNotified = true
             notifier.ready(status: summary)
-            logger.notice("ready: every worker is running", metadata: ["status": "\(summary)"])
+            let running = snapshot.tables.filter(\.up).count
+            logger.notice("ready: serving /health; \(running) of \(snapshot.tables.count) workers running so far", metadata: ["status": "\(summary)"])
             lastStatus = summary
             lastStatusAt = now
         } else if summary != lastStatus && now - lastStatusAt >= 1 {

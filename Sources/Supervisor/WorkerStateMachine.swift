@@ -66,7 +66,8 @@ public struct WorkerStateMachine: Equatable, Sendable {
         case starting(pid: Int32, since: Double)
         case running(pid: Int32, since: Double)
         case backingOff(until: Double)
-        case stopping(pid: Int32, killAt: Double)
+        /// `killAt` is nil once KILL has been sent: then only the exit settles it.
+        case stopping(pid: Int32, killAt: Double?)
         case stopped
         case failed(reason: String)
 
@@ -86,7 +87,6 @@ public struct WorkerStateMachine: Equatable, Sendable {
     public enum Action: Equatable, Sendable {
         case spawn
         case signal(pid: Int32, WorkerSignal)
-        case scheduleWake(at: Double)
         case log(String)
     }
 
@@ -147,7 +147,17 @@ public struct WorkerStateMachine: Equatable, Sendable {
 
     public mutating func readyReceived(now: Double) -> [Action] {
         guard case .starting(let pid, let since) = state else { return [] }
+        // Recovered: an error from an earlier run no longer describes the table.
+        lastError = nil
         return transition(to: .running(pid: pid, since: since))
+    }
+
+    /// The running worker has sent nothing for too long (stopped, hung in a system call): kill it;
+    /// its exit then restarts it like any crash.
+    public mutating func stallDetected(silentSeconds: Double) -> [Action] {
+        guard case .running(let pid, _) = state else { return [] }
+        lastError = "stalled: no report from the worker for \(Int(silentSeconds)) s; killed and restarted"
+        return [.signal(pid: pid, .kill), .log("stalled (no report for \(Int(silentSeconds)) s), sending KILL")]
     }
 
     public mutating func fatalReceived(error: String) {
@@ -174,8 +184,10 @@ public struct WorkerStateMachine: Equatable, Sendable {
         switch state {
         case .backingOff(let until) where now >= until:
             return [.spawn]
-        case .stopping(let pid, let killAt) where now >= killAt:
-            // Stay in stopping: the exit is what settles it.
+        case .stopping(let pid, let killAt?) where now >= killAt:
+            // Stay in stopping, with no timer left: the exit is what settles it. (KILL is sent
+            // once; the loop must not spin on a deadline in the past until the reap.)
+            state = .stopping(pid: pid, killAt: nil)
             return [.signal(pid: pid, .kill), .log("worker did not stop in time, sending KILL")]
         default:
             return []
@@ -207,8 +219,6 @@ public struct WorkerStateMachine: Equatable, Sendable {
     private mutating func transition(to next: State) -> [Action] {
         let from = state.name
         state = next
-        var actions: [Action] = [.log("\(from) -> \(next.name)")]
-        if let wake = nextWake { actions.append(.scheduleWake(at: wake)) }
-        return actions
+        return [.log("\(from) -> \(next.name)")]
     }
 }

@@ -8,8 +8,10 @@
 // payload says nothing about the ingestor's health. While open, the worker sends nothing and the
 // changes wait in the tracking table; half-open lets exactly one request through.
 
-struct CircuitBreaker: Equatable {
-    enum State: Equatable {
+import Shared
+
+struct CircuitBreaker: Equatable, Sendable {
+    enum State: Equatable, Sendable {
         case closed
         case open(until: Double)
         case halfOpen
@@ -27,11 +29,12 @@ struct CircuitBreaker: Equatable {
         self.resetSeconds = resetSeconds
     }
 
-    var name: String {
+    /// The state as stats and /health report it.
+    var reported: BreakerState {
         switch state {
-        case .closed: "closed"
-        case .open: "open"
-        case .halfOpen: "half_open"
+        case .closed: .closed
+        case .open: .open
+        case .halfOpen: .halfOpen
         }
     }
 

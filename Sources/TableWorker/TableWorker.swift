@@ -3,13 +3,12 @@
 // Invariants:
 // - The loop never blocks longer than one batch (bounded by the statement and HTTP timeouts);
 //   between batches it waits in poll(2) on the signal self-pipe and, when supervised, on stdin,
-//   so SIGTERM and the supervisor's death are noticed at once.
-// - A tracking row is deleted only after a 2xx for the payload that covered it. A failure
-//   records attempts, last_error and next_attempt_at in the table, not in memory.
-// - Transient failures (transport errors, timeouts, 5xx, 408, 429) are retried forever with
-//   capped backoff; permanent ones (an atomic data query that fails for that key, other 4xx)
-//   move the key's rows to the dead-letter table after `dead_letter_after_attempts`.
-// - Stats go to stdout at least once a second, cumulative.
+//   so SIGTERM and the supervisor's death are noticed at once. Stats go out at least once a
+//   second, also while requests are in flight.
+// - The delivery rules are the pure DeliveryPlan's; DeliveryRunner performs them. This type owns
+//   the session, reads batches, and reports.
+// - A problem with the table or its query (a revoked grant, a dropped column) pauses the table,
+//   keeps every change, says so in stats (so /health is not green) and retries every few seconds.
 
 import Foundation
 import Logging
@@ -26,37 +25,51 @@ final class TableWorker {
     let supervised: Bool
     var logger: Logger
 
-    private let feed: ChangeFeed
-    private let query: AtomicDataQuery
+    let schema: TrackingSchema
+    private let session: DatabaseSession
+    private let reader: BatchReader
+    private let builder: RequestBuilder
     private let http: HTTPClient
-    private var db: PostgresConnection?
+    private var runner: DeliveryRunner!
     private var stats = WorkerStats()
     private var lastStatsAt = 0.0
-    private var lastBacklogAt = 0.0
+    private var lastBacklogAt = -Double.infinity
+    private var lastPublishUnix: Double?
     private var stopRequested = false
     private var idleDelay = 0.0
     private var breaker: CircuitBreaker
     private var random = SystemRandomNumberGenerator()
-    private static let statementName = "adp_atomic_data"
+    /// Seconds between tries while the table cannot be published.
+    static let tableProblemRetrySeconds = 5.0
+    static let backlogIntervalSeconds = 5.0
 
     init(config: PublisherConfig, table: WatchedTable, supervised: Bool, logger: Logger) {
         self.config = config
         self.table = table
         self.supervised = supervised
         self.logger = logger
-        feed = ChangeFeed(table: table)
+        schema = TrackingSchema(table: table)
+        session = DatabaseSession(config: config, table: table, logger: logger)
+        reader = BatchReader(schema: schema, batchSize: config.service.batchSize)
+        builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
                                  resetSeconds: config.ingestor.circuitBreakerResetSeconds)
-        query = AtomicDataQuery(table.atomicDataQuery)
         http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
                           maxConnections: max(8, config.service.maxConcurrentPublishes * 2))
+        runner = DeliveryRunner(transport: http, store: session, host: self, maxConcurrent: config.service.maxConcurrentPublishes)
+        runner.log = { [unowned self] event in self.noteDelivery(event) }
     }
 
     /// Runs until asked to stop; returns the exit status.
     func run() -> Int32 {
+        // During a long query the loop is inside libpq: keep reporting (no database use here).
+        PostgresConnection.heartbeat = { [unowned self] in
+            if monotonicSeconds() - lastStatsAt >= 1.0 { try? emitStats(refreshBacklog: false) }
+        }
+        defer { PostgresConnection.heartbeat = nil }
         do {
-            try connectAndPrepare()
+            try connect()
             // Stats first, so the supervisor's READY=1 and STATUS= already show the database up.
             try emitStats()
             emit(.ready(table: table.name, pid: getpid()))
@@ -64,7 +77,7 @@ final class TableWorker {
             while true {
                 try checkStop()
                 try emitStatsIfDue()
-                guard let db, db.isConnected else {
+                guard session.isConnected else {
                     try reconnect()
                     continue
                 }
@@ -73,8 +86,10 @@ final class TableWorker {
                     try pause(min(wait, 1.0))
                     continue
                 }
-                let processed = try processBatch(db)
-                if processed > 0 {
+                let processed = try processBatch()
+                if stats.tableProblem != nil {
+                    try pause(Self.tableProblemRetrySeconds)
+                } else if processed > 0 {
                     idleDelay = 0
                     // Fresh figures for /metrics soon after work, without a line per batch.
                     if monotonicSeconds() - lastStatsAt >= 0.1 { try emitStats() }
@@ -102,51 +117,63 @@ final class TableWorker {
 
     // MARK: - database
 
-    private func connectAndPrepare() throws {
+    /// Connect, retrying with backoff while the database is unreachable (set up once per process).
+    private func connect(reconnecting: Bool = false) throws {
         var attempt = 0
         while true {
             try checkStop()
             do {
-                let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(table.name)"))
-                do {
-                    try feed.schema.install(on: connection)
-                    try connection.prepare(name: Self.statementName, sql: query.wrapped)
-                } catch let problem as SchemaProblem {
-                    throw Stop.permanent(problem.description)
-                } catch let error as PostgresError where !error.isConnectionLost && error.isPermanent {
-                    throw Stop.permanent("table \(table.qualifiedName): \(error)")
-                }
-                db = connection
-                stats.database = "up"
-                if attempt > 0 { logger.notice("database connection restored") }
+                try session.open()
+                stats.database = .up
+                if attempt > 0 || reconnecting { logger.notice("database connection restored") }
                 return
             } catch let error as PostgresError {
                 if error.isRejectedLogin {
                     throw Stop.permanent(error.description)
                 }
-                stats.database = "down"
-                let delay = Backoff(initial: 0.5, maximum: 30).delay(attempt: attempt, unit: Double.random(in: 0..<1, using: &random))
-                logger.warning("database unavailable, retrying", metadata: ["error": "\(error)", "retry_in_seconds": "\(String(format: "%.1f", delay))"])
+                if !error.isConnectionLost {
+                    switch QueryFailure.classify(error) {
+                    case .table: throw Stop.permanent("table \(table.qualifiedName): \(error)")
+                    default: break
+                    }
+                }
+                stats.database = .down
+                let delay = Backoff(initial: 0.5, maximum: 30).delay(attempt: attempt, unit: randomUnit())
+                logger.warning("database unavailable, retrying", metadata: ["error": "\(error)", "retry_in_seconds": "\((delay * 10).rounded() / 10)"])
                 attempt += 1
                 try pause(delay)
             }
         }
     }
 
+    /// The connection is gone: connect again, then write what the last round still owes
+    /// (acknowledgements of payloads already answered 2xx).
     private func reconnect() throws {
-        db?.close()
-        db = nil
-        stats.database = "down"
+        session.close()
+        stats.database = .down
         try emitStats()
-        try connectAndPrepare()
+        while true {
+            try connect(reconnecting: true)
+            do {
+                try runner.flushPending()
+                return
+            } catch {
+                if !error.isConnectionLost { try databaseFailed(error) ; return }
+                logger.warning("database connection lost again while acknowledging", metadata: ["error": "\(error)"])
+                session.close()
+            }
+        }
     }
 
-    /// Handle a database error in the loop: a lost connection reconnects, anything else is a bug
-    /// in our SQL or a permission revoked under us.
+    /// A database error outside the atomic data query: a lost connection reconnects; a missing
+    /// tracking table or privilege stops the worker (exit 78); anything else is a crash.
     private func databaseFailed(_ error: PostgresError) throws {
         if error.isConnectionLost {
             logger.warning("database connection lost", metadata: ["error": "\(error)"])
             try reconnect()
+            return
+        }
+        if error.sqlState == "42P01", try recreateTrackingTables() {
             return
         }
         if error.sqlState == "42P01" || error.sqlState == "42501" {
@@ -155,288 +182,174 @@ final class TableWorker {
         throw error
     }
 
+    /// The tracking table was dropped under us: every write of the application to the watched
+    /// table now fails in our trigger. Recreate it at once (setup is idempotent) and say so loudly.
+    /// Returns false when that is not what happened or it cannot be done.
+    private func recreateTrackingTables() throws -> Bool {
+        guard let db = try? session.connection(),
+              let missing = try? db.execute("SELECT to_regclass($1) IS NULL OR to_regclass($2) IS NULL", [schema.changesTable, schema.failedTable]),
+              missing[0, 0] == "t" else { return false }
+        do {
+            try schema.install(on: db)
+        } catch {
+            logger.error("the tracking table \(schema.changesTable) is missing and cannot be recreated: \(error)")
+            return false
+        }
+        logger.error("the tracking table \(schema.changesTable) was dropped while the service ran: recreated it. Writes to \(table.qualifiedName) failed while it was missing, and unpublished changes recorded in it are lost; republish those keys from the source if the ingestor needs them. Payload ids carry a new epoch, so they do not repeat the old ones")
+        session.close()  // prepare afresh on the next connection
+        return true
+    }
+
     // MARK: - one batch
 
-    private func processBatch(_ db: PostgresConnection) throws -> Int {
+    private func processBatch() throws -> Int {
         let started = monotonicSeconds()
-        let batch: (rows: [ChangeRow], queried: [KeyChanges], results: [Result<QueryResult, PostgresError>])
+        let batch: Batch
         do {
-            batch = try readBatch(db)
+            let queryStarted = monotonicSeconds()
+            batch = try reader.read(session.connection())
+            if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
         } catch {
             try databaseFailed(error)
             return 0
         }
-        let rows = batch.rows
-        if rows.isEmpty { return 0 }
-        let groups = KeyChanges.coalesce(rows)
-        stats.changesProcessed += rows.count
-        let (queried, results) = (batch.queried, batch.results)
-        var atomicData: [String: Result<String, PostgresError>] = [:]
-        for (group, result) in zip(queried, results) {
-            atomicData[group.primaryKey] = result.map { $0.rows.first?.first.flatMap { $0 } ?? "[]" }
-        }
-        if case .failure(let error)? = results.first(where: { if case .failure(let e) = $0 { return e.isConnectionLost } else { return false } }) {
-            try databaseFailed(error)
+        if batch.isEmpty {
+            clearTableProblem()
             return 0
         }
+        stats.changesProcessed += batch.rows.count
 
-        var published: [KeyChanges] = []
-        var atomicJSON: [String] = []
-        var failures: [Failure] = []
-        for group in groups {
-            let data: String
-            switch atomicData[group.primaryKey] {
+        var items: [DeliveryItem] = []
+        var requests: [HTTPRequest] = []
+        let unixNow = Date().timeIntervalSince1970
+        for (group, data) in zip(batch.groups, batch.atomicData) {
+            var item = DeliveryItem(ids: group.ids, primaryKey: group.primaryKey, attempts: group.attempts, permanentFailures: group.permanentFailures)
+            switch data {
+            case .success(let json):
+                requests.append(builder.request(for: Payload.build(table: table, epoch: session.epoch, changes: group, atomicData: json, unixNow: unixNow, retryCount: group.attempts)))
             case .failure(let error):
+                if error.isConnectionLost {
+                    try databaseFailed(error)
+                    return 0
+                }
+                switch QueryFailure.classify(error) {
+                case .table:
+                    reportTableProblem(error)
+                    return 0
+                case .transient:
+                    item.knownFailure = .failed("atomic data query failed: \(error)", retryAfter: nil)
+                case .key:
+                    item.knownFailure = .rejected("atomic data query failed: \(error)")
+                }
                 stats.queryErrors += 1
                 logger.warning("atomic data query failed", metadata: ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)", "error": "\(error)"])
-                failures.append(Failure(group: group, error: "atomic data query failed: \(error)", permanent: true, retryAfter: nil))
-                continue
-            case .success(let json):
-                data = json
-            case nil:
-                data = "[]"
+                if let detail = error.detail { logger.debug("atomic data query failed: detail", metadata: ["primary_key": "\(group.primaryKey)", "detail": "\(detail)"]) }
+                requests.append(HTTPRequest(url: builder.url))  // never sent: the item is settled before sending
             }
-            atomicJSON.append(data)
-            published.append(group)
+            items.append(item)
         }
-        try settle(db, acked: [], failures: failures)
+        clearTableProblem()
 
-        // Publish rounds: the first attempt, then up to max_retries immediate retries of the
-        // transient failures with full-jitter backoff. Successes are acknowledged after every
-        // round, so a slow retry never holds back what already went through. What is still
-        // failing after the last round is rescheduled in the table.
-        var pending = Array(published.indices)
-        var round = 0
-        // The latest transient failure of each key still being retried, to reschedule it with.
-        var lastFailure: [Int: Failure] = [:]
-        while !pending.isEmpty {
-            let permits = breaker.permits(now: monotonicSeconds())
-            noteBreaker()
-            if permits == 0 { break }  // open: the rest waits, untouched, in the tracking table
-            let sending = permits.map { Array(pending.prefix($0)) } ?? pending
-            stats.inFlight = min(sending.count, config.service.maxConcurrentPublishes)
-            var acked: [Int64] = []
-            var finalFailures: [Failure] = []
-            var retry: [Int] = []
-            var retryAfter: Double?
-            var attempted: Set<Int> = []
-            let now = Date()
-            let requests = sending.map { request(for: published[$0], atomicData: atomicJSON[$0], now: now, retryCount: published[$0].attempts + round) }
-            _ = http.perform(requests, maxConcurrent: config.service.maxConcurrentPublishes, shouldAbort: { [self] in
-                if stopRequested { return true }
-                stopRequested = !Signals.take().intersection([.term, .int]).isEmpty
-                return stopRequested
-            }, onComplete: { [self] position, response in
-                let index = sending[position]
-                let group = published[index]
-                attempted.insert(index)
-                switch classify(response, group: group) {
-                case .success:
-                    breaker.recordSuccess()
-                    stats.publishSuccesses += 1
-                    stats.changesPublished += group.rows.count
-                    acked.append(contentsOf: group.ids)
-                case .aborted:
-                    break  // shutting down: the rows stay and are published after the restart
-                case .failed(var failure):
-                    failure.attemptsMade = round + 1
-                    stats.publishFailures += 1
-                    if failure.permanent {
-                        finalFailures.append(failure)
-                    } else {
-                        breaker.recordTransientFailure(now: monotonicSeconds())
-                        if round < config.ingestor.maxRetries && !stopRequested {
-                            retry.append(index)
-                            if let after = failure.retryAfter { retryAfter = max(retryAfter ?? 0, after) }
-                        } else {
-                            finalFailures.append(failure)
-                        }
-                        lastFailure[index] = failure
-                    }
-                }
-                // An open breaker stops the rest of the round from being sent at all.
-                if case .open = breaker.state { return false }
-                return true
-            })
-            stats.inFlight = 0
-            noteBreaker()
-            try settle(db, acked: acked, failures: finalFailures)
-            pending = retry + pending.filter { !attempted.contains($0) }
-            if stopRequested { break }
-            if case .open = breaker.state { break }  // opened this round: no retry storm
-            if !retry.isEmpty {
-                round += 1
-                stats.retries += retry.count
-                let backoff = Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds)
-                let delay = retryAfter.map { min($0, config.ingestor.maxRetryDelaySeconds) }
-                    ?? backoff.fullJitter(attempt: round - 1, unit: Double.random(in: 0..<1, using: &random))
-                do {
-                    try pause(delay)
-                } catch {
-                    try settle(db, acked: [], failures: pending.compactMap { lastFailure[$0] })
-                    throw error
-                }
-            }
-        }
-        // Keys whose last attempt failed and that are not retried now are rescheduled in the
-        // table; keys never sent (breaker open, shutdown) stay as they are.
-        try settle(db, acked: [], failures: pending.compactMap { lastFailure[$0] })
+        let policy = DeliveryPolicy(maxRetries: config.ingestor.maxRetries,
+                                    backoff: Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds),
+                                    deadLetterAfter: config.service.deadLetterAfterAttempts)
+        var plan = DeliveryPlan(items: items, policy: policy, breaker: breaker)
+        let end = runner.run(&plan, requests: requests)
+        breaker = plan.breaker
+        noteBreaker()
+        copyCounters()
+        stats.inFlight = 0
         stats.batch.record(monotonicSeconds() - started)
-        if stopRequested { throw Stop.requested }
-        return rows.count
-    }
-
-    /// Read due changes and the atomic data of their keys (every key whose latest change is not
-    /// a delete, pipelined: one round trip) in one REPEATABLE READ snapshot. The state published
-    /// for a key is then exactly its state as of the changes read: a change committed meanwhile is
-    /// published next time with its own state, instead of this batch publishing its state early
-    /// and the next batch publishing the same state again.
-    private func readBatch(_ db: PostgresConnection) throws(PostgresError) -> (rows: [ChangeRow], queried: [KeyChanges], results: [Result<QueryResult, PostgresError>]) {
-        try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        do {
-            var rows = try feed.fetchDue(db, limit: config.service.batchSize)
-            if rows.isEmpty {
-                try db.execute("COMMIT")
-                return ([], [], [])
-            }
-            // The keys' later changes beyond the LIMIT are in the state read below too: cover
-            // them now rather than publish the same state once per slice of a backlog.
-            var keys: [String] = []
-            var seen = Set<String>()
-            for row in rows where seen.insert(row.primaryKey).inserted { keys.append(row.primaryKey) }
-            rows += try feed.fetchCovered(db, keys: keys, excluding: rows.map(\.id), limit: config.service.batchSize * 4)
-            let queried = KeyChanges.coalesce(rows).filter { $0.latest.operation != .delete }
-            let parameters = queried.map { [$0.primaryKey] as [String?] }
-            let queryStarted = monotonicSeconds()
-            var results = try db.pipelinePrepared(name: Self.statementName, parameterLists: parameters)
-            if results.contains(where: { if case .failure = $0 { true } else { false } }) {
-                // A failing query aborts the snapshot: read the keys again, each on its own, so
-                // one bad key gets its own error and the others their data.
-                try db.execute("ROLLBACK")
-                results = try db.pipelinePrepared(name: Self.statementName, parameterLists: parameters)
-            } else {
-                try db.execute("COMMIT")
-            }
-            stats.query.record(monotonicSeconds() - queryStarted)
-            return (rows, queried, results)
-        } catch {
-            if !error.isConnectionLost { _ = try? db.execute("ROLLBACK") }
-            throw error
-        }
-    }
-
-    /// One publish: the payload and headers of DESIGN.md section 5. The id (and Idempotency-Key)
-    /// stays the same across retries; retry_count counts them.
-    private func request(for group: KeyChanges, atomicData: String, now: Date, retryCount: Int) -> HTTPRequest {
-        let payload = Payload.build(table: table, changes: group, atomicData: atomicData, now: now, retryCount: retryCount)
-        var headers = [
-            ("Content-Type", "application/json"),
-            ("Idempotency-Key", payload.id),
-            ("User-Agent", PublisherVersion.userAgent),
-        ]
-        if !config.ingestor.authToken.isEmpty {
-            headers.append(("Authorization", "Bearer \(config.ingestor.authToken)"))
-        }
-        return HTTPRequest(url: endpointURL, headers: headers, body: payload.body)
-    }
-
-    struct Failure {
-        var group: KeyChanges
-        var error: String
-        var permanent: Bool
-        var retryAfter: Double?
-        /// Attempts made in this batch (the first plus immediate retries): added to `attempts`,
-        /// so metadata.retry_count never goes back.
-        var attemptsMade = 1
-    }
-
-    private enum Outcome {
-        case success
-        case aborted
-        case failed(Failure)
-    }
-
-    /// Transport errors, timeouts, 5xx, 408 and 429 are transient; other non-2xx are permanent
-    /// for that payload.
-    private func classify(_ response: Result<HTTPResponse, HTTPTransportError>, group: KeyChanges) -> Outcome {
-        let meta: Logger.Metadata = ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)"]
-        switch response {
-        case .success(let r) where r.isSuccess:
-            stats.publish.record(r.seconds)
-            stats.lastPublishAt = Timestamp.iso8601(Date())
-            logger.debug("published", metadata: meta.merging(["http_status": "\(r.status)"]) { a, _ in a })
-            return .success
-        case .success(let r):
-            stats.publish.record(r.seconds)
-            let transient = r.status >= 500 || r.status == 408 || r.status == 429
-            let retryAfter = (r.status == 429 || r.status == 503) ? r.headers["retry-after"].flatMap { Double($0.trimmingCharacters(in: .whitespaces)) } : nil
-            logger.warning("ingestor rejected payload", metadata: meta.merging(["http_status": "\(r.status)"]) { a, _ in a })
-            return .failed(Failure(group: group, error: "HTTP \(r.status) from ingestor: \(String(r.bodyText.prefix(200)))", permanent: !transient, retryAfter: retryAfter))
-        case .failure(let error) where error.message == "aborted by shutdown" || error.code == HTTPClient.notSentCode:
-            return .aborted
-        case .failure(let error):
-            logger.warning("ingestor request failed", metadata: meta.merging(["error": "\(error)"]) { a, _ in a })
-            return .failed(Failure(group: group, error: "ingestor request failed: \(error)", permanent: false, retryAfter: nil))
-        }
-    }
-
-    /// Acknowledge successes (delete by tracking id) and record failures: rescheduled with
-    /// backoff, or moved to the dead letters once a permanent failure has been seen
-    /// `dead_letter_after_attempts` times.
-    private func settle(_ db: PostgresConnection, acked: [Int64], failures: [Failure]) throws {
-        if let error = record(db, acked: acked, failures: failures) {
-            // The rows stay as they were: published again after reconnecting (at least once).
+        switch end {
+        case .finished:
+            break
+        case .stopRequested:
+            stopRequested = true
+            throw Stop.requested
+        case .storeFailed(let error):
             try databaseFailed(error)
         }
+        return batch.rows.count
     }
 
-    private func record(_ db: PostgresConnection, acked: [Int64], failures: [Failure]) -> PostgresError? {
-        do {
-            try feed.delete(db, ids: acked)
-        } catch {
-            return error
+    private func reportTableProblem(_ error: PostgresError) {
+        let fix: String
+        switch error.sqlState {
+        case "42501": fix = "grant the database user SELECT on every table the atomic data query reads (see README, least privilege)"
+        case "42P01", "3F000": fix = "a table or schema the atomic data query reads is gone: restore it or fix atomic_data_query"
+        case "42703": fix = "a column the atomic data query reads is gone: restore it or fix atomic_data_query"
+        case "42883": fix = "a function the atomic data query calls is gone: restore it or fix atomic_data_query"
+        default: fix = "fix the table or atomic_data_query"
         }
-        for failure in failures {
-            let attempts = failure.group.attempts + failure.attemptsMade
-            do {
-                if failure.permanent && attempts >= config.service.deadLetterAfterAttempts {
-                    try feed.deadLetter(db, ids: failure.group.ids, error: failure.error, attemptsMade: failure.attemptsMade)
-                    stats.deadLettered += failure.group.rows.count
-                    logger.error("change moved to dead letters", metadata: ["primary_key": "\(failure.group.primaryKey)", "change_id": "\(failure.group.latest.id)", "error": "\(failure.error)"])
-                } else {
-                    let backoff = Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds)
-                    let delay = failure.retryAfter.map { min($0, config.ingestor.maxRetryDelaySeconds) }
-                        ?? backoff.delay(attempt: failure.group.attempts, unit: Double.random(in: 0..<1, using: &random))
-                    try feed.reschedule(db, ids: failure.group.ids, error: failure.error, afterSeconds: delay, attemptsMade: failure.attemptsMade)
-                }
-            } catch {
-                return error
+        let problem = "the atomic data query of \(table.qualifiedName) fails for every key (\(error.message), SQLSTATE \(error.sqlState ?? "?")): \(fix); its changes are kept and publishing resumes by itself once fixed"
+        if stats.tableProblem != problem {
+            logger.error("table cannot be published: \(problem)")
+        }
+        stats.tableProblem = problem
+        // A cached plan may be what fails (a dropped column): the next try prepares afresh.
+        session.close()
+    }
+
+    private func clearTableProblem() {
+        if stats.tableProblem != nil {
+            logger.notice("table can be published again")
+            stats.tableProblem = nil
+        }
+    }
+
+    private func noteDelivery(_ event: DeliveryLogEvent) {
+        switch event {
+        case .published(let seconds, let item):
+            stats.publish.record(seconds)
+            lastPublishUnix = Date().timeIntervalSince1970
+            if logger.logLevel <= .debug {
+                logger.debug("published", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)"])
             }
+        case .failed(let error, let response, let item):
+            var meta: Logger.Metadata = ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "error": "\(error)"]
+            if case .success(let r) = response {
+                stats.publish.record(r.seconds)
+                meta["http_status"] = "\(r.status)"
+                if logger.logLevel <= .debug {
+                    logger.debug("ingestor response body", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "body": "\(String(r.bodyText.prefix(2000)))"])
+                }
+            }
+            logger.warning("publish failed", metadata: meta)
+        case .deadLettered(let item, let error):
+            logger.error("change moved to dead letters", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "error": "\(error)"])
+        case .storeFailed(let error):
+            logger.error("cannot write to the tracking table", metadata: ["error": "\(error)"])
         }
-        return nil
+    }
+
+    private func copyCounters() {
+        let c = runner.counters
+        stats.publishSuccesses = c.successes
+        stats.publishFailures = c.failures
+        stats.retries = c.retries
+        stats.changesPublished = c.changesPublished
+        stats.deadLettered = c.deadLettered
     }
 
     /// Log and export breaker state changes.
     private func noteBreaker() {
-        let name = breaker.name
-        if name != stats.circuitBreaker {
-            let level: Logger.Level = name == "closed" ? .notice : .warning
-            logger.log(level: level, "circuit breaker \(stats.circuitBreaker) -> \(name)", metadata: ["circuit_breaker": "\(name)"])
-            stats.circuitBreaker = name
+        let now = breaker.reported
+        if now != stats.circuitBreaker {
+            let level: Logger.Level = now == .closed ? .notice : .warning
+            logger.log(level: level, "circuit breaker \(stats.circuitBreaker.rawValue) -> \(now.rawValue)", metadata: ["circuit_breaker": "\(now.rawValue)"])
+            stats.circuitBreaker = now
         }
-    }
-
-    private var endpointURL: String {
-        var base = config.ingestor.baseURL
-        while base.hasSuffix("/") { base.removeLast() }
-        return base + table.publishEndpoint
     }
 
     // MARK: - waiting, stopping, reporting
 
     private func checkStop() throws {
         if stopRequested { throw Stop.requested }
-        if !Signals.take().intersection([.term, .int]).isEmpty {
+        let signals = Signals.take()
+        if signals.contains(.hup) {
+            logger.info("SIGHUP ignored: the supervisor reloads the configuration and restarts workers as needed")
+        }
+        if !signals.intersection([.term, .int]).isEmpty {
             stopRequested = true
             throw Stop.requested
         }
@@ -450,32 +363,37 @@ final class TableWorker {
             try emitStatsIfDue()
             let left = deadline - monotonicSeconds()
             if left <= 0 { return }
-            var fds = [Signals.wakeFD]
-            if supervised { fds.append(0) }
-            let ready = Poll.wait(readable: fds, timeout: min(left, 1.0))
-            if supervised && (ready.readable.contains(0) || ready.hangup.contains(0)) {
-                var buffer = [UInt8](repeating: 0, count: 512)
-                let n = read(0, &buffer, buffer.count)
-                if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
-                    logger.notice("supervisor is gone (stdin closed), stopping")
-                    stopRequested = true
-                    throw Stop.requested
-                }
+            try waitForEvents(timeout: min(left, 1.0))
+        }
+    }
+
+    /// poll(2) on the signal pipe and, supervised, stdin (EOF: the supervisor is gone).
+    private func waitForEvents(timeout: Double) throws {
+        var fds = [Signals.wakeFD]
+        if supervised { fds.append(0) }
+        let ready = Poll.wait(readable: fds, timeout: timeout)
+        if supervised && (ready.readable.contains(0) || ready.hangup.contains(0)) {
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let n = read(0, &buffer, buffer.count)
+            if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
+                logger.notice("supervisor is gone (stdin closed), stopping")
+                stopRequested = true
+                throw Stop.requested
             }
         }
     }
 
-    /// Stats at least once a second; also notices a watched table or trigger dropped under us.
+    /// Stats at least once a second; the backlog (and whether capture still works) every few.
     private func emitStatsIfDue() throws {
         if monotonicSeconds() - lastStatsAt >= 1.0 { try emitStats() }
     }
 
-    private func emitStats() throws {
+    private func emitStats(refreshBacklog: Bool = true) throws {
         lastStatsAt = monotonicSeconds()
-        if let db, db.isConnected, lastStatsAt - lastBacklogAt >= 1.0 {
+        if refreshBacklog, session.isConnected, lastStatsAt - lastBacklogAt >= (stats.backlog > 0 ? 1.0 : Self.backlogIntervalSeconds) {
             lastBacklogAt = lastStatsAt
-            switch Result(catching: { () throws(PostgresError) in try feed.backlog(db) }) {
-            case .success(let backlog):
+            do {
+                let backlog = try schema.backlog(session.connection())
                 stats.backlog = backlog.count
                 stats.oldestChangeAgeSeconds = backlog.oldestAgeSeconds
                 stats.deadLetters = backlog.deadLetters
@@ -483,14 +401,56 @@ final class TableWorker {
                 if !backlog.capturing {
                     throw Stop.permanent("the watched table \(table.qualifiedName) or its capture trigger \(TrackingSchema.triggerName) no longer exists: changes are not being recorded; restore it and run setup, or send SIGHUP to re-install")
                 }
-            case .failure(let error):
+            } catch let error as PostgresError {
                 if !error.isConnectionLost { try databaseFailed(error) }
             }
         }
+        stats.database = session.isConnected ? .up : .down
+        if let lastPublishUnix { stats.lastPublishAt = Timestamp.iso8601(unixSeconds: lastPublishUnix) }
         emit(.stats(table: table.name, stats: stats))
     }
 
     private func emit(_ message: WorkerMessage) {
         writeAll(fd: 1, message.encodedLine())
+    }
+}
+
+// MARK: - the runner's host
+
+extension TableWorker: DeliveryHost {
+    var now: Double { monotonicSeconds() }
+    var unixNow: Double { Date().timeIntervalSince1970 }
+
+    func randomUnit() -> Double { Double.random(in: 0..<1, using: &random) }
+
+    func wait(_ seconds: Double) -> Bool {
+        do {
+            try pause(seconds)
+            return false
+        } catch {
+            stopRequested = true
+            return true
+        }
+    }
+
+    func observe(_ breaker: CircuitBreaker) {
+        self.breaker = breaker
+        noteBreaker()
+    }
+
+    func tick(inFlight: Int) -> Bool {
+        stats.inFlight = inFlight
+        do {
+            try checkStop()
+            if monotonicSeconds() - lastStatsAt >= 1.0 {
+                copyCounters()
+                try emitStats(refreshBacklog: false)
+            }
+            if supervised { try waitForEvents(timeout: 0) }
+            return false
+        } catch {
+            stopRequested = true
+            return true
+        }
     }
 }

@@ -29,7 +29,7 @@ struct WorkerCommand: ParsableCommand {
 
     func run() throws {
         HTTPClient.globalInit()
-        Signals.install([SIGTERM, SIGINT])
+        Signals.install([SIGTERM, SIGINT, SIGHUP])
         if configStdin {
             // Die with the supervisor even if it is killed with SIGKILL.
             Signals.setParentDeathSignal(SIGTERM)

@@ -53,6 +53,9 @@ final class CommandLineTests: IntegrationTestCase {
             ("query without $PRIMARY_KEY", valid.replacingOccurrences(of: "WHERE id = $PRIMARY_KEY", with: "WHERE id = 1"), ["atomic_data_query", "$PRIMARY_KEY"]),
             ("non-existent table", valid.replacingOccurrences(of: "name = \"devices\"", with: "name = \"gadgets\"")
                 .replacingOccurrences(of: "FROM devices", with: "FROM gadgets"), ["gadgets", "does not exist"]),
+            ("query syntax error", valid.replacingOccurrences(of: "SELECT ", with: "SELEC "), ["atomic_data_query", "\"devices\"", "syntax error"]),
+            ("missing change column", valid.replacingOccurrences(of: "change_columns = [\"updated_at\"]", with: "change_columns = [\"touched_at\"]"),
+             ["\"touched_at\" does not exist", "check change_column of watched table \"devices\""]),
         ]
         for c in cases {
             let path: String

@@ -15,16 +15,16 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
         try super.tearDownWithError()
     }
 
-    private let items = WatchedTable(name: "items", changeColumns: ["v"],
+    let items = WatchedTable(name: "items", changeColumns: ["v"],
                                      atomicDataQuery: "SELECT id, v FROM items WHERE id = $PRIMARY_KEY",
                                      publishEndpoint: "/api/v1/items")
 
-    private func itemsSQL(keys: Int) -> String {
+    func itemsSQL(keys: Int) -> String {
         "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, divisor int NOT NULL DEFAULT 1); INSERT INTO items (id) SELECT g FROM generate_series(1, \(keys)) g;"
     }
 
     /// Per key, the `v` of every acknowledged payload in arrival order.
-    private func sequences(_ ingestor: Ingestor) throws -> [String: [Int]] {
+    func sequences(_ ingestor: Ingestor) throws -> [String: [Int]] {
         var result: [String: [Int]] = [:]
         for request in try ingestor.requests() where request.status == 200 {
             guard let key = request.body["primary_key"]?.string else { continue }
@@ -33,11 +33,11 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
         return result
     }
 
-    private func databaseValues(_ database: TestDatabase) throws -> [String: Int] {
+    func databaseValues(_ database: TestDatabase) throws -> [String: Int] {
         Dictionary(uniqueKeysWithValues: try database.execute("SELECT id::text, v FROM items").rows.map { ($0[0]!, Int($0[1]!)!) })
     }
 
-    private func waitUntilEveryFinalStateArrived(_ database: TestDatabase, _ ingestor: Ingestor, timeout: TimeInterval = 60) throws {
+    func waitUntilEveryFinalStateArrived(_ database: TestDatabase, _ ingestor: Ingestor, timeout: TimeInterval = 60) throws {
         let expected = try databaseValues(database).filter { $0.value != 0 }
         try waitUntil(timeout: timeout, "the ingestor holds the final state of all \(expected.count) changed keys") {
             let got = try self.sequences(ingestor)
@@ -46,7 +46,7 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
         try waitUntilTrackingTableIsEmpty(database, items)
     }
 
-    private func assertNoKeyWentBackwards(_ ingestor: Ingestor, file: StaticString = #filePath, line: UInt = #line) throws -> (payloads: Int, duplicates: Int) {
+    func assertNoKeyWentBackwards(_ ingestor: Ingestor, file: StaticString = #filePath, line: UInt = #line) throws -> (payloads: Int, duplicates: Int) {
         var payloads = 0
         var duplicates = 0
         for (key, values) in try sequences(ingestor) {
@@ -307,18 +307,18 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
 
     // MARK: - helpers
 
-    private func runPublisher(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    func runPublisher(_ arguments: [String]) throws -> (status: Int32, output: String) {
         try run(try TestEnvironment.binary(named: "atomic-data-publisher").path, arguments)
     }
 
-    private func runAsServerOwner(_ command: [String]) throws -> (status: Int32, output: String) {
+    func runAsServerOwner(_ command: [String]) throws -> (status: Int32, output: String) {
         if getuid() == 0 { return try run("/usr/sbin/runuser", ["-u", "postgres", "--"] + command) }
         return try run(command[0], Array(command.dropFirst()))
     }
 
     /// posix_spawn + waitpid, output to a file. Not Foundation.Process: its exit detection hung
     /// when the command left a daemon behind (pg_ctl restart starts the server).
-    private func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
         let outputURL = workDirectory.appendingPathComponent("command-\(UUID().uuidString.prefix(6)).out")
         let out = open(outputURL.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         let null = open("/dev/null", O_RDONLY | O_CLOEXEC)

@@ -5,7 +5,7 @@ import XCTest
 /// The supervisor as operators run it: real worker processes, real signals, real PostgreSQL, a
 /// real ingestor, /health and /metrics over HTTP, sd_notify on a real datagram socket.
 final class SupervisorProcessTests: IntegrationTestCase {
-    private var supervisors: [SupervisorProcess] = []
+    var supervisors: [SupervisorProcess] = []
 
     override func tearDownWithError() throws {
         for supervisor in supervisors where supervisor.process.isRunning {
@@ -16,18 +16,18 @@ final class SupervisorProcessTests: IntegrationTestCase {
     }
 
     /// Tables `name (id int primary key, v int, note text)` watched on `v`.
-    private func counterTable(_ name: String) -> WatchedTable {
+    func counterTable(_ name: String) -> WatchedTable {
         WatchedTable(name: name, changeColumns: ["v"],
                      atomicDataQuery: "SELECT id, v, note FROM \(name) WHERE id = $PRIMARY_KEY",
                      publishEndpoint: "/api/v1/\(name)")
     }
 
-    private func counterTablesSQL(_ names: [String], keys: Int) -> String {
+    func counterTablesSQL(_ names: [String], keys: Int) -> String {
         names.map { "CREATE TABLE \($0) (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, note text); INSERT INTO \($0) (id) SELECT g FROM generate_series(1, \(keys)) g;" }
             .joined(separator: "\n")
     }
 
-    private struct Setup {
+    struct Setup {
         var database: TestDatabase
         var ingestor: Ingestor
         var config: PublisherConfig
@@ -35,7 +35,7 @@ final class SupervisorProcessTests: IntegrationTestCase {
         var supervisor: SupervisorProcess
     }
 
-    private func startSupervisor(tables: [WatchedTable], keys: Int = 10, environment: [String: String] = [:],
+    func startSupervisor(tables: [WatchedTable], keys: Int = 10, environment: [String: String] = [:],
                                  adjust: (inout PublisherConfig) -> Void = { _ in }, waitHealthy: Bool = true,
                                  file: StaticString = #filePath, line: UInt = #line) throws -> Setup {
         let database = try makeDatabase()
@@ -58,16 +58,16 @@ final class SupervisorProcessTests: IntegrationTestCase {
         return Setup(database: database, ingestor: ingestor, config: config, configURL: configURL, supervisor: supervisor)
     }
 
-    private func launch(configURL: URL, port: Int, environment: [String: String] = [:]) throws -> SupervisorProcess {
+    func launch(configURL: URL, port: Int, environment: [String: String] = [:], wrapper: [String] = []) throws -> SupervisorProcess {
         let supervisor = try SupervisorProcess(configURL: configURL, healthPort: port, directory: workDirectory,
-                                               name: "supervisor-\(supervisors.count + 1)", environment: environment)
+                                               name: "supervisor-\(supervisors.count + 1)", environment: environment, wrapper: wrapper)
         supervisors.append(supervisor)
         addDiagnostics { supervisor.process.stderrTail() }
         return supervisor
     }
 
     /// The last payload per (table, key): its `v`.
-    private func finalValues(_ ingestor: Ingestor) throws -> [String: Int] {
+    func finalValues(_ ingestor: Ingestor) throws -> [String: Int] {
         var values: [String: Int] = [:]
         for request in try ingestor.requests() where request.status == 200 {
             guard let table = request.body["table_name"]?.string, let key = request.body["primary_key"]?.string else { continue }
@@ -76,7 +76,7 @@ final class SupervisorProcessTests: IntegrationTestCase {
         return values
     }
 
-    private func expectedValues(_ database: TestDatabase, tables: [String]) throws -> [String: Int] {
+    func expectedValues(_ database: TestDatabase, tables: [String]) throws -> [String: Int] {
         var values: [String: Int] = [:]
         for table in tables {
             for row in try database.execute("SELECT id, v FROM \(table)").rows {
@@ -239,7 +239,9 @@ final class SupervisorProcessTests: IntegrationTestCase {
         }
         let ready = notify.assignments.first { $0.key == "READY" }!
         XCTAssertEqual(ready.value, "1")
-        XCTAssertTrue(notify.assignments.contains { $0.key == "STATUS" && $0.value.contains("2/2 workers running") }, "\(notify.assignments.map { "\($0.key)=\($0.value)" })")
+        try waitUntil("a STATUS= line says both workers run") {
+            notify.assignments.contains { $0.key == "STATUS" && $0.value.contains("2/2 workers running") }
+        }
         // WATCHDOG_USEC=1 s: the loop pings every 0.5 s.
         let watchFrom = Date()
         try waitUntil(timeout: 5, "four WATCHDOG=1 pings after READY") {

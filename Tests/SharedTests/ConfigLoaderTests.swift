@@ -514,6 +514,33 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertFalse(ConfigLoader.isValidIdentifier("hötspots"))
     }
 
+    func testValidate_aTableNameWhoseTrackingObjectsPass63Bytes_isRejected_becauseTruncatedNamesWouldCollide() throws {
+        let error = try validationError { $0.service.watchedTables[0].name = String(repeating: "t", count: 46) }
+        XCTAssertEqual(error.key, "service.watched_tables[0].name")
+        XCTAssertTrue(error.problem.contains("at most 45 bytes"), error.problem)
+        var config = try validConfig()
+        config.service.watchedTables[0].name = String(repeating: "t", count: 45)
+        XCTAssertNoThrow(try ConfigLoader.validate(config))
+    }
+
+    func testValidate_credentialsInTheBaseURLTogetherWithAnAuthToken_areRejectedWithoutEchoingThem() throws {
+        let error = try validationError {
+            $0.ingestor.baseURL = "https://svc:s3cret@ingest.example/api"
+            $0.ingestor.authToken = "tok"
+        }
+        XCTAssertEqual(error.key, "ingestor.base_url")
+        XCTAssertFalse(error.description.contains("s3cret"), error.description)
+        var config = try validConfig()
+        config.ingestor.baseURL = "https://svc:s3cret@ingest.example/api"
+        XCTAssertNoThrow(try ConfigLoader.validate(config), "alone, URL credentials are Basic authentication")
+    }
+
+    func testValidate_batchSizeAboveTheBound_isRejected() throws {
+        let error = try validationError { $0.service.batchSize = 1_000_000_000 }
+        XCTAssertEqual(error.key, "service.batch_size")
+        XCTAssertTrue(error.problem.contains("at most 10000"), error.problem)
+    }
+
     func testValidate_duplicateTableName_failsEvenInAnotherSchema() throws {
         let error = try validationError { $0.service.watchedTables.append(Self.hotspots) }
         XCTAssertEqual(error.key, "service.watched_tables[1].name")

@@ -5,7 +5,7 @@ final class WorkerMessageTests: XCTestCase {
     func testStatsLine_roundTrips_andIsOneLine() throws {
         var stats = WorkerStats()
         stats.changesPublished = 7
-        stats.circuitBreaker = "open"
+        stats.circuitBreaker = .open
         let line = WorkerMessage.stats(table: "hotspots", stats: stats).encodedLine()
         XCTAssertEqual(line.last, UInt8(ascii: "\n"))
         XCTAssertEqual(line.filter { $0 == UInt8(ascii: "\n") }.count, 1)

@@ -3,11 +3,12 @@ import XCTest
 @testable import Shared
 
 final class ProbesTests: XCTestCase {
-    private func table(_ name: String, state: String = "running", database: String = "up", breaker: String = "closed",
-                       lastError: String? = nil) -> ServiceSnapshot.Table {
+    private func table(_ name: String, state: String = "running", database: DatabaseState = .up, breaker: BreakerState = .closed,
+                       lastError: String? = nil, problem: String? = nil) -> ServiceSnapshot.Table {
         var s = WorkerStats()
         s.database = database
         s.circuitBreaker = breaker
+        s.tableProblem = problem
         return .init(name: name, schema: "public", state: state, pid: state == "running" ? 42 : nil, restarts: 0,
                      lastExit: nil, lastError: lastError, stats: s)
     }
@@ -32,19 +33,24 @@ final class ProbesTests: XCTestCase {
     }
 
     func testReadiness_whenTheIngestorBreakerIsOpen_staysReady() {
-        XCTAssertTrue(snapshot([table("a", breaker: "open")]).readiness.ok)
+        XCTAssertTrue(snapshot([table("a", breaker: .open)]).readiness.ok)
     }
 
     func testReadiness_whenADatabaseIsDown_isNotReady() {
-        XCTAssertEqual(snapshot([table("a"), table("b", database: "down")]).readiness, .fail("table b: database down"))
+        XCTAssertEqual(snapshot([table("a"), table("b", database: .down)]).readiness, .fail("table b: database down"))
     }
 
     func testReadiness_beforeTheWorkerReportsItsDatabase_isNotReady() {
-        XCTAssertEqual(snapshot([table("a", database: "unknown")]).readiness, .fail("table a: database unknown"))
+        XCTAssertEqual(snapshot([table("a", database: .unknown)]).readiness, .fail("table a: database unknown"))
+    }
+
+    func testReadiness_whenATableReportsAProblem_isNotReady_andSaysWhich() {
+        XCTAssertEqual(snapshot([table("a"), table("b", problem: "permission denied for table b")]).readiness,
+                       .fail("table b: permission denied for table b"))
     }
 
     func testReadiness_whenAWorkerIsBackingOff_isNotReady() {
-        XCTAssertEqual(snapshot([table("a", state: "backing_off", database: "unknown")]).readiness, .fail("table a: worker backing_off"))
+        XCTAssertEqual(snapshot([table("a", state: "backing_off", database: .unknown)]).readiness, .fail("table a: worker backing_off"))
     }
 
     func testReadiness_whenATableFailed_isNotReady_andSaysWhy() {
@@ -58,7 +64,7 @@ final class ProbesTests: XCTestCase {
     }
 
     func testHealthJSON_carriesReadiness() {
-        let body = snapshot([table("a", database: "down")]).healthJSON
+        let body = snapshot([table("a", database: .down)]).healthJSON
         XCTAssertTrue(body.contains("\"ready\":false"), body)
         XCTAssertTrue(body.contains("\"ready_reason\":\"table a: database down\""), body)
     }

@@ -8,7 +8,7 @@ final class StatsAggregatorTests: XCTestCase {
         s.changesPublished = published
         s.changesProcessed = published
         s.backlog = backlog
-        s.database = "up"
+        s.database = .up
         return s
     }
 
@@ -21,14 +21,14 @@ final class StatsAggregatorTests: XCTestCase {
         XCTAssertEqual(t.combined.backlog, 4, "the last known backlog is kept while no worker runs")
         t.received(stats(published: 3))
         XCTAssertEqual(t.combined.changesPublished, 28)
-        XCTAssertEqual(t.combined.database, "up")
+        XCTAssertEqual(t.combined.database, .up)
     }
 
     func testWorkerExitWithoutStats_changesNothing() {
         var t = TableStats()
         t.workerExited()
         XCTAssertEqual(t.combined.changesPublished, 0)
-        XCTAssertEqual(t.combined.database, "unknown")
+        XCTAssertEqual(t.combined.database, .unknown)
     }
 
     func testHealth_isDegradedWhileAWorkerBacksOff_andUnhealthyWhenATableFailed() {
@@ -41,6 +41,15 @@ final class StatsAggregatorTests: XCTestCase {
         XCTAssertEqual(s.health, .degraded)
         s.tables[1].state = "failed"
         XCTAssertEqual(s.health, .unhealthy)
+    }
+
+    func testHealth_isUnhealthy_whileATableCannotBePublished_andShowsTheProblem() {
+        var s = ServiceSnapshot()
+        var blocked = stats(published: 1)
+        blocked.tableProblem = "the atomic data query fails for every key: grant SELECT"
+        s.tables = [.init(name: "a", schema: "public", state: "running", pid: 1, restarts: 0, stats: blocked)]
+        XCTAssertEqual(s.health, .unhealthy)
+        XCTAssertTrue(s.healthJSON.contains("\"problem\":\"the atomic data query fails for every key: grant SELECT\""), s.healthJSON)
     }
 
     func testPrometheusText_namesEveryFamilyWithPrefix_andEscapesLabels() {

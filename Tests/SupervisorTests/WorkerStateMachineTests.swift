@@ -39,7 +39,8 @@ final class WorkerStateMachineTests: XCTestCase {
         let actions = m.exited(.signaled(9), now: 10, unit: 0)
         guard case .backingOff(let until) = m.state else { return XCTFail("expected backing off, got \(m.state)") }
         XCTAssertEqual(until, 11, accuracy: 0.0001)
-        XCTAssertTrue(actions.contains(.scheduleWake(at: until)))
+        XCTAssertEqual(m.nextWake, until)
+        XCTAssertTrue(actions.contains(.log("running -> backing_off")))
         XCTAssertEqual(m.restarts, 1)
         XCTAssertEqual(m.lastExit, .signaled(9))
     }
@@ -129,6 +130,37 @@ final class WorkerStateMachineTests: XCTestCase {
         _ = m.exited(.signaled(9), now: 110.1, unit: 0)
         XCTAssertEqual(m.state, .stopped)
         XCTAssertEqual(m.restarts, 0)
+    }
+
+    func testKillDeadline_passed_sendsKillExactlyOnce_andLeavesNoTimerUntilTheExit() {
+        var m = running(pid: 7)
+        _ = m.stopRequested(now: 100, timeout: 10)
+        let kills = (0..<5).flatMap { m.timerFired(now: 110 + Double($0)) }.filter { $0 == .signal(pid: 7, .kill) }
+        XCTAssertEqual(kills.count, 1)
+        XCTAssertNil(m.nextWake, "a deadline in the past would make the supervisor loop spin until the reap")
+        XCTAssertEqual(m.state, .stopping(pid: 7, killAt: nil))
+        _ = m.exited(.signaled(9), now: 120, unit: 0)
+        XCTAssertEqual(m.state, .stopped)
+    }
+
+    func testReady_afterACrashWithAnError_clearsTheError() {
+        var m = running(pid: 7)
+        m.fatalReceived(error: "boom")
+        _ = m.exited(.exited(1), now: 100, unit: 0)
+        _ = m.timerFired(now: 200)
+        _ = m.spawned(pid: 8, now: 200)
+        XCTAssertEqual(m.lastError, "boom")
+        _ = m.readyReceived(now: 201)
+        XCTAssertNil(m.lastError)
+    }
+
+    func testStall_whileRunning_killsOnce_andTheExitRestartsIt() {
+        var m = running(pid: 7)
+        XCTAssertEqual(m.stallDetected(silentSeconds: 12).first, .signal(pid: 7, .kill))
+        XCTAssertEqual(m.lastError?.hasPrefix("stalled"), true)
+        _ = m.exited(.signaled(9), now: 20, unit: 0)
+        XCTAssertEqual(m.state.name, "backing_off")
+        XCTAssertEqual(m.stallDetected(silentSeconds: 30), [], "only a running worker can stall")
     }
 
     func testStop_whileBackingOff_settlesAtOnce() {

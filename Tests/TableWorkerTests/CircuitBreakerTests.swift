@@ -5,7 +5,7 @@ final class CircuitBreakerTests: XCTestCase {
     func testClosed_permitsEverything() {
         var b = CircuitBreaker(failureThreshold: 3, resetSeconds: 10)
         XCTAssertNil(b.permits(now: 0))
-        XCTAssertEqual(b.name, "closed")
+        XCTAssertEqual(b.reported, .closed)
     }
 
     func testOpens_afterThresholdConsecutiveTransientFailures() {
@@ -33,7 +33,7 @@ final class CircuitBreakerTests: XCTestCase {
         XCTAssertEqual(b.waitTime(now: 4), 6)
         XCTAssertEqual(b.permits(now: 10), 1)
         XCTAssertEqual(b.state, .halfOpen)
-        XCTAssertEqual(b.name, "half_open")
+        XCTAssertEqual(b.reported, .halfOpen)
     }
 
     func testHalfOpen_probeSuccess_closes() {

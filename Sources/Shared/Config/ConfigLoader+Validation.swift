@@ -8,6 +8,7 @@ extension ConfigLoader {
     public static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
     /// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
     public static let maximumIdentifierBytes = 63
+    public static let maximumBatchSize = 10_000
 
     public static func validate(_ config: PublisherConfig) throws(ConfigError) {
         try validateDatabase(config.database)
@@ -58,6 +59,12 @@ extension ConfigLoader {
         guard let afterScheme, let first = afterScheme.first, first != "/" else {
             throw ConfigError(key: "ingestor.base_url", problem: "must be an http:// or https:// URL with a host")
         }
+        // user:password@ in the URL becomes Basic authentication (libcurl); with auth_token set
+        // it would be silently replaced by the Bearer header: refuse the ambiguity.
+        let authority = afterScheme.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        if authority.contains("@") && !ingestor.authToken.isEmpty {
+            throw ConfigError(key: "ingestor.base_url", problem: "carries credentials (user:password@) and ingestor.auth_token is set; only one can be sent: remove one of them")
+        }
         try positive(ingestor.timeoutSeconds, "ingestor.timeout_seconds")
         try atLeast(0, ingestor.maxRetries, "ingestor.max_retries")
         try positive(ingestor.retryDelaySeconds, "ingestor.retry_delay_seconds")
@@ -73,6 +80,10 @@ extension ConfigLoader {
     private static func validateService(_ service: ServiceConfig) throws(ConfigError) {
         try positive(service.pollingIntervalSeconds, "service.polling_interval_seconds")
         try atLeast(1, service.batchSize, "service.batch_size")
+        // A batch is held in memory and acknowledged as it goes; a huge one only delays progress.
+        guard service.batchSize <= maximumBatchSize else {
+            throw ConfigError(key: "service.batch_size", problem: "must be at most \(maximumBatchSize), found \(service.batchSize)")
+        }
         try atLeast(1, service.maxConcurrentPublishes, "service.max_concurrent_publishes")
         try port(service.healthCheckPort, "service.health_check_port")
         try nonEmpty(service.healthCheckAddress, "service.health_check_address")
@@ -106,6 +117,12 @@ extension ConfigLoader {
             }
 
             if let problem = identifierProblem(table.name) { throw fail("name", problem) }
+            // The tracking objects are named after the table with a suffix; PostgreSQL would
+            // truncate a longer name and two objects would collide.
+            let longestName = table.name + TrackingSchema.longestSuffix
+            if longestName.utf8.count > maximumIdentifierBytes {
+                throw fail("name", "'\(table.name)' is \(table.name.utf8.count) bytes; the tracking objects add up to \(TrackingSchema.longestSuffix.utf8.count) bytes ('\(longestName)'), past PostgreSQL's \(maximumIdentifierBytes)-byte limit, so table names may have at most \(maximumIdentifierBytes - TrackingSchema.longestSuffix.utf8.count) bytes")
+            }
             if let problem = identifierProblem(table.schema) { throw fail("schema", problem) }
             if let problem = identifierProblem(table.primaryKey) { throw fail("primary_key", problem) }
 

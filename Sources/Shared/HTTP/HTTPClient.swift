@@ -30,6 +30,13 @@ public struct HTTPResponse: Sendable {
     public var headers: [String: String]
     public var seconds: Double
 
+    public init(status: Int, body: [UInt8], headers: [String: String], seconds: Double) {
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.seconds = seconds
+    }
+
     public var isSuccess: Bool { (200..<300).contains(status) }
     public var bodyText: String { String(decoding: body, as: UTF8.self) }
 }
@@ -38,6 +45,13 @@ public struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
     public var code: Int
     public var message: String
     public var isTimeout: Bool
+
+    public init(code: Int, message: String, isTimeout: Bool) {
+        self.code = code
+        self.message = message
+        self.isTimeout = isTimeout
+    }
+
     public var description: String { "\(message) (CURLcode \(code))" }
 }
 

@@ -47,16 +47,40 @@ extension LogHandler {
 }
 
 public enum Timestamp {
-    /// RFC 3339 in UTC with milliseconds: 2026-11-28T10:00:00.123Z
+    /// RFC 3339 in UTC with milliseconds: 2026-11-28T10:00:00.123Z. Built digit by digit (no
+    /// String(format:), which was 5 % of the worker's time per change).
     public static func iso8601(_ date: Date) -> String {
-        let seconds = date.timeIntervalSince1970
+        iso8601(unixSeconds: date.timeIntervalSince1970)
+    }
+
+    public static func iso8601(unixSeconds seconds: Double) -> String {
         var t = time_t(seconds.rounded(.down))
-        let millis = Int((seconds - Double(t)) * 1000)
+        let millis = min(999, max(0, Int((seconds - Double(t)) * 1000)))
         var parts = tm()
         gmtime_r(&t, &parts)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                      Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
-                      Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), millis)
+        var bytes = [UInt8](repeating: 0, count: 24)
+        func put(_ value: Int, at offset: Int, width: Int) {
+            var v = value
+            for i in stride(from: offset + width - 1, through: offset, by: -1) {
+                bytes[i] = UInt8(48 + v % 10)
+                v /= 10
+            }
+        }
+        put(Int(parts.tm_year) + 1900, at: 0, width: 4)
+        bytes[4] = 45  // -
+        put(Int(parts.tm_mon) + 1, at: 5, width: 2)
+        bytes[7] = 45
+        put(Int(parts.tm_mday), at: 8, width: 2)
+        bytes[10] = 84  // T
+        put(Int(parts.tm_hour), at: 11, width: 2)
+        bytes[13] = 58  // :
+        put(Int(parts.tm_min), at: 14, width: 2)
+        bytes[16] = 58
+        put(Int(parts.tm_sec), at: 17, width: 2)
+        bytes[19] = 46  // .
+        put(millis, at: 20, width: 3)
+        bytes[23] = 90  // Z
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 

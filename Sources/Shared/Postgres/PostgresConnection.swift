@@ -47,6 +47,16 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public var kind: Kind
     public var sqlState: String?
     public var message: String
+    /// libpq's DETAIL field: it can quote row values (a key, a constraint's data), so it is kept
+    /// out of `description` (logs at info, last_error, /health) and logged at debug level only.
+    public var detail: String?
+
+    public init(kind: Kind, sqlState: String?, message: String, detail: String? = nil) {
+        self.kind = kind
+        self.sqlState = sqlState
+        self.message = message
+        self.detail = detail
+    }
 
     public var description: String {
         if let sqlState { return "\(message) (SQLSTATE \(sqlState))" }
@@ -163,10 +173,44 @@ public final class PostgresConnection: @unchecked Sendable {
     @discardableResult
     public func execute(_ sql: String, _ params: [String?] = []) throws(PostgresError) -> QueryResult {
         guard let conn else { throw PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL") }
-        let result = withCStrings(params) { pointers in
-            PQexecParams(conn, sql, Int32(params.count), nil, pointers, nil, nil, 0)
+        let sent = withCStrings(params) { pointers in
+            PQsendQueryParams(conn, sql, Int32(params.count), nil, pointers, nil, nil, 0)
         }
-        return try consume(result)
+        if sent != 1 { throw connectionLost() }
+        // One statement: its result, then NULL. Keep the first error, else the last result.
+        var outcome: Result<QueryResult, PostgresError>?
+        while true {
+            awaitResult(conn)
+            guard let r = PQgetResult(conn) else { break }
+            do throws(PostgresError) {
+                let q = try consumeOne(r)
+                if outcome == nil { outcome = .success(q) }
+            } catch {
+                if case .failure = outcome {} else { outcome = .failure(error) }
+            }
+        }
+        guard let outcome else { throw connectionLost() }
+        if case .failure(let error) = outcome, error.kind != .connection, PQstatus(conn) != CONNECTION_OK { throw connectionLost() }
+        return try outcome.get()
+    }
+
+    /// Called about once a second while a statement runs (a worker keeps reporting during a long
+    /// query). Set once at start, before any query; it must not use a database connection.
+    nonisolated(unsafe) public static var heartbeat: (() -> Void)?
+
+    /// Wait until a result can be read without blocking, calling `heartbeat` every second.
+    private func awaitResult(_ conn: OpaquePointer) {
+        guard Self.heartbeat != nil else { return }  // PQgetResult blocks by itself
+        while PQisBusy(conn) == 1 {
+            var fd = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
+            let ready = poll(&fd, 1, 1000)
+            if ready == 0 {
+                Self.heartbeat?()
+                continue
+            }
+            if ready < 0 && errno == EINTR { continue }
+            if PQconsumeInput(conn) == 0 { return }  // broken: PQgetResult reports it
+        }
     }
 
     /// Run several statements (no parameters) in one round trip, as one implicit transaction.
@@ -307,15 +351,13 @@ public final class PostgresConnection: @unchecked Sendable {
 
     private func error(from r: OpaquePointer) -> PostgresError {
         let state = PQresultErrorField(r, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
-        var message = PQresultErrorField(r, Int32(UInt8(ascii: "M"))).map { String(cString: $0) }
+        let message = PQresultErrorField(r, Int32(UInt8(ascii: "M"))).map { String(cString: $0) }
             ?? Self.clean(String(cString: PQresultErrorMessage(r)))
-        if let detail = PQresultErrorField(r, Int32(UInt8(ascii: "D"))).map({ String(cString: $0) }) {
-            message += ": " + detail
-        }
+        let detail = PQresultErrorField(r, Int32(UInt8(ascii: "D"))).map { String(cString: $0) }
         if conn.map({ PQstatus($0) != CONNECTION_OK }) ?? true {
-            return PostgresError(kind: .connection, sqlState: state, message: message.isEmpty ? "connection to PostgreSQL lost" : message)
+            return PostgresError(kind: .connection, sqlState: state, message: message.isEmpty ? "connection to PostgreSQL lost" : message, detail: detail)
         }
-        return PostgresError(kind: .query, sqlState: state, message: message)
+        return PostgresError(kind: .query, sqlState: state, message: message, detail: detail)
     }
 
     private func connectionLost() -> PostgresError {
@@ -350,4 +392,73 @@ public func quoteIdentifier(_ name: String) -> String {
 /// Quote an SQL string literal: 'it''s'.
 public func quoteLiteral(_ value: String) -> String {
     "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
+}
+
+// MARK: - isolated pipelines
+
+extension PostgresConnection {
+    /// One command of a pipeline: SQL without parameters, or a prepared statement with them.
+    public enum PipelineCommand: Sendable {
+        case sql(String)
+        case prepared(name: String, parameters: [String?])
+    }
+
+    public enum PipelineResult: Sendable {
+        case success(QueryResult)
+        case failure(PostgresError)
+        /// Skipped by the server because an earlier command of its segment failed.
+        case aborted
+    }
+
+    /// Run `segments` in pipeline mode: one round trip for all of them, with a sync after each
+    /// segment, so a failing command aborts only the rest of its own segment. Inside an explicit
+    /// transaction the transaction stays failed after an error: a segment that starts with
+    /// `ROLLBACK TO SAVEPOINT` recovers it, which isolates one failing command at constant cost.
+    public func pipeline(_ segments: [[PipelineCommand]]) throws(PostgresError) -> [[PipelineResult]] {
+        guard let conn else { throw PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL") }
+        if segments.isEmpty { return [] }
+        guard PQenterPipelineMode(conn) == 1 else { throw connectionLost() }
+        defer { _ = PQexitPipelineMode(conn) }
+        for segment in segments {
+            for command in segment {
+                let ok: Int32
+                switch command {
+                case .sql(let sql):
+                    ok = PQsendQueryParams(conn, sql, 0, nil, nil, nil, nil, 0)
+                case .prepared(let name, let parameters):
+                    ok = withCStrings(parameters) { pointers in
+                        PQsendQueryPrepared(conn, name, Int32(parameters.count), pointers, nil, nil, 0)
+                    }
+                }
+                if ok != 1 { throw connectionLost() }
+            }
+            guard PQpipelineSync(conn) == 1 else { throw connectionLost() }
+        }
+        // Each command yields one result then a NULL; each sync yields PGRES_PIPELINE_SYNC.
+        var results: [[PipelineResult]] = segments.map { _ in [] }
+        var segment = 0
+        while segment < segments.count {
+            awaitResult(conn)
+            guard let r = PQgetResult(conn) else {
+                if PQstatus(conn) != CONNECTION_OK { throw connectionLost() }
+                continue
+            }
+            switch PQresultStatus(r) {
+            case PGRES_PIPELINE_SYNC:
+                PQclear(r)
+                segment += 1
+            case PGRES_PIPELINE_ABORTED:
+                PQclear(r)
+                results[segment].append(.aborted)
+            default:
+                do throws(PostgresError) {
+                    results[segment].append(.success(try consumeOne(r)))
+                } catch {
+                    if error.kind == .connection { throw error }
+                    results[segment].append(.failure(error))
+                }
+            }
+        }
+        return results
+    }
 }

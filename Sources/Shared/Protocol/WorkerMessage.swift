@@ -26,6 +26,16 @@ public struct LatencySummary: Codable, Sendable, Equatable {
     }
 }
 
+/// The circuit breaker as a worker reports it (`unknown` while no worker runs).
+public enum BreakerState: String, Codable, Sendable, Equatable {
+    case closed, open, halfOpen = "half_open", unknown
+}
+
+/// A worker's database connection as it reports it (`unknown` while no worker runs).
+public enum DatabaseState: String, Codable, Sendable, Equatable {
+    case up, down, unknown
+}
+
 public struct WorkerStats: Codable, Sendable, Equatable {
     public var changesProcessed = 0
     public var changesPublished = 0
@@ -44,9 +54,12 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     public var query = LatencySummary()
     public var publish = LatencySummary()
     public var batch = LatencySummary()
-    public var circuitBreaker = "closed"
-    public var database = "down"
+    public var circuitBreaker = BreakerState.closed
+    public var database = DatabaseState.down
     public var lastPublishAt: String?
+    /// Set while the table cannot be published at all (a revoked grant, a dropped column in the
+    /// atomic data query): its changes wait in the tracking table. One sentence with the fix.
+    public var tableProblem: String?
 
     public init() {}
 
@@ -55,7 +68,7 @@ public struct WorkerStats: Codable, Sendable, Equatable {
         case publishFailures = "publish_failures", publishSuccesses = "publish_successes", retries, queryErrors = "query_errors"
         case deadLettered = "dead_lettered", backlog, oldestChangeAgeSeconds = "oldest_change_age_seconds"
         case inFlight = "in_flight", deadLetters = "dead_letters", oldestDeadLetterAgeSeconds = "oldest_dead_letter_age_seconds", query, publish, batch, circuitBreaker = "circuit_breaker", database
-        case lastPublishAt = "last_publish_at"
+        case lastPublishAt = "last_publish_at", tableProblem = "table_problem"
     }
 }
 

@@ -29,6 +29,9 @@ public struct TrackingSchema: Sendable {
     public static let triggerName = "atomic_data_publisher_capture"
     public var retryIndexName: String { "\(table.name)_changes_retry_idx" }
     public var keyIndexName: String { "\(table.name)_changes_key_idx" }
+    /// The longest suffix added to a table's name (`retryIndexName`): validation keeps the result
+    /// within PostgreSQL's 63 bytes, so no two objects collide after truncation.
+    public static let longestSuffix = "_changes_retry_idx"
 
     /// Key for pg_advisory_xact_lock: stable for a table, distinct across tables (mostly).
     public var advisoryLockKey: Int64 {
@@ -46,6 +49,7 @@ public struct TrackingSchema: Sendable {
             change_column_value text,
             changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             attempts integer NOT NULL DEFAULT 0,
+            permanent_failures integer NOT NULL DEFAULT 0,
             last_error text,
             next_attempt_at timestamptz
         """
@@ -64,6 +68,16 @@ public struct TrackingSchema: Sendable {
         \(columnsDDL),
             failed_at timestamptz NOT NULL DEFAULT clock_timestamp()
         );
+        \(upgradeTablesSQL)
+        """
+    }
+
+    /// Columns added after the first release, for tracking tables made by an older version
+    /// (a constant default: no table rewrite on PostgreSQL 11 and later).
+    public var upgradeTablesSQL: String {
+        """
+        ALTER TABLE \(changesTable) ADD COLUMN IF NOT EXISTS permanent_failures integer NOT NULL DEFAULT 0;
+        ALTER TABLE \(failedTable) ADD COLUMN IF NOT EXISTS permanent_failures integer NOT NULL DEFAULT 0;
         """
     }
 
@@ -173,8 +187,23 @@ extension TrackingSchema {
         let columns = try db.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped", [oid])
         let existing = Set(columns.rows.compactMap { $0[0] })
-        for column in [table.primaryKey] + table.changeColumns where !existing.contains(column) {
-            throw SchemaProblem("column \"\(column)\" does not exist in table \(table.qualifiedName) (check primary_key and change_column(s) for table \"\(table.name)\")")
+        if !existing.contains(table.primaryKey) {
+            throw SchemaProblem("column \"\(table.primaryKey)\" does not exist in table \(table.qualifiedName) (check primary_key of watched table \"\(table.name)\")")
+        }
+        for column in table.changeColumns where !existing.contains(column) {
+            let key = table.changeColumns.count == 1 ? "change_column" : "change_columns"
+            throw SchemaProblem("column \"\(column)\" does not exist in table \(table.qualifiedName) (check \(key) of watched table \"\(table.name)\")")
+        }
+        // The trigger records the key as NOT NULL text: a NULL key would make the application's own
+        // INSERT fail in our trigger, and a key that is not unique would merge different rows.
+        let key = try db.execute("""
+            SELECT a.attnotnull,
+                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indpred IS NULL
+                           AND i.indnatts = 1 AND i.indkey[0] = a.attnum)
+            FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attname = $2 AND NOT a.attisdropped
+            """, [oid, table.primaryKey])
+        if key.rows.first?[0] != "t" || key.rows.first?[1] != "t" {
+            throw SchemaProblem("primary_key \"\(table.primaryKey)\" of \(table.qualifiedName) must be declared NOT NULL and unique (a PRIMARY KEY, or NOT NULL with a unique index on that column alone): otherwise a row with a NULL key would make the application's own write fail in the capture trigger (table \"\(table.name)\", service.watched_tables primary_key)")
         }
         let privilege = try db.execute("SELECT has_table_privilege($1::oid, 'SELECT')", [oid])
         if privilege[0, 0] != "t" {
@@ -192,9 +221,11 @@ extension TrackingSchema {
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
             // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
             // exists, so a least-privilege role can run against objects a DBA created.
-            let existing = try db.execute("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL",
-                                          [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))",
-                                           "\(schemaIdent).\(quoteIdentifier(keyIndexName))"])
+            let existing = try db.execute("""
+                SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
+                   AND (SELECT count(*) FROM pg_attribute WHERE attrelid IN (to_regclass($1), to_regclass($2))
+                        AND attname = 'permanent_failures' AND NOT attisdropped) = 2
+                """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))"])
             if existing[0, 0] != "t" {
                 try db.executeScript(createTablesSQL)
             }

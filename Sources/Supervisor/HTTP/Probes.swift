@@ -6,7 +6,8 @@
 //   ingestor or the workers: restarting the process cures none of their outages, and a liveness
 //   probe that failed during one would turn an outage into a restart loop.
 // - Readiness says "it can publish now": every table's worker is running, connected to its
-//   database, and no table has failed. It is what /health reports as `ready`.
+//   database, no table has failed and none reports a problem (a revoked grant, a broken query).
+//   It is what /health reports as `ready`.
 
 import Foundation
 
@@ -38,7 +39,8 @@ enum Liveness {
 
 extension ServiceSnapshot {
     /// Ready to publish: not stopping, at least one table, every worker running with its
-    /// database up, no table failed. The first reason found wins, failed tables first.
+    /// database up, no table failed or with a problem. The first reason found wins, failed
+    /// tables first.
     var readiness: ProbeResult {
         if stopping { return .fail("stopping") }
         if tables.isEmpty { return .fail("no watched tables") }
@@ -48,8 +50,11 @@ extension ServiceSnapshot {
         if let t = tables.first(where: { !$0.up }) {
             return .fail("table \(t.name): worker \(t.state)")
         }
-        if let t = tables.first(where: { $0.stats.database != "up" }) {
-            return .fail("table \(t.name): database \(t.stats.database)")
+        if let t = tables.first(where: { $0.stats.tableProblem != nil }), let problem = t.stats.tableProblem {
+            return .fail("table \(t.name): \(problem)")
+        }
+        if let t = tables.first(where: { $0.stats.database != .up }) {
+            return .fail("table \(t.name): database \(t.stats.database.rawValue)")
         }
         return .pass("\(tables.count) of \(tables.count) workers running with their database up")
     }

@@ -15,17 +15,18 @@ extension ServiceSnapshot {
             var entry: [String: Any] = [
                 "state": t.state, "restarts": t.restarts, "backlog": t.stats.backlog,
                 "oldest_change_age_seconds": t.stats.oldestChangeAgeSeconds,
-                "database": t.stats.database, "circuit_breaker": t.stats.circuitBreaker,
+                "database": t.stats.database.rawValue, "circuit_breaker": t.stats.circuitBreaker.rawValue,
             ]
             entry["pid"] = t.pid.map { Int($0) } ?? NSNull()
             entry["last_publish"] = t.stats.lastPublishAt ?? NSNull()
             if let e = t.lastExit { entry["last_exit"] = e }
             if let e = t.lastError { entry["last_error"] = e }
+            if let p = t.stats.tableProblem { entry["problem"] = p }
             tablesObject[t.name] = entry
         }
-        let dbUp = tables.contains { $0.stats.database == "up" }
-        let dbAllUp = !tables.isEmpty && tables.allSatisfy { $0.stats.database == "up" }
-        let breakerOpen = tables.filter { $0.stats.circuitBreaker == "open" || $0.stats.circuitBreaker == "half_open" }.map(\.name)
+        let dbUp = tables.contains { $0.stats.database == .up }
+        let dbAllUp = !tables.isEmpty && tables.allSatisfy { $0.stats.database == .up }
+        let breakerOpen = tables.filter { $0.stats.circuitBreaker == .open || $0.stats.circuitBreaker == .halfOpen }.map(\.name)
         let ready = readiness
         let body: [String: Any] = [
             "status": health.rawValue,
@@ -87,8 +88,8 @@ extension ServiceSnapshot {
             entry["up"] = t.up
             entry["pid"] = t.pid.map { Int($0) } ?? NSNull()
             entry["restarts"] = t.restarts
-            entry["database"] = t.stats.database
-            entry["circuit_breaker"] = t.stats.circuitBreaker
+            entry["database"] = t.stats.database.rawValue
+            entry["circuit_breaker"] = t.stats.circuitBreaker.rawValue
             entry["last_publish"] = t.stats.lastPublishAt ?? NSNull()
             perTable[t.name] = entry
         }
@@ -125,9 +126,11 @@ extension ServiceSnapshot {
         family("oldest_dead_letter_age_seconds", "gauge", "Age of the oldest dead letter.", perTable { $0.stats.oldestDeadLetterAgeSeconds })
         family("worker_up", "gauge", "1 when the table's worker is running.", perTable { $0.up ? 1 : 0 })
         family("worker_restarts_total", "counter", "Worker restarts by the supervisor.", perTable { Double($0.restarts) })
-        family("database_up", "gauge", "1 when the worker's database connection is up.", perTable { $0.stats.database == "up" ? 1 : 0 })
+        family("worker_failed", "gauge", "1 when the table failed permanently (configuration or permission error) and is not restarted.",
+               perTable { $0.state == "failed" ? 1 : 0 })
+        family("database_up", "gauge", "1 when the worker's database connection is up.", perTable { $0.stats.database == .up ? 1 : 0 })
         family("circuit_breaker_open", "gauge", "1 when the worker's circuit breaker is open or half-open.",
-               perTable { ($0.stats.circuitBreaker == "open" || $0.stats.circuitBreaker == "half_open") ? 1 : 0 })
+               perTable { ($0.stats.circuitBreaker == .open || $0.stats.circuitBreaker == .halfOpen) ? 1 : 0 })
         for (name, help, path) in [("query_duration_seconds", "Atomic data query time per batch.", \WorkerStats.query),
                                    ("publish_duration_seconds", "Ingestor response time per request.", \WorkerStats.publish),
                                    ("batch_duration_seconds", "Time to process one batch.", \WorkerStats.batch)] {

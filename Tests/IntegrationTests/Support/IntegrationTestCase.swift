@@ -190,6 +190,16 @@ class IntegrationTestCase: XCTestCase {
                                            "changed_at", "atomic_data", "metadata"]
     static let metadataKeys: Set<String> = ["service_name", "version", "timestamp", "retry_count"]
 
+    /// `Idempotency-Key: <id>.<16 hex digits of the body's digest>` (README, payload): one key
+    /// always means one body.
+    func assertIdempotencyKey(_ request: RecordedRequest, file: StaticString = #filePath, line: UInt = #line) {
+        let key = request.header("Idempotency-Key") ?? ""
+        let id = request.body["id"]?.string ?? "?"
+        let digest = key.hasPrefix(id + ".") ? String(key.dropFirst(id.count + 1)) : ""
+        XCTAssertTrue(digest.count == 16 && digest.allSatisfy(\.isHexDigit),
+                      "Idempotency-Key must be the body's id, a dot and 16 hex digits, found '\(key)' in \(request)", file: file, line: line)
+    }
+
     /// Assert every field of the request and its payload: path, headers, body, metadata.
     func assertPayload(_ request: RecordedRequest, _ expected: ExpectedPayload, file: StaticString = #filePath, line: UInt = #line) {
         let body = request.body
@@ -199,15 +209,16 @@ class IntegrationTestCase: XCTestCase {
         XCTAssertEqual(request.header("Content-Type"), "application/json", "Content-Type \(context)", file: file, line: line)
         XCTAssertEqual(request.header("User-Agent"), "atomic-data-publisher/\(PublisherVersion.current)", "User-Agent \(context)", file: file, line: line)
         XCTAssertNotNil(body["id"]?.string, "id must be a string \(context)", file: file, line: line)
-        XCTAssertEqual(request.header("Idempotency-Key"), body["id"]?.string, "Idempotency-Key must equal the body's id \(context)", file: file, line: line)
+        assertIdempotencyKey(request, file: file, line: line)
         XCTAssertEqual(body.keys, Self.payloadKeys, "the payload's keys \(context)", file: file, line: line)
 
-        if let trackingID = expected.trackingID {
-            XCTAssertEqual(body["id"], .string("\(table.schema).\(table.name):\(trackingID)"), "id \(context)", file: file, line: line)
-        } else {
-            let id = body["id"]?.string ?? ""
-            XCTAssertTrue(id.hasPrefix("\(table.schema).\(table.name):") && Int(id.dropFirst("\(table.schema).\(table.name):".count)) != nil,
-                          "id must be '\(table.schema).\(table.name):<tracking id>' \(context)", file: file, line: line)
+        // <schema>.<table>:<epoch: the tracking table's OID>:<highest tracking id covered>
+        let id = body["id"]?.string ?? ""
+        let parts = id.split(separator: ":", omittingEmptySubsequences: false)
+        XCTAssertTrue(parts.count == 3 && parts[0] == "\(table.schema).\(table.name)" && Int(parts[1]) != nil && Int(parts[2]) != nil,
+                      "id must be '\(table.schema).\(table.name):<epoch>:<tracking id>' \(context)", file: file, line: line)
+        if let trackingID = expected.trackingID, parts.count == 3 {
+            XCTAssertEqual(Int(parts[2]), trackingID, "id's tracking id \(context)", file: file, line: line)
         }
         XCTAssertEqual(body["table_name"], .string(table.name), "table_name \(context)", file: file, line: line)
         XCTAssertEqual(body["schema"], .string(table.schema), "schema \(context)", file: file, line: line)

@@ -9,11 +9,14 @@ final class SupervisorProcess {
     let healthPort: Int
     private let http = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 1_000, maxConnections: 2)
 
-    init(configURL: URL, healthPort: Int, directory: URL, name: String, environment: [String: String] = [:]) throws {
+    /// `wrapper`: a command that runs the supervisor (e.g. `unshare --pid --fork ...`).
+    init(configURL: URL, healthPort: Int, directory: URL, name: String, environment: [String: String] = [:], wrapper: [String] = []) throws {
         self.healthPort = healthPort
+        let binary = try TestEnvironment.binary(named: "atomic-data-publisher")
+        let command = wrapper + [binary.path, "--config", configURL.path, "run"]
         process = try ManagedProcess(
-            name: name, executable: try TestEnvironment.binary(named: "atomic-data-publisher"),
-            arguments: ["--config", configURL.path, "run"], environment: environment,
+            name: name, executable: URL(fileURLWithPath: command[0]),
+            arguments: Array(command.dropFirst()), environment: environment,
             workingDirectory: directory, logDirectory: directory)
     }
 

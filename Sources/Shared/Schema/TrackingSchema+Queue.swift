@@ -1,0 +1,170 @@
+// The tracking table as a queue (DESIGN.md section 5): every statement the worker and the
+// commands run against `T_changes` and `T_changes_failed` lives here, next to the DDL.
+//
+// Invariants:
+// - Rows are read oldest first (by tracking id) and only when due (`next_attempt_at` unset or
+//   past). A key with an earlier row still backing off is skipped entirely, so a retry can never
+//   be overtaken by a newer change to the same key.
+// - Rows are deleted only by tracking id, only after the ingestor acknowledged the payload that
+//   covered them. A change committed after the batch was read has a larger id and stays.
+// - Dead-lettering and replay are one statement each and exact inverses: a row moves between the
+//   two tables with its id, key, operation, value and time.
+// - Each operation is one round trip, whatever the batch size; the backlog gauge is bounded (it
+//   never scans a large backlog).
+
+extension TrackingSchema {
+    private static let rowColumns = """
+        c.id, c.primary_key, c.operation::text, c.change_column_value,
+        to_char(c.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), c.attempts, c.permanent_failures
+        """
+
+    public var fetchDueSQL: String {
+        """
+        SELECT \(Self.rowColumns)
+        FROM \(changesTable) c
+        WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())
+          AND NOT EXISTS (SELECT 1 FROM \(changesTable) b
+                          WHERE b.primary_key = c.primary_key AND b.next_attempt_at > clock_timestamp() AND b.id < c.id)
+        ORDER BY c.id
+        LIMIT $1
+        """
+    }
+
+    /// Up to `limit` due rows, oldest first.
+    public func fetchDue(_ db: PostgresConnection, limit: Int) throws(PostgresError) -> [ChangeRow] {
+        Self.rows(try db.execute(fetchDueSQL, [String(limit)]))
+    }
+
+    /// The other rows of these keys visible now (beyond the batch's LIMIT): read in the batch's
+    /// snapshot, their changes are in the state read for the key, so one publish covers them too.
+    public func fetchCovered(_ db: PostgresConnection, keys: [String], excluding ids: [Int64], limit: Int) throws(PostgresError) -> [ChangeRow] {
+        if keys.isEmpty { return [] }
+        let result = try db.execute("""
+            SELECT \(Self.rowColumns)
+            FROM \(changesTable) c
+            WHERE c.primary_key = ANY($1::text[]) AND NOT c.id = ANY($2::bigint[])
+            ORDER BY c.id
+            LIMIT $3
+            """, [Self.textArray(keys), Self.array(ids), String(limit)])
+        return Self.rows(result)
+    }
+
+    /// Acknowledge: delete exactly these tracking rows.
+    public func acknowledge(_ db: PostgresConnection, ids: [Int64]) throws(PostgresError) {
+        if ids.isEmpty { return }
+        try db.execute("DELETE FROM \(changesTable) WHERE id = ANY($1::bigint[])", [Self.array(ids)])
+    }
+
+    /// Record failed attempts and when to try again. `permanentFailures` is 1 when the failure
+    /// counts towards the dead-letter rule (a 4xx, a query error for this key), else 0.
+    public func reschedule(_ db: PostgresConnection, ids: [Int64], error: String, afterSeconds: Double,
+                           attemptsMade: Int, permanentFailures: Int) throws(PostgresError) {
+        if ids.isEmpty { return }
+        try db.execute("""
+            UPDATE \(changesTable)
+            SET attempts = attempts + $4::int, permanent_failures = permanent_failures + $5::int, last_error = $2,
+                next_attempt_at = clock_timestamp() + make_interval(secs => $3::double precision)
+            WHERE id = ANY($1::bigint[])
+            """, [Self.array(ids), String(error.prefix(2000)), String(afterSeconds), String(attemptsMade), String(permanentFailures)])
+    }
+
+    /// Move rows to the dead-letter table, with their last error, in one statement.
+    public func deadLetter(_ db: PostgresConnection, ids: [Int64], error: String, attemptsMade: Int) throws(PostgresError) {
+        if ids.isEmpty { return }
+        try db.execute(moveSQL(from: changesTable, to: failedTable, filter: "id = ANY($1::bigint[])", attempts: "attempts + $3::int",
+                               permanentFailures: "permanent_failures + 1", lastError: "$2", withFailedAt: true),
+                       [Self.array(ids), String(error.prefix(2000)), String(attemptsMade)])
+    }
+
+    /// Move dead letters back to the queue (all, or one tracking id), counters reset: the inverse
+    /// of `deadLetter`. Returns how many moved.
+    public func replay(_ db: PostgresConnection, id: Int64?) throws(PostgresError) -> Int {
+        let result = try db.execute(moveSQL(from: failedTable, to: changesTable, filter: id == nil ? "TRUE" : "id = $1::bigint",
+                                            attempts: "0", permanentFailures: "0", lastError: "last_error", withFailedAt: false),
+                                    id.map { [String($0)] } ?? [])
+        return result.affectedRows
+    }
+
+    private func moveSQL(from source: String, to target: String, filter: String, attempts: String, permanentFailures: String,
+                         lastError: String, withFailedAt: Bool) -> String {
+        """
+        WITH moved AS (DELETE FROM \(source) WHERE \(filter) RETURNING *)
+        INSERT INTO \(target) (id, primary_key, operation, change_column_value, changed_at, attempts, permanent_failures, last_error, next_attempt_at)
+        SELECT id, primary_key, operation, change_column_value, changed_at, \(attempts), \(permanentFailures), \(lastError), NULL FROM moved
+        ON CONFLICT (id) DO NOTHING
+        """
+    }
+
+    /// Up to this many rows are counted exactly; above it the backlog is PostgreSQL's estimate.
+    public static let exactBacklogLimit = 10_000
+
+    /// The backlog gauge, bounded whatever the backlog: counts stop at `exactBacklogLimit` (then
+    /// the planner's estimate from pg_class is reported), and the oldest change is the first row
+    /// by id (the primary key index), not a scan for min(changed_at).
+    public var backlogSQL: String {
+        let limit = Self.exactBacklogLimit
+        func count(_ table: String) -> String {
+            """
+            (SELECT CASE WHEN n <= \(limit) THEN n
+                         ELSE greatest(n, (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(\(quoteLiteral(table))))) END
+             FROM (SELECT count(*) AS n FROM (SELECT 1 FROM \(table) LIMIT \(limit + 1)) s) c)
+            """
+        }
+        return """
+            SELECT \(count(changesTable)),
+                   coalesce((SELECT extract(epoch FROM clock_timestamp() - changed_at) FROM \(changesTable) ORDER BY id LIMIT 1), 0)::float8,
+                   \(count(failedTable)),
+                   coalesce((SELECT extract(epoch FROM clock_timestamp() - failed_at) FROM \(failedTable) ORDER BY id LIMIT 1), 0)::float8,
+                   EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)
+            """
+    }
+
+    public struct Backlog: Equatable, Sendable {
+        public var count = 0
+        public var oldestAgeSeconds = 0.0
+        public var deadLetters = 0
+        public var oldestDeadLetterAgeSeconds = 0.0
+        /// False once the watched table, or our trigger on it, has been dropped under us.
+        public var capturing = true
+        public init() {}
+    }
+
+    /// Backlog and dead letters with the age of the oldest of each, in one bounded round trip.
+    public func backlog(_ db: PostgresConnection) throws(PostgresError) -> Backlog {
+        let r = try db.execute(backlogSQL, [watchedTable, Self.triggerName])
+        var b = Backlog()
+        b.count = Int(r[0, 0] ?? "0") ?? 0
+        b.oldestAgeSeconds = Double(r[0, 1] ?? "0") ?? 0
+        b.deadLetters = Int(r[0, 2] ?? "0") ?? 0
+        b.oldestDeadLetterAgeSeconds = Double(r[0, 3] ?? "0") ?? 0
+        b.capturing = r[0, 4] == "t"
+        return b
+    }
+
+    private static func rows(_ result: QueryResult) -> [ChangeRow] {
+        result.rows.compactMap { r in
+            guard let id = r[0].flatMap({ Int64($0) }), let key = r[1], let op = r[2].flatMap(ChangeOperation.init(code:)) else { return nil }
+            return ChangeRow(id: id, primaryKey: key, operation: op, changeColumnValue: r[3], changedAt: r[4] ?? "",
+                             attempts: Int(r[5] ?? "0") ?? 0, permanentFailures: Int(r[6] ?? "0") ?? 0)
+        }
+    }
+
+    static func array(_ ids: [Int64]) -> String {
+        "{" + ids.map(String.init).joined(separator: ",") + "}"
+    }
+
+    /// A text[] literal: every element double-quoted with \\ and \" escaped, so any key is just data.
+    static func textArray(_ values: [String]) -> String {
+        var s = "{"
+        for (i, v) in values.enumerated() {
+            if i > 0 { s += "," }
+            s += "\""
+            for ch in v.unicodeScalars {
+                if ch == "\\" || ch == "\"" { s += "\\" }
+                s.unicodeScalars.append(ch)
+            }
+            s += "\""
+        }
+        return s + "}"
+    }
+}

@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import Shared
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "check-config", abstract: "Validate the configuration, connect, and check every watched table and query (like nginx -t).")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .long, help: "Only validate the files and environment; do not connect (for ExecStartPre: a database that is down at boot is the service's to wait for).")
+    var offline = false
+
+    func run() throws {
+        let (config, warnings) = CommandSupport.loadConfig(global)
+        for warning in warnings { CommandSupport.say("warning: \(warning)") }
+        if offline {
+            CommandSupport.say("configuration valid: \(config.service.watchedTables.count) watched tables (\(config.service.watchedTables.map(\.name).joined(separator: ", "))); database not checked (--offline)")
+            return
+        }
+        let db = CommandSupport.connect(config, purpose: "check-config")
+        var failed = 0
+        for table in config.service.watchedTables {
+            do {
+                try TrackingSchema(table: table).verify(on: db)
+                try CommandSupport.prepareAtomicDataQuery(table, on: db)
+                CommandSupport.say("ok      \(table.name): \(table.qualifiedName) key \(table.primaryKey), watching \(table.changeColumns.joined(separator: ", ")), publishing to \(table.publishEndpoint)")
+            } catch {
+                failed += 1
+                CommandSupport.say("FAILED  \(table.name): \(error)")
+            }
+        }
+        if failed > 0 {
+            CommandSupport.fail("\(failed) of \(config.service.watchedTables.count) watched tables failed the check", status: ExitStatus.config)
+        }
+        CommandSupport.say("configuration ok: \(config.service.watchedTables.count) watched tables, database \(ConnectionParameters(config.database, applicationName: "").safeDescription), ingestor \(Redactor.redact(config.ingestor.baseURL))")
+    }
+}

@@ -1,0 +1,67 @@
+// What every subcommand shares: loading the configuration, connecting, failing with one sentence.
+
+import ArgumentParser
+import Foundation
+import Shared
+
+enum CommandSupport {
+    static func fail(_ message: String, status: Int32) -> Never {
+        writeAll(fd: 2, Array("atomic-data-publisher: \(message)\n".utf8))
+        Foundation.exit(status)
+    }
+
+    /// Load and validate, or exit 78 with the loader's message (file, key, problem).
+    static func loadConfig(_ global: GlobalOptions) -> (PublisherConfig, [String]) {
+        do {
+            let loaded = try ConfigLoader.load(explicitPath: global.config, environment: ProcessInfo.processInfo.environment)
+            try loaded.validate()
+            return (loaded.config, loaded.warnings)
+        } catch {
+            fail("\(error)", status: ExitStatus.config)
+        }
+    }
+
+    static func connect(_ config: PublisherConfig, purpose: String) -> PostgresConnection {
+        do {
+            return try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(purpose)"))
+        } catch {
+            fail("\(error.description); check [database] host, port, username, password and database_name",
+                 status: error.isRejectedLogin ? ExitStatus.config : ExitStatus.transient)
+        }
+    }
+
+    /// Prepare (never run) the table's atomic data query: a syntax error, a missing column or
+    /// function is a configuration error naming the key and the table.
+    static func prepareAtomicDataQuery(_ table: WatchedTable, on db: PostgresConnection) throws {
+        do {
+            try db.prepare(name: "check_\(table.name)", sql: AtomicDataQuery(table.atomicDataQuery).wrapped)
+        } catch {
+            throw SchemaProblem("the atomic_data_query of watched table \"\(table.name)\" does not prepare: \(error)")
+        }
+    }
+
+    static func tables(_ config: PublisherConfig, named name: String?) -> [WatchedTable] {
+        guard let name else { return config.service.watchedTables }
+        guard let table = config.table(named: name) else {
+            fail("table '\(name)' is not in service.watched_tables (watched: \(config.service.watchedTables.map(\.name).joined(separator: ", ")))", status: ExitStatus.config)
+        }
+        return [table]
+    }
+
+    /// The worker binary: next to this one, or in the Debian libexec folder.
+    static func workerPath() -> String {
+        if let override = ProcessInfo.processInfo.environment["ADP_WORKER_PATH"] { return override }
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let dir = (me as NSString).deletingLastPathComponent
+        for candidate in [dir + "/atomic-data-table-worker",
+                          (dir as NSString).deletingLastPathComponent + "/libexec/atomic-data-publisher/atomic-data-table-worker",
+                          "/usr/libexec/atomic-data-publisher/atomic-data-table-worker"] where FileManager.default.isExecutableFile(atPath: candidate) {
+            return candidate
+        }
+        return dir + "/atomic-data-table-worker"
+    }
+
+    static func say(_ line: String) {
+        writeAll(fd: 1, Array((line + "\n").utf8))
+    }
+}

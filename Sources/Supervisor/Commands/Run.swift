@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Shared
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Supervise one worker per watched table (the default).")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        HTTPClient.globalInit()
+        let (config, warnings) = CommandSupport.loadConfig(global)
+        LogSetup.bootstrap(level: config.logging.level, format: config.logging.format)
+        let logger = Logger(label: "atomic-data-publisher")
+        for warning in warnings { logger.warning("\(warning)") }
+        preflight(config, logger: logger)
+        let global = self.global
+        let supervisor = Supervisor(config: config, workerPath: CommandSupport.workerPath(), logger: logger) {
+            let loaded = try ConfigLoader.load(explicitPath: global.config, environment: ProcessInfo.processInfo.environment)
+            try loaded.validate()
+            return loaded.config
+        }
+        let status = supervisor.run()
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    /// Refuse to start (exit 78, database untouched) when a watched table or column is missing.
+    /// An unreachable database is not a reason to refuse: workers wait for it with backoff.
+    private func preflight(_ config: PublisherConfig, logger: Logger) {
+        let db: PostgresConnection
+        do {
+            db = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/preflight"))
+        } catch {
+            if error.isRejectedLogin {
+                CommandSupport.fail("\(error.description); check [database] username, password and database_name", status: ExitStatus.config)
+            }
+            logger.warning("database not reachable yet; workers will keep trying", metadata: ["error": "\(error)"])
+            return
+        }
+        for table in config.service.watchedTables {
+            do {
+                try TrackingSchema(table: table).verify(on: db)
+                try CommandSupport.prepareAtomicDataQuery(table, on: db)
+            } catch {
+                CommandSupport.fail("\(error)", status: ExitStatus.config)
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+import ArgumentParser
+import Foundation
+import Shared
+
+struct Setup: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create or update the tracking tables, functions and triggers (idempotent).")
+    @OptionGroup var global: GlobalOptions
+    @Option(name: .long, help: "Only this watched table.") var table: String?
+
+    func run() throws {
+        let (config, _) = CommandSupport.loadConfig(global)
+        let db = CommandSupport.connect(config, purpose: "setup")
+        for t in CommandSupport.tables(config, named: table) {
+            do {
+                let changed = try TrackingSchema(table: t).install(on: db)
+                CommandSupport.say("\(t.qualifiedName): \(changed ? "trigger installed" : "already up to date")")
+            } catch {
+                CommandSupport.fail("setup of \(t.qualifiedName) failed: \(error)", status: ExitStatus.config)
+            }
+        }
+    }
+}

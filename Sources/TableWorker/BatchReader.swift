@@ -1,0 +1,102 @@
+// Reading one batch (DESIGN.md section 5, steps 1 to 3) in one REPEATABLE READ snapshot: the due
+// rows, the same keys' later rows, and each key's atomic data, so the state published for a key is
+// exactly its state as of the changes read.
+//
+// Cost: a constant number of round trips, whatever the batch size or the number of failing keys.
+// The atomic queries run pipelined after a savepoint; when one fails (which aborts the snapshot
+// transaction), only the commands the server skipped run again, one pipeline segment each, every
+// segment starting with ROLLBACK TO SAVEPOINT: one more round trip, and every key is queried once.
+
+import Shared
+
+struct Batch {
+    var rows: [ChangeRow] = []
+    var groups: [KeyChanges] = []
+    /// Each group's atomic data (JSON text), or the error of its query. Deletes are not queried.
+    var atomicData: [Result<String, PostgresError>] = []
+    var isEmpty: Bool { rows.isEmpty }
+}
+
+/// How an atomic data query's error is handled.
+enum QueryFailure: Equatable, Sendable {
+    /// The row's data is at fault (a cast, a raised exception): that key fails permanently.
+    case key
+    /// Worth retrying as is (a statement timeout, a lock timeout, a deadlock, a serialization failure).
+    case transient
+    /// The table or the query is at fault for every key (privilege revoked, column or function
+    /// gone): stop publishing the table, keep every change, retry until it is fixed.
+    case table
+
+    static func classify(_ error: PostgresError) -> QueryFailure {
+        guard let state = error.sqlState else { return .transient }
+        if ["57014", "55P03", "40001", "40P01", "53200", "53300", "53400"].contains(state) || state.hasPrefix("53") { return .transient }
+        // 42: syntax error or access rule violation (42501 insufficient privilege, 42P01 undefined
+        // table, 42703 undefined column, 42883 undefined function); 0A: feature not supported;
+        // 3F000: invalid schema; 26000: prepared statement gone.
+        if state.hasPrefix("42") || state.hasPrefix("0A") || state == "3F000" || state == "26000" { return .table }
+        return .key
+    }
+}
+
+struct BatchReader {
+    let schema: TrackingSchema
+    let batchSize: Int
+    static let statementName = "adp_atomic_data"
+
+    func read(_ db: PostgresConnection) throws(PostgresError) -> Batch {
+        try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        do {
+            var batch = Batch()
+            batch.rows = try schema.fetchDue(db, limit: batchSize)
+            if batch.rows.isEmpty {
+                try db.execute("COMMIT")
+                return batch
+            }
+            // The keys' later changes beyond the LIMIT are in the state read below too: cover
+            // them now rather than publish the same state once per slice of a backlog.
+            var keys: [String] = []
+            var seen = Set<String>()
+            for row in batch.rows where seen.insert(row.primaryKey).inserted { keys.append(row.primaryKey) }
+            batch.rows += try schema.fetchCovered(db, keys: keys, excluding: batch.rows.map(\.id), limit: batchSize * 4)
+            batch.groups = KeyChanges.coalesce(batch.rows)
+            let queried = batch.groups.indices.filter { batch.groups[$0].latest.operation != .delete }
+            let results = try queryAtomicData(db, keys: queried.map { batch.groups[$0].primaryKey })
+            batch.atomicData = Array(repeating: .success("[]"), count: batch.groups.count)
+            for (position, index) in queried.enumerated() { batch.atomicData[index] = results[position] }
+            try db.execute(results.contains { if case .failure = $0 { true } else { false } } ? "ROLLBACK" : "COMMIT")
+            return batch
+        } catch {
+            if !error.isConnectionLost { _ = try? db.execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    private func queryAtomicData(_ db: PostgresConnection, keys: [String]) throws(PostgresError) -> [Result<String, PostgresError>] {
+        if keys.isEmpty { return [] }
+        let savepoint = "SAVEPOINT adp_batch"
+        let first = try db.pipeline([[.sql(savepoint)] + keys.map { .prepared(name: Self.statementName, parameters: [$0]) }])[0]
+        if case .failure(let error) = first[0] { throw error }
+        var results: [Result<String, PostgresError>?] = first.dropFirst().map(Self.result)
+        let skipped = results.indices.filter { results[$0] == nil }
+        if !skipped.isEmpty {
+            let segments: [[PostgresConnection.PipelineCommand]] = skipped.map {
+                [.sql("ROLLBACK TO SAVEPOINT adp_batch"), .prepared(name: Self.statementName, parameters: [keys[$0]])]
+            }
+            let again = try db.pipeline(segments)
+            for (position, index) in skipped.enumerated() {
+                results[index] = again[position].count == 2 ? Self.result(again[position][1])
+                    : .failure(PostgresError(kind: .query, sqlState: nil, message: "no result for the atomic data query"))
+                if results[index] == nil, case .failure(let error) = again[position][0] { results[index] = .failure(error) }
+            }
+        }
+        return results.map { $0 ?? .failure(PostgresError(kind: .query, sqlState: nil, message: "no result for the atomic data query")) }
+    }
+
+    private static func result(_ r: PostgresConnection.PipelineResult) -> Result<String, PostgresError>? {
+        switch r {
+        case .success(let q): .success(q.rows.first?.first.flatMap { $0 } ?? "[]")
+        case .failure(let e): .failure(e)
+        case .aborted: nil
+        }
+    }
+}

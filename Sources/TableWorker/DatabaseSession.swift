@@ -1,0 +1,71 @@
+// The worker's one database session: connects, sets the tracking objects up once per process
+// (not on every reconnect: setup takes locks and a reconnect must be cheap), prepares the atomic
+// data statement on every new connection, and is the ChangeStore the delivery runner writes to.
+
+import Logging
+import Shared
+
+final class DatabaseSession: ChangeStore {
+    let config: PublisherConfig
+    let schema: TrackingSchema
+    let query: AtomicDataQuery
+    let logger: Logger
+    private var db: PostgresConnection?
+    private var setUp = false
+    /// The tracking table's OID, read on every connection: part of every payload id, so ids
+    /// never repeat after the tracking table is recreated (its sequence starts at 1 again).
+    private(set) var epoch = "0"
+
+    init(config: PublisherConfig, table: WatchedTable, logger: Logger) {
+        self.config = config
+        schema = TrackingSchema(table: table)
+        query = AtomicDataQuery(table.atomicDataQuery)
+        self.logger = logger
+    }
+
+    var isConnected: Bool { db?.isConnected ?? false }
+
+    /// A fresh connection, set up on the first one. Throws a `PostgresError`, or a `TableWorker.Stop`
+    /// for a schema problem (watched table or column missing: a configuration error).
+    func open() throws {
+        close()
+        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: "atomic-data-publisher/\(schema.table.name)"))
+        if !setUp {
+            do {
+                try schema.install(on: connection)
+            } catch let problem as SchemaProblem {
+                throw TableWorker.Stop.permanent(problem.description)
+            } catch let error as PostgresError where !error.isConnectionLost && error.isPermanent {
+                throw TableWorker.Stop.permanent("table \(schema.table.qualifiedName): \(error)")
+            }
+            setUp = true
+        }
+        try connection.prepare(name: BatchReader.statementName, sql: query.wrapped)
+        epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
+        db = connection
+    }
+
+    func close() {
+        db?.close()
+        db = nil
+    }
+
+    func connection() throws(PostgresError) -> PostgresConnection {
+        guard let db, db.isConnected else { throw PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL") }
+        return db
+    }
+
+    // MARK: ChangeStore
+
+    func acknowledge(ids: [Int64]) throws(PostgresError) {
+        try schema.acknowledge(try connection(), ids: ids)
+    }
+
+    func reschedule(ids: [Int64], error: String, afterSeconds: Double, attemptsMade: Int, permanentFailures: Int) throws(PostgresError) {
+        try schema.reschedule(try connection(), ids: ids, error: error, afterSeconds: afterSeconds, attemptsMade: attemptsMade, permanentFailures: permanentFailures)
+    }
+
+    func deadLetter(ids: [Int64], error: String, attemptsMade: Int) throws(PostgresError) {
+        try schema.deadLetter(try connection(), ids: ids, error: error, attemptsMade: attemptsMade)
+    }
+}

@@ -1,0 +1,222 @@
+// Executes a DeliveryPlan: sends through an IngestTransport, writes through a ChangeStore, and
+// feeds every answer back to the plan. All decisions are the plan's; this type only performs them,
+// so it is driven in unit tests by a fake transport, a fake store and a fake clock.
+//
+// Invariants:
+// - Acknowledgements are written as answers arrive, in small groups (`ackGroupSize`, or when the
+//   send wave ends), so progress survives a connection that drops more often than a batch takes.
+// - A write that fails because the database connection was lost is kept, in order, and applied on
+//   the next connection (`flushPending`): an acknowledgement owed for a 2xx is never dropped.
+// - Stopping mid-round abandons what is in flight and acknowledges only what was answered 2xx.
+
+import Shared
+
+/// Sends requests, at most `maxConcurrent` at once; results in request order. `onComplete` sees each
+/// answer as it arrives and returns false to stop launching the rest; `shouldAbort` abandons all.
+protocol IngestTransport: AnyObject {
+    func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool,
+                 onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>]
+}
+
+extension HTTPClient: IngestTransport {}
+
+/// The tracking table's writes, as the runner needs them.
+protocol ChangeStore: AnyObject {
+    func acknowledge(ids: [Int64]) throws(PostgresError)
+    func reschedule(ids: [Int64], error: String, afterSeconds: Double, attemptsMade: Int, permanentFailures: Int) throws(PostgresError)
+    func deadLetter(ids: [Int64], error: String, attemptsMade: Int) throws(PostgresError)
+}
+
+/// What the runner needs from its surroundings: time, randomness, waiting and stopping.
+protocol DeliveryHost: AnyObject {
+    /// Monotonic seconds.
+    var now: Double { get }
+    /// Unix seconds (for HTTP-date Retry-After values).
+    var unixNow: Double { get }
+    func randomUnit() -> Double
+    /// Sleep up to `seconds`, keeping stats flowing; true when asked to stop.
+    func wait(_ seconds: Double) -> Bool
+    /// Called while requests are in flight (at least every 100 ms); true when asked to stop.
+    func tick(inFlight: Int) -> Bool
+    /// The breaker after each event, so every state change is logged as it happens.
+    func observe(_ breaker: CircuitBreaker)
+}
+
+enum DeliveryEnd {
+    case finished
+    case stopRequested
+    /// A write to the tracking table failed (usually the connection was lost: reconnect, then
+    /// `flushPending`). What is owed stays in `pending`.
+    case storeFailed(PostgresError)
+}
+
+final class DeliveryRunner {
+    enum Write: Equatable {
+        case acknowledge([Int64])
+        case reschedule(ids: [Int64], error: String, afterSeconds: Double, attemptsMade: Int, permanentFailures: Int)
+        case deadLetter(ids: [Int64], error: String, attemptsMade: Int)
+    }
+
+    struct Counters: Equatable {
+        var successes = 0
+        var failures = 0
+        var retries = 0
+        var changesPublished = 0
+        var deadLettered = 0
+    }
+
+    let transport: IngestTransport
+    let store: ChangeStore
+    let host: DeliveryHost
+    let maxConcurrent: Int
+    let ackGroupSize: Int
+    var log: (DeliveryLogEvent) -> Void = { _ in }
+    /// Writes owed to the tracking table, oldest first.
+    private(set) var pending: [Write] = []
+    private var ackBuffer: [Int64] = []
+    private(set) var counters = Counters()
+    private(set) var inFlight = 0
+    private var lost: PostgresError?
+
+    init(transport: IngestTransport, store: ChangeStore, host: DeliveryHost, maxConcurrent: Int, ackGroupSize: Int = 32) {
+        self.transport = transport
+        self.store = store
+        self.host = host
+        self.maxConcurrent = max(1, maxConcurrent)
+        self.ackGroupSize = max(1, ackGroupSize)
+    }
+
+    /// Deliver `requests` (one per plan item) until the plan is finished, a stop is requested or
+    /// the database is lost. Returns the plan (with its breaker) and how it ended.
+    func run(_ plan: inout DeliveryPlan, requests: [HTTPRequest]) -> DeliveryEnd {
+        lost = nil
+        var stop = false
+        var actions = plan.started(now: host.now, unit: host.randomUnit())
+        while true {
+            host.observe(plan.breaker)
+            execute(actions, plan: plan)
+            for action in actions {
+                guard case .send(let indices) = action else { continue }
+                counters.retries += indices.filter { plan.tries[$0] > 1 }.count
+                let wave = indices.map { requests[$0] }
+                inFlight = min(wave.count, maxConcurrent)
+                var answered = 0
+                let results = transport.perform(wave, maxConcurrent: maxConcurrent, shouldAbort: { [self] in
+                    if lost != nil { return true }
+                    if host.tick(inFlight: inFlight) { stop = true }
+                    return stop
+                }, onComplete: { [self] position, response in
+                    answered += 1
+                    let index = indices[position]
+                    let outcome = ResponseClassifier.outcome(response, unixNow: host.unixNow)
+                    note(outcome, response: response, item: plan.items[index])
+                    execute(plan.responded(index, outcome, now: host.now, unit: host.randomUnit()), plan: plan)
+                    host.observe(plan.breaker)
+                    inFlight = max(0, min(indices.count - answered, maxConcurrent))
+                    // An open breaker stops the rest of the wave from being sent at all.
+                    return plan.breaker.waitTime(now: host.now) == nil && lost == nil
+                })
+                inFlight = 0
+                // Requests that were not answered: never started, or abandoned in flight.
+                for (position, index) in indices.enumerated() where plan.states[index] == .inFlight {
+                    if case .failure(let error) = results[position], error.code == HTTPClient.notSentCode {
+                        execute(plan.notSent(index, now: host.now), plan: plan)
+                    }
+                }
+            }
+            flushAcks()
+            if stop || plan.isFinished || lost != nil { break }
+            actions = plan.due(now: host.now)
+            if actions.isEmpty {
+                guard let wake = plan.nextWake else { break }
+                if host.wait(max(0, wake - host.now)) { stop = true; break }
+                actions = plan.due(now: host.now)
+            }
+        }
+        if stop || lost != nil {
+            execute(plan.stopped(unit: host.randomUnit()), plan: plan)
+            flushAcks()
+        }
+        if let lost { return .storeFailed(lost) }
+        return stop ? .stopRequested : .finished
+    }
+
+    /// Apply what is owed to the tracking table (after a reconnect). Throws what the store throws.
+    func flushPending() throws(PostgresError) {
+        queueAcks()
+        while let write = pending.first {
+            switch write {
+            case .acknowledge(let ids):
+                try store.acknowledge(ids: ids)
+            case let .reschedule(ids, error, after, attempts, permanent):
+                try store.reschedule(ids: ids, error: error, afterSeconds: after, attemptsMade: attempts, permanentFailures: permanent)
+            case let .deadLetter(ids, error, attempts):
+                try store.deadLetter(ids: ids, error: error, attemptsMade: attempts)
+            }
+            pending.removeFirst()
+        }
+    }
+
+    // MARK: -
+
+    private func execute(_ actions: [DeliveryAction], plan: DeliveryPlan) {
+        for action in actions {
+            switch action {
+            case .send:
+                break  // sends are performed by `run`
+            case .acknowledge(let ids):
+                counters.successes += 1
+                counters.changesPublished += ids.count
+                ackBuffer += ids
+                if ackBuffer.count >= ackGroupSize { flushAcks() }
+            case let .reschedule(index, error, after, attempts, permanent):
+                pending.append(.reschedule(ids: plan.items[index].ids, error: error, afterSeconds: after, attemptsMade: attempts, permanentFailures: permanent ? 1 : 0))
+                flush()
+            case let .deadLetter(index, error, attempts):
+                counters.deadLettered += plan.items[index].ids.count
+                log(.deadLettered(item: plan.items[index], error: error))
+                pending.append(.deadLetter(ids: plan.items[index].ids, error: error, attemptsMade: attempts))
+                flush()
+            }
+        }
+    }
+
+    private func queueAcks() {
+        if !ackBuffer.isEmpty {
+            pending.append(.acknowledge(ackBuffer))
+            ackBuffer = []
+        }
+    }
+
+    private func flushAcks() {
+        queueAcks()
+        flush()
+    }
+
+    private func flush() {
+        guard lost == nil else { return }
+        do throws(PostgresError) {
+            try flushPending()
+        } catch {
+            lost = error
+            if !error.isConnectionLost { log(.storeFailed(error)) }
+        }
+    }
+
+    private func note(_ outcome: DeliveryOutcome, response: Result<HTTPResponse, HTTPTransportError>, item: DeliveryItem) {
+        switch outcome {
+        case .delivered:
+            if case .success(let r) = response { log(.published(seconds: r.seconds, item: item)) }
+        case .rejected(let error), .failed(let error, _):
+            counters.failures += 1
+            log(.failed(error: error, response: response, item: item))
+        }
+    }
+}
+
+enum DeliveryLogEvent {
+    case published(seconds: Double, item: DeliveryItem)
+    case failed(error: String, response: Result<HTTPResponse, HTTPTransportError>, item: DeliveryItem)
+    case deadLettered(item: DeliveryItem, error: String)
+    case storeFailed(PostgresError)
+}
