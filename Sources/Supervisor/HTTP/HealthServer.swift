@@ -1,6 +1,8 @@
-// GET /health, /metrics and /metrics/prometheus on health_check_address:health_check_port, served
-// by SwiftNIO on its own event loop thread. The supervisor loop publishes a snapshot; the HTTP
-// thread only reads it, so a slow scrape never delays supervision.
+// GET /health, /livez, /readyz, /metrics and /metrics/prometheus on
+// health_check_address:health_check_port, served by SwiftNIO on its own event loop thread. The
+// supervisor loop publishes a snapshot; the HTTP thread only reads it, so a slow scrape never
+// delays supervision. The store also remembers when the snapshot was published: /livez is the
+// age of that moment (the loop publishes every iteration).
 
 import NIOCore
 import NIOHTTP1
@@ -8,18 +10,31 @@ import NIOPosix
 import Synchronization
 
 final class SnapshotStore: Sendable {
-    private let value: Mutex<ServiceSnapshot>
+    private struct Published {
+        var snapshot: ServiceSnapshot
+        var at: ContinuousClock.Instant
+    }
+
+    private let value: Mutex<Published>
 
     init(_ snapshot: ServiceSnapshot) {
-        value = Mutex(snapshot)
+        value = Mutex(Published(snapshot: snapshot, at: .now))
     }
 
     func publish(_ snapshot: ServiceSnapshot) {
-        value.withLock { $0 = snapshot }
+        let now = ContinuousClock.now
+        value.withLock { $0 = Published(snapshot: snapshot, at: now) }
     }
 
     func read() -> ServiceSnapshot {
-        value.withLock { $0 }
+        value.withLock { $0.snapshot }
+    }
+
+    /// Seconds since the supervisor loop last published a snapshot (monotonic clock).
+    func secondsSincePublished() -> Double {
+        let at = value.withLock { $0.at }
+        let d = at.duration(to: .now).components
+        return Double(d.seconds) + Double(d.attoseconds) / 1e18
     }
 }
 
@@ -87,12 +102,20 @@ private final class HealthHandler: ChannelInboundHandler {
             case "/health", "/healthz":
                 status = snapshot.health == .unhealthy ? .serviceUnavailable : .ok
                 (contentType, body) = ("application/json", snapshot.healthJSON)
+            case "/livez":
+                let live = Liveness.decide(snapshotAgeSeconds: store.secondsSincePublished())
+                status = live.ok ? .ok : .serviceUnavailable
+                (contentType, body) = ("application/json", probeJSON(live, okStatus: "alive", failStatus: "stalled"))
+            case "/readyz":
+                let ready = snapshot.readiness
+                status = ready.ok ? .ok : .serviceUnavailable
+                (contentType, body) = ("application/json", probeJSON(ready, okStatus: "ready", failStatus: "not_ready"))
             case "/metrics":
                 (status, contentType, body) = (.ok, "application/json", snapshot.metricsJSON)
             case "/metrics/prometheus":
                 (status, contentType, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", snapshot.prometheusText)
             default:
-                (status, contentType, body) = (.notFound, "application/json", "{\"error\":\"not found\",\"paths\":[\"/health\",\"/metrics\",\"/metrics/prometheus\"]}")
+                (status, contentType, body) = (.notFound, "application/json", "{\"error\":\"not found\",\"paths\":[\"/health\",\"/livez\",\"/readyz\",\"/metrics\",\"/metrics/prometheus\"]}")
             }
         }
         var buffer = context.channel.allocator.buffer(capacity: body.utf8.count + 1)

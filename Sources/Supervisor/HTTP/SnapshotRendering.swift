@@ -1,4 +1,4 @@
-// /health, /metrics and /metrics/prometheus bodies from a snapshot: pure functions.
+// /health, /livez, /readyz, /metrics and /metrics/prometheus bodies from a snapshot: pure functions.
 
 import Foundation
 import Shared
@@ -34,9 +34,12 @@ extension ServiceSnapshot {
         let dbUp = tables.contains { $0.stats.database == .up }
         let dbAllUp = !tables.isEmpty && tables.allSatisfy { $0.stats.database == .up }
         let breakerOpen = tables.filter { $0.stats.circuitBreaker == .open || $0.stats.circuitBreaker == .halfOpen }.map(\.name)
+        let ready = readiness
         let body: [String: Any] = [
             "status": health.rawValue,
             "instance": instance,
+            "ready": ready.ok,
+            "ready_reason": ready.reason,
             "version": PublisherVersion.current,
             "uptime_seconds": Int(Date().timeIntervalSince(startedAt)),
             "components": [
@@ -173,4 +176,11 @@ extension ServiceSnapshot {
         if v == v.rounded() && abs(v) < 1e15 { return String(Int64(v)) }
         return String(v)
     }
+}
+
+/// The body of /livez and /readyz: `{"status": "...", "reason": "..."}`.
+func probeJSON(_ result: ProbeResult, okStatus: String, failStatus: String) -> String {
+    let object = ["status": result.ok ? okStatus : failStatus, "reason": result.reason]
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return "{}" }
+    return String(decoding: data, as: UTF8.self)
 }
