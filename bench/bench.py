@@ -82,9 +82,13 @@ class Postgres:
         return c
 
     def sql(self, db, text):
-        with self.connect(db) as c, c.cursor() as cur:
+        c = self.connect(db)
+        try:
+            cur = c.cursor()
             cur.execute(text)
             return cur.fetchall() if cur.description else None
+        finally:
+            c.close()
 
     def env(self, db="postgres"):
         return dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER="postgres", PGDATABASE=db,
@@ -95,7 +99,6 @@ ITEMS_DDL = """
 CREATE TABLE {t} (id bigint PRIMARY KEY, counter bigint NOT NULL DEFAULT 0,
                   payload text NOT NULL DEFAULT repeat('x', 100), updated_at timestamptz NOT NULL DEFAULT now());
 INSERT INTO {t} (id) SELECT g FROM generate_series(1, {rows}) g;
-VACUUM ANALYZE {t};
 """
 QUERY = "SELECT id, counter, payload, updated_at FROM {t} WHERE id = $PRIMARY_KEY"
 
@@ -188,6 +191,7 @@ class Bench:
             self.fast.sql("postgres", f"CREATE DATABASE {db}")
         for db in ("adp", "peer"):
             self.fast.sql(db, ITEMS_DDL.format(t="items", rows=self.a.keys))
+            self.fast.sql(db, "VACUUM ANALYZE items")
             self.fast.sql(db, "CREATE EXTENSION pg_stat_statements")
         self.fast.sql("peer", "CREATE EXTENSION pgq")
         self.start_nginx()
@@ -437,6 +441,7 @@ pidfile = {self.work}/pgqd.pid
         tables = [f"idle{i}" for i in range(n)]
         for t in tables:
             self.fast.sql("idle", ITEMS_DDL.format(t=t, rows=10))
+            self.fast.sql("idle", f"VACUUM ANALYZE {t}")
         self.fast.sql("idle", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         cfg = publisher_config(os.path.join(self.work, "idle.toml"), self.fast, "idle", self.nginx_port, tables=tables)
         pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
@@ -467,6 +472,7 @@ pidfile = {self.work}/pgqd.pid
     # ---------- the run ----------
     def run(self):
         a = self.a
+        self.load0 = os.getloadavg()[0]
         self.start()
         self.limits()
         self.setup_ours()
@@ -476,7 +482,7 @@ pidfile = {self.work}/pgqd.pid
         self.start_pgqd()
         drains = {k: [] for k in ("def", "tuned", "over", "peer", "peer_over")}
         mem = {}
-        log(f"drains: {n} distinct keys (defaults; batch 5000 / 16 in flight), {a.changes} changes over {a.over_keys} keys; same for the PgQ peer")
+        log(f"drains: {n:,} distinct keys (defaults; batch 5000 / 16 in flight), {a.changes} changes over {a.over_keys} keys; same for the PgQ peer")
         for rep in range(reps):
             r = self.drain_ours("defaults", n, {}, lambda: self.commit_distinct("adp", n))
             drains["def"].append(r)
@@ -492,11 +498,11 @@ pidfile = {self.work}/pgqd.pid
         peer = statistics.median(r[0] for r in drains["peer"])
         peer_over = statistics.median(r[0] for r in drains["peer_over"])
         fmt = lambda rs: "/".join(f"{r[0]:.0f}" for r in rs)
-        self.add("drain", f"{n} distinct keys, defaults (batch 100, 5 in flight)", statistics.median(r[0] for r in drains["def"]),
+        self.add("drain", f"{n:,} distinct keys, defaults (batch 100, 5 in flight)", statistics.median(r[0] for r in drains["def"]),
                  peer, self.limit, "changes/s", note=f"runs {fmt(drains['def'])}; peer {fmt(drains['peer'])}")
-        self.add("drain", f"{n} distinct keys, batch 5000, 16 in flight", statistics.median(r[0] for r in drains["tuned"]),
+        self.add("drain", f"{n:,} distinct keys, batch 5000, 16 in flight", statistics.median(r[0] for r in drains["tuned"]),
                  peer, self.limit, "changes/s", note=f"runs {fmt(drains['tuned'])}")
-        self.add("drain", f"{a.changes} changes over {a.over_keys} keys, defaults", statistics.median(r[0] for r in drains["over"]),
+        self.add("drain", f"{a.changes:,} changes over {a.over_keys} keys, defaults", statistics.median(r[0] for r in drains["over"]),
                  peer_over, self.limit, "changes/s",
                  note=f"requests {'/'.join(str(r[1]) for r in drains['over'])} (ideal {a.over_keys}), peer {a.changes}")
 
@@ -515,9 +521,9 @@ pidfile = {self.work}/pgqd.pid
             after_sup, after_w = proc_mem(pub.p.pid), proc_mem(worker)
         finally:
             pub.stop()
-        self.add("memory", "supervisor RSS idle / after drain (MiB)", after_sup[0], unit="MiB", higher_is_better=False,
+        self.add("memory", "supervisor RSS after the drain", after_sup[0], unit="MiB", higher_is_better=False,
                  note=f"idle {idle_sup[0]:.1f}, peak {after_sup[1]:.1f}")
-        self.add("memory", f"worker RSS idle / after a {min(big, a.keys)}-change drain (MiB)", after_w[0], unit="MiB",
+        self.add("memory", f"worker RSS after a {min(big, a.keys):,}-change drain at batch 5000", after_w[0], unit="MiB",
                  higher_is_better=False, note=f"idle {idle_w[0]:.1f}, peak {after_w[1]:.1f}")
 
         # Latency: ours (defaults) and the peer, each against the recording ingestor.
@@ -569,7 +575,8 @@ pidfile = {self.work}/pgqd.pid
         print()
         print(f"atomic-data-publisher bench ({'quick' if self.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M %Z')}, "
               f"{os.cpu_count()} CPUs ({model.group(1) if model else '?'}), "
-              f"{self.fast.sql('postgres', 'SHOW server_version')[0][0].split()[0]}, release build")
+              f"PostgreSQL {self.fast.sql('postgres', 'SHOW server_version')[0][0].split()[0]}, release build, "
+              f"load average at start {self.load0:.1f}, at end {os.getloadavg()[0]:.1f}")
         print("peer = PgQ (pgq.jsontriga + pgqd + a Python consumer, one keep-alive connection); limit = the raw rate it cannot beat")
         print()
         print("| section | figure | ours | peer | limit | ours/peer | ours/limit | notes |")
