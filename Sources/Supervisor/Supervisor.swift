@@ -58,6 +58,12 @@ final class Supervisor {
 
     func run() -> Int32 {
         Signals.install([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        for table in config.service.watchedTables {
+            order.append(table.name)
+            workers[table.name] = Worker(table: table, machine: WorkerStateMachine(policy: restartPolicy))
+        }
+        // The first answer of /health already names every table (idle) and this instance.
+        store.publish(makeSnapshot())
         do {
             boundPort = try server.start(host: config.service.healthCheckAddress, port: config.service.healthCheckPort, store: store)
         } catch {
@@ -66,10 +72,8 @@ final class Supervisor {
             return ExitStatus.transient
         }
         logger.info("listening for /health and /metrics", metadata: ["address": "\(config.service.healthCheckAddress)", "port": "\(boundPort)"])
-        for table in config.service.watchedTables {
-            order.append(table.name)
-            workers[table.name] = Worker(table: table, machine: WorkerStateMachine(policy: restartPolicy))
-            execute(table.name, workers[table.name]!.machine.startRequested())
+        for name in order {
+            execute(name, workers[name]!.machine.startRequested())
         }
         let watchdogInterval = notifier.watchdogInterval
 
@@ -288,7 +292,7 @@ final class Supervisor {
 
     // MARK: - reporting
 
-    private func publishSnapshot() {
+    private func makeSnapshot() -> ServiceSnapshot {
         var snapshot = ServiceSnapshot()
         snapshot.startedAt = startedAt
         snapshot.instance = config.resolvedInstanceId
@@ -303,6 +307,11 @@ final class Supervisor {
             snapshot.tables.append(table)
         }
         snapshot.ready = readyNotified
+        return snapshot
+    }
+
+    private func publishSnapshot() {
+        let snapshot = makeSnapshot()
         store.publish(snapshot)
 
         let now = monotonicSeconds()

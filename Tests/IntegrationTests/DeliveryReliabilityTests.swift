@@ -254,27 +254,11 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
         var supervisor = try launch()
 
         // The writer: 20,000 increments over 500 keys, 10 per transaction, from its own thread.
-        let writerDone = Mutex<(done: Bool, error: String?)>((false, nil))
-        let server = database.config
-        let writer = Thread {
-            do {
-                let db = try PostgresConnection.connect(ConnectionParameters(server, applicationName: "crash-test-writer"))
-                var generator = SystemRandomNumberGenerator()
-                for _ in 0..<(changes / 10) {
-                    try db.execute("BEGIN")
-                    for _ in 0..<10 { try db.execute("UPDATE items SET v = v + 1 WHERE id = $1", [String(Int.random(in: 1...keys, using: &generator))]) }
-                    try db.execute("COMMIT")
-                }
-                writerDone.withLock { $0.done = true }
-            } catch {
-                writerDone.withLock { $0 = (true, "\(error)") }
-            }
-        }
-        writer.start()
+        let writer = BackgroundWriter(database: database.config, name: "crash-test-writer", rounds: changes / 10, perRound: 10, keys: keys)
 
         var workerKills = 0
         var supervisorKilled = false
-        while workerKills < 10 || !writerDone.withLock({ $0.done }) {
+        while workerKills < 10 || !writer.isDone {
             Thread.sleep(forTimeInterval: Double.random(in: 0.1...0.5))
             if workerKills == 5 && !supervisorKilled {
                 supervisor.process.send(SIGKILL)
@@ -292,7 +276,7 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
                 }
             }
         }
-        XCTAssertNil(writerDone.withLock { $0.error }, "the writer failed")
+        XCTAssertNil(writer.error, "the writer failed")
         try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
         let (payloads, sameState) = try assertNoKeyWentBackwards(ingestor)
         XCTAssertEqual(try databaseValues(database).values.reduce(0, +), changes)

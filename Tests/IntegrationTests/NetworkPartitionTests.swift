@@ -63,22 +63,7 @@ final class NetworkPartitionTests: IntegrationTestCase {
         let standbyName = net.hosts.first { $0.name != leaderName }!.name
 
         // A stream of changes through the cut: 40 s, 50 changes a second.
-        let writerDone = Mutex<(done: Bool, error: String?)>((false, nil))
-        let local = pg.localConfig
-        let writer = Thread {
-            do {
-                let db = try PostgresConnection.connect(ConnectionParameters(local, applicationName: "partition-writer"))
-                var generator = SystemRandomNumberGenerator()
-                for _ in 0..<400 {
-                    for _ in 0..<5 { try db.execute("UPDATE items SET v = v + 1 WHERE id = $1", [String(Int.random(in: 1...keys, using: &generator))]) }
-                    usleep(100_000)
-                }
-                writerDone.withLock { $0.done = true }
-            } catch {
-                writerDone.withLock { $0 = (true, "\(error)") }
-            }
-        }
-        writer.start()
+        let writer = BackgroundWriter(database: pg.localConfig, name: "partition-writer", rounds: 400, perRound: 5, keys: keys, pauseMicroseconds: 100_000)
         try waitUntil("the leader publishes") { try ingestor.requests().count >= 50 }
         try net.cut(leaderHost)
         let cutAt = Date()
@@ -89,8 +74,8 @@ final class NetworkPartitionTests: IntegrationTestCase {
         print("network cut of the leading host: the standby published \(String(format: "%.1f", takeover)) s after the cut (keepalives 10 s + 3 x 5 s, fence 4 s)")
         XCTAssertLessThanOrEqual(takeover, 30 + 4 + 5, "within 30 s plus the fence and the lease retry")
 
-        try waitUntil(timeout: 90, "the writer is done") { writerDone.withLock { $0.done } }
-        XCTAssertNil(writerDone.withLock { $0.error })
+        try waitUntil(timeout: 90, "the writer is done") { writer.isDone }
+        XCTAssertNil(writer.error)
         // The old leader comes back as a standby once its link is restored.
         try net.restore(leaderHost)
         try waitUntil(timeout: 60, "the old leader is back, standing by") {

@@ -39,10 +39,14 @@ extension SupervisorProcessTests {
         for table in tables { addDiagnostics { Self.trackingTableSummary(database, table) } }
         try waitUntil(timeout: 30, "every table has a leader and two standbys") {
             var leaders: [String: Int] = [:]
+            var standbys: [String: Int] = [:]
             for s in instances {
-                for (name, entry) in try s.health().body["components"]?["tables"]?.object ?? [:] where entry["lease"] == "leader" { leaders[name, default: 0] += 1 }
+                for (name, entry) in try s.health().body["components"]?["tables"]?.object ?? [:] {
+                    if entry["lease"] == "leader" { leaders[name, default: 0] += 1 }
+                    if entry["lease"] == "standby" && entry["leader"] != nil { standbys[name, default: 0] += 1 }
+                }
             }
-            return leaders == ["alpha": 1, "beta": 1]
+            return leaders == ["alpha": 1, "beta": 1] && standbys == ["alpha": 2, "beta": 2]
         }
         // A standby instance is healthy and names the leader.
         for s in instances {
@@ -157,24 +161,7 @@ extension DeliveryReliabilityTests {
         let leader = instances[leaderName]!
         let standbyName = leaderName == "host-a" ? "host-b" : "host-a"
 
-        let writerDone = Mutex<(done: Bool, error: String?)>((false, nil))
-        let server = database.config
-        let writer = Thread {
-            do {
-                let db = try PostgresConnection.connect(ConnectionParameters(server, applicationName: "lease-test-writer"))
-                var generator = SystemRandomNumberGenerator()
-                for _ in 0..<(changes / 10) {
-                    try db.execute("BEGIN")
-                    for _ in 0..<10 { try db.execute("UPDATE items SET v = v + 1 WHERE id = $1", [String(Int.random(in: 1...keys, using: &generator))]) }
-                    try db.execute("COMMIT")
-                    usleep(2_000)
-                }
-                writerDone.withLock { $0.done = true }
-            } catch {
-                writerDone.withLock { $0 = (true, "\(error)") }
-            }
-        }
-        writer.start()
+        let writer = BackgroundWriter(database: database.config, name: "lease-test-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 2_000)
         try waitUntil("the leader publishes part of the stream") { try ingestor.requests().count >= 200 }
         // The host dies: the supervisor and its workers at once.
         let workerPID = try leader.workerPIDs()["items"]
@@ -186,8 +173,8 @@ extension DeliveryReliabilityTests {
             try ingestor.requests().contains { $0.header("X-Publisher-Instance") == standbyName }
         }
         let failover = Date().timeIntervalSince(killedAt)
-        try waitUntil(timeout: 120, "the writer is done") { writerDone.withLock { $0.done } }
-        XCTAssertNil(writerDone.withLock { $0.error })
+        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
+        XCTAssertNil(writer.error)
         try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
         let (payloads, _) = try assertNoKeyWentBackwards(ingestor)
         var seen: [String: Int] = [:]
