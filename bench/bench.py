@@ -245,6 +245,7 @@ http {{
 
     def add(self, section, figure, ours, peer=None, limit=None, unit="", note="", higher_is_better=True):
         self.rows.append((section, figure, ours, peer, limit, unit, note, higher_is_better))
+        log(f"   {section}: {figure}: ours {ours}, peer {peer}, limit {limit} {unit} {note}")
 
     # ---------- the raw limits ----------
     def limits(self):
@@ -413,7 +414,13 @@ pidfile = {self.work}/pgqd.pid
         log("writer throughput: pgbench, no trigger / ours (as setup installs it) / pgq.jsontriga")
         secs = 5 if self.quick else 12
         reps = 1 if self.quick else 2
-        out = subprocess.run([os.path.join(BENCH, "trigger-variants"), "--seconds", str(secs), "--reps", str(reps),
+        # A copy: bash reads a script as it runs, so an edit to the checkout would break this run.
+        os.makedirs(os.path.join(self.work, "bench"), exist_ok=True)
+        script = os.path.join(self.work, "bench", "trigger-variants")
+        shutil.copy(os.path.join(BENCH, "trigger-variants"), script)
+        os.makedirs(os.path.join(self.work, "dev", "lib"), exist_ok=True)
+        shutil.copy(os.path.join(ROOT, "dev", "lib", "common.sh"), os.path.join(self.work, "dev", "lib", "common.sh"))
+        out = subprocess.run([script, "--seconds", str(secs), "--reps", str(reps),
                               "--variants", "setup pgq", "--multi-variants", "setup pgq", "--raw"],
                              env=dict(os.environ, ADP_BIN=self.a.bin), capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:

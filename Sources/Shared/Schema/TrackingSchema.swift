@@ -10,12 +10,6 @@
 //   of the watched table wait until commit, so there is no window in which a change is missed.
 // - The trigger stays lean: one INSERT into the tracking table per changed row, nothing else
 //   (no pg_notify: it takes a global lock at every commit; see DESIGN.md section 4).
-// - The trigger function is SECURITY DEFINER (the application's roles need no grant on the
-//   tracking table) but has no `SET search_path` clause: that clause saved and restored a GUC and
-//   recomputed the search path at every row, the largest part of the trigger's cost after the
-//   INSERT itself (bench/trigger-variants). Instead, nothing in the body is looked up through the
-//   caller's search_path: tables, types, functions and operators are all schema-qualified
-//   (`::pg_catalog.text`, `OPERATOR(pg_catalog.=)`), so a caller cannot substitute its own.
 
 import Foundation
 
@@ -126,24 +120,15 @@ public struct TrackingSchema: Sendable {
     /// object of the columns for several.
     func changeValueExpression(_ record: String) -> String {
         if table.changeColumns.count == 1 {
-            return "\(record).\(quoteIdentifier(table.changeColumns[0]))::pg_catalog.text"
+            return "\(record).\(quoteIdentifier(table.changeColumns[0]))::text"
         }
         let pairs = table.changeColumns.map { "\(quoteLiteral($0)), \(record).\(quoteIdentifier($0))" }.joined(separator: ", ")
-        return "pg_catalog.jsonb_build_object(\(pairs))::pg_catalog.text"
-    }
-
-    /// `IS DISTINCT FROM` resolves the column type's `=` through the caller's search_path (a
-    /// hijack point in a SECURITY DEFINER function without SET search_path). Compared as text
-    /// with pg_catalog's operators instead: NULL-ness differs, or both texts differ. Equal values
-    /// with different texts (numeric 1.0 and 1.00) count as a change: a spare publish, never a
-    /// missed one.
-    private func distinct(_ column: String) -> String {
-        let c = quoteIdentifier(column)
-        return "(NEW.\(c) IS NULL) OPERATOR(pg_catalog.<>) (OLD.\(c) IS NULL) OR NEW.\(c)::pg_catalog.text OPERATOR(pg_catalog.<>) OLD.\(c)::pg_catalog.text"
+        return "jsonb_build_object(\(pairs))::text"
     }
 
     private func watchedChanged() -> String {
-        table.changeColumns.map(distinct).joined(separator: " OR ")
+        let columns = table.changeColumns.map { "NEW.\(quoteIdentifier($0)) IS DISTINCT FROM OLD.\(quoteIdentifier($0))" }
+        return columns.joined(separator: " OR ")
     }
 
     public var createFunctionSQL: String {
@@ -151,26 +136,26 @@ public struct TrackingSchema: Sendable {
         let insert = "INSERT INTO \(changesTable) (primary_key, operation, change_column_value) VALUES"
         let ops = Set(table.operations)
         var body = ""
-        body += "    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN\n"
-        body += ops.contains(.insert) ? "        \(insert) (NEW.\(pk)::pg_catalog.text, 'I', \(changeValueExpression("NEW")));\n" : "        NULL;\n"
-        body += "    ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN\n"
+        body += "    IF TG_OP = 'INSERT' THEN\n"
+        body += ops.contains(.insert) ? "        \(insert) (NEW.\(pk)::text, 'I', \(changeValueExpression("NEW")));\n" : "        NULL;\n"
+        body += "    ELSIF TG_OP = 'UPDATE' THEN\n"
         if ops.contains(.update) {
             // A changed primary key is the old key going away and the new one changing.
-            body += "        IF \(distinct(table.primaryKey)) THEN\n"
-            body += "            \(insert) (OLD.\(pk)::pg_catalog.text, 'D', \(changeValueExpression("OLD")));\n"
-            body += "            \(insert) (NEW.\(pk)::pg_catalog.text, 'U', \(changeValueExpression("NEW")));\n"
+            body += "        IF NEW.\(pk) IS DISTINCT FROM OLD.\(pk) THEN\n"
+            body += "            \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n"
+            body += "            \(insert) (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
             body += "        ELSIF \(watchedChanged()) THEN\n"
-            body += "            \(insert) (NEW.\(pk)::pg_catalog.text, 'U', \(changeValueExpression("NEW")));\n"
+            body += "            \(insert) (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
             body += "        END IF;\n"
         } else {
             body += "        NULL;\n"
         }
-        body += "    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN\n"
-        body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::pg_catalog.text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
+        body += "    ELSIF TG_OP = 'DELETE' THEN\n"
+        body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
         body += "    END IF;\n"
         return """
         CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql
-        SECURITY DEFINER AS $adp$
+        SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $adp$
         BEGIN
         \(body)    RETURN NULL;
         END
@@ -292,11 +277,9 @@ extension TrackingSchema {
                 """, [watchedTable, Self.triggerName])
             // The trigger function runs as its owner (SECURITY DEFINER), so the application's
             // own roles need no grants on the tracking table.
-            // An install made before the SET clause was dropped has the same body shape but a
-            // proconfig: CREATE OR REPLACE resets it (the trigger itself is left alone).
             let functionNow = try db.execute(
-                "SELECT p.prosrc, p.prosecdef, p.proconfig IS NULL FROM pg_proc p WHERE p.oid = to_regprocedure($1)", [function + "()"])
-            if functionNow.rows.first?[0] != functionBody || functionNow.rows.first?[1] != "t" || functionNow.rows.first?[2] != "t" {
+                "SELECT p.prosrc, p.prosecdef FROM pg_proc p WHERE p.oid = to_regprocedure($1)", [function + "()"])
+            if functionNow.rows.first?[0] != functionBody || functionNow.rows.first?[1] != "t" {
                 try db.executeScript(createFunctionSQL)
             }
             var changed = false
