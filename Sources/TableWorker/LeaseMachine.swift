@@ -5,9 +5,9 @@
 //     └───────────────────────────────(connection lost: the lock went with it)─────────────────┘
 //
 // A worker sends requests only while `leading`. `fencing` lasts `fenceSeconds` after a takeover
-// (the lease was seen held by another session) and after re-taking a lease this worker lost: the
-// previous holder may have requests in flight until its ingestor timeout, and a key's payloads
-// must not overtake each other. A worker that finds the lease free at its first try does not
+// (the lease was seen held by another session), and after re-taking a lease this worker lost until
+// `fenceSeconds` after its own last requests: the previous holder's requests may be in flight until
+// its ingestor timeout, and a key's payloads must not overtake each other. A worker that finds the lease free at its first try does not
 // wait: a single instance starts publishing at once (the one case left open, a holder that died
 // less than a timeout before this worker's first try, is documented in the README).
 
@@ -50,14 +50,19 @@ struct LeaseMachine: Equatable, Sendable {
     }
 
     /// The result of a `pg_try_advisory_lock`. Returns when to try again if not acquired.
-    mutating func tried(acquired: Bool, now: Double) -> Double? {
+    /// `lastSendAt`: when this worker last had requests going out (its own requests abandoned
+    /// with a lost session must be over before it publishes again).
+    mutating func tried(acquired: Bool, now: Double, lastSendAt: Double? = nil) -> Double? {
         guard acquired else {
             sawAnotherHolder = true
             state = .standby
             return now + retrySeconds
         }
         if sawAnotherHolder { takeovers += 1 }
-        let fence = (sawAnotherHolder || heldBefore) ? fenceSeconds : 0
+        // Another holder seen: its requests may be in flight now. Only our own lease lost: our
+        // last requests end a fence after we sent them, which may already be past.
+        let fence = sawAnotherHolder ? fenceSeconds
+            : heldBefore ? max(0, (lastSendAt ?? now) + fenceSeconds - now) : 0
         sawAnotherHolder = false
         heldBefore = true
         state = fence > 0 ? .fencing(until: now + fence, acquiredAt: now) : .leading(acquiredAt: now)

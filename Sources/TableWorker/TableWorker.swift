@@ -40,6 +40,8 @@ final class TableWorker {
     private var breaker: CircuitBreaker
     private var lease: LeaseMachine
     private var lastLeaseConfirmAt = 0.0
+    /// The last time this worker had requests going out (monotonic): see LeaseMachine's fence.
+    private var lastSendAt: Double?
     private var lastHolderLogged: String?
     /// While requests go out, the lease is confirmed at least this often.
     static let leaseConfirmSeconds = 2.0
@@ -171,7 +173,7 @@ final class TableWorker {
             return
         }
         let now = monotonicSeconds()
-        if let retryAt = lease.tried(acquired: acquired, now: now) {
+        if let retryAt = lease.tried(acquired: acquired, now: now, lastSendAt: lastSendAt) {
             let holder = (try? schema.leaseHolder(session.connection())).flatMap { $0 }.map(DatabaseSession.instance(fromApplicationName:))
             stats.leaseHolder = holder
             if lastHolderLogged != (holder ?? "?") {
@@ -301,7 +303,9 @@ final class TableWorker {
                                     backoff: Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds),
                                     deadLetterAfter: config.service.deadLetterAfterAttempts)
         var plan = DeliveryPlan(items: items, policy: policy, breaker: breaker)
+        lastSendAt = monotonicSeconds()
         let end = runner.run(&plan, requests: requests)
+        lastSendAt = monotonicSeconds()
         breaker = plan.breaker
         noteBreaker()
         copyCounters()
@@ -492,6 +496,7 @@ extension TableWorker: DeliveryHost {
 
     func tick(inFlight: Int) -> TickVerdict {
         stats.inFlight = inFlight
+        lastSendAt = monotonicSeconds()
         do {
             try checkStop()
             if monotonicSeconds() - lastStatsAt >= 1.0 {

@@ -45,9 +45,17 @@ final class LeaseMachineTests: XCTestCase {
         m.connectionLost()
         XCTAssertFalse(m.mayPublish(now: 6))
         XCTAssertEqual(m.reported, .none)
-        _ = m.tried(acquired: true, now: 10)
-        XCTAssertFalse(m.mayPublish(now: 14))
-        XCTAssertTrue(m.mayPublish(now: 15))
+        _ = m.tried(acquired: true, now: 10, lastSendAt: 9)
+        XCTAssertFalse(m.mayPublish(now: 13.9), "our own abandoned requests may still be in flight until 9 + 5")
+        XCTAssertTrue(m.mayPublish(now: 14))
+    }
+
+    func testReTakingALostLease_longAfterTheLastRequest_doesNotWaitAgain() {
+        var m = LeaseMachine(fenceSeconds: 5, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        m.connectionLost()
+        _ = m.tried(acquired: true, now: 60, lastSendAt: 20)
+        XCTAssertTrue(m.mayPublish(now: 60), "a database outage longer than the fence: no wait after it")
     }
 
     func testZeroFence_leadsAtOnce() {
