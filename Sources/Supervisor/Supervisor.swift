@@ -11,7 +11,6 @@
 
 import Foundation
 import Logging
-import NIOCore
 import Shared
 
 final class Supervisor {
@@ -48,9 +47,12 @@ final class Supervisor {
     private var lastStatusAt = 0.0
     private let startedAt = Date()
     private(set) var boundPort = 0
+    /// `service.instance_id` or the host name: resolved once (and on reload), not per snapshot.
+    private var instanceId: String
 
     init(config: PublisherConfig, workerPath: String, logger: Logger, reloadConfig: @escaping () throws -> PublisherConfig) {
         self.config = config
+        instanceId = config.resolvedInstanceId
         self.workerPath = workerPath
         self.logger = logger
         self.reloadConfig = reloadConfig
@@ -67,7 +69,7 @@ final class Supervisor {
         do {
             boundPort = try server.start(host: config.service.healthCheckAddress, port: config.service.healthCheckPort, store: store)
         } catch {
-            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
+            let reason = HealthServer.reason(error)
             logger.critical("cannot listen on \(config.service.healthCheckAddress):\(config.service.healthCheckPort) for /health and /metrics: \(reason); set service.health_check_port or stop what uses it")
             return ExitStatus.transient
         }
@@ -135,6 +137,7 @@ final class Supervisor {
             || { var a = next.service; var b = config.service; a.watchedTables = []; b.watchedTables = []; return a != b }()
         let newTables = Dictionary(next.service.watchedTables.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         config = next
+        instanceId = next.resolvedInstanceId
         let now = monotonicSeconds()
         for name in order where newTables[name] == nil {
             logger.notice("reload: table removed, stopping its worker", metadata: ["table": "\(name)"])
@@ -295,7 +298,7 @@ final class Supervisor {
     private func makeSnapshot() -> ServiceSnapshot {
         var snapshot = ServiceSnapshot()
         snapshot.startedAt = startedAt
-        snapshot.instance = config.resolvedInstanceId
+        snapshot.instance = instanceId
         snapshot.malformedLines = malformedLines + order.reduce(0) { $0 + (workers[$1]?.child?.malformedLines ?? 0) }
         snapshot.stopping = shuttingDown
         for name in order {

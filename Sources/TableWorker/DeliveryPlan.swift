@@ -115,7 +115,7 @@ struct DeliveryPlan: Sendable {
         if case .halfOpen = breaker.state, inFlight > 0 { return [] }
         let permits = breaker.permits(now: now)
         let sending = permits.map { Array(ready.prefix($0)) } ?? ready
-        if sending.isEmpty { return settleBlocked() }
+        if sending.isEmpty { return settleBlocked(unit: 0.5) }
         for index in sending {
             states[index] = .inFlight
             tries[index] += 1
@@ -152,11 +152,11 @@ struct DeliveryPlan: Sendable {
     }
 
     /// A request of the last `.send` was never started (the transport stopped launching).
-    mutating func notSent(_ index: Int, now: Double) -> [DeliveryAction] {
+    mutating func notSent(_ index: Int, now: Double, unit: Double) -> [DeliveryAction] {
         guard states[index] == .inFlight else { return [] }
         tries[index] -= 1
         states[index] = .queued(notBefore: now)
-        return breaker.waitTime(now: now) != nil ? settleBlocked() : []
+        return breaker.waitTime(now: now) != nil ? settleBlocked(unit: unit) : []
     }
 
     /// Stopping: in-flight answers will never be read. Nothing more is acknowledged; keys that
@@ -195,7 +195,7 @@ struct DeliveryPlan: Sendable {
     }
 
     /// The breaker is open: keys that failed here are rescheduled; keys never sent stay untouched.
-    private mutating func settleBlocked(unit: Double = 0.5) -> [DeliveryAction] {
+    private mutating func settleBlocked(unit: Double) -> [DeliveryAction] {
         var actions: [DeliveryAction] = []
         for index in states.indices {
             guard case .queued = states[index] else { continue }

@@ -132,7 +132,7 @@ final class DeliveryRunner {
                 // Requests that were not answered: never started, or abandoned in flight.
                 for (position, index) in indices.enumerated() where plan.states[index] == .inFlight {
                     if case .failure(let error) = results[position], error.code == HTTPClient.notSentCode {
-                        execute(plan.notSent(index, now: host.now), plan: plan)
+                        execute(plan.notSent(index, now: host.now, unit: host.randomUnit()), plan: plan)
                     }
                 }
             }

@@ -126,8 +126,8 @@ final class DeliveryPlanTests: XCTestCase {
         XCTAssertEqual(p.started(now: 0, unit: 0.5), [.send([0, 1, 2])])
         let actions = p.responded(0, .failed("HTTP 503", retryAfter: nil), now: 1, unit: 0.5)
         XCTAssertEqual(actions, [.reschedule(item: 0, error: "HTTP 503", afterSeconds: 0.75, attemptsMade: 1, permanent: false)])
-        XCTAssertEqual(p.notSent(1, now: 1), [])
-        XCTAssertEqual(p.notSent(2, now: 1), [])
+        XCTAssertEqual(p.notSent(1, now: 1, unit: 0.5), [])
+        XCTAssertEqual(p.notSent(2, now: 1, unit: 0.5), [])
         XCTAssertTrue(p.isFinished, "keys 1 and 2 wait in the tracking table, untouched")
         XCTAssertEqual(p.breaker.reported, .open)
     }

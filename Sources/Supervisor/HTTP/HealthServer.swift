@@ -59,6 +59,11 @@ final class HealthServer {
         return channel.localAddress?.port ?? port
     }
 
+    /// Why `start` failed, in words (a system call's errno as text, not NIO's error dump).
+    static func reason(_ error: any Error) -> String {
+        (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
+    }
+
     func stop() {
         try? channel?.close().wait()
         try? group.syncShutdownGracefully()
