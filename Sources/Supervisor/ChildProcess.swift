@@ -26,15 +26,16 @@ final class ChildProcess {
 
     deinit { closePipes() }
 
-    /// Spawn `path --table NAME --config-stdin --supervisor-pid PID` and write its configuration
+    /// Spawn `path --table NAME [--partition I] --config-stdin --supervisor-pid PID` and write its configuration
     /// line. The worker compares its parent with that pid (not with 1: the supervisor may itself be
     /// PID 1, as a container's entrypoint).
-    static func spawn(path: String, table: String, configLine: [UInt8], environment: [String]) throws -> ChildProcess {
+    static func spawn(path: String, table: String, partition: Int? = nil, configLine: [UInt8], environment: [String]) throws -> ChildProcess {
         let input = try Pipes.make()
         let output = try Pipes.make()
         let pid: pid_t
         do {
-            pid = try Spawn.spawn(path: path, arguments: [path, "--table", table, "--config-stdin", "--supervisor-pid", String(getpid())],
+            let share = partition.map { ["--partition", String($0)] } ?? []
+            pid = try Spawn.spawn(path: path, arguments: [path, "--table", table] + share + ["--config-stdin", "--supervisor-pid", String(getpid())],
                                   environment: environment, stdin: input.read, stdout: output.write)
         } catch {
             [input.read, input.write, output.read, output.write].forEach { close($0) }

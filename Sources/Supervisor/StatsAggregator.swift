@@ -66,7 +66,12 @@ struct TableStats: Sendable {
 /// What /health and /metrics show: built by the supervisor loop, read by the HTTP threads.
 struct ServiceSnapshot: Sendable {
     struct Table: Sendable {
+        /// The worker's name: the table's, or `table#index` for a partition.
         var name: String
+        /// The watched table's name ("": the same as `name`), and the share of it this worker publishes.
+        var table = ""
+        var partition = TablePartition.whole
+        var tableName: String { table.isEmpty ? name : table }
         var schema: String
         var state: String
         var pid: Int32?

@@ -3,7 +3,8 @@
 // each table's state machine. Only this loop spawns, signals or forgets a worker.
 //
 // Invariants:
-// - One worker process per watched table; workers never outlive the supervisor (stdin EOF and
+// - One worker process per watched table (per partition of a partitioned table: workers are
+//   keyed by `TablePartition.workerName`, `name` or `name#index`); workers never outlive the supervisor (stdin EOF and
 //   PR_SET_PDEATHSIG, set by the worker; we spawn from this one long-lived thread).
 // - Worker stats are cumulative, and folded into per-table totals when a worker exits, so
 //   /metrics never goes backwards across restarts.
@@ -16,6 +17,7 @@ import Shared
 final class Supervisor {
     private struct Worker {
         var table: WatchedTable
+        var partition: TablePartition
         var machine: WorkerStateMachine
         var child: ChildProcess?
         var stats = TableStats()
@@ -60,9 +62,9 @@ final class Supervisor {
 
     func run() -> Int32 {
         Signals.install([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
-        for table in config.service.watchedTables {
-            order.append(table.name)
-            workers[table.name] = Worker(table: table, machine: WorkerStateMachine(policy: restartPolicy))
+        for (name, table, partition) in Self.workerEntries(config) {
+            order.append(name)
+            workers[name] = Worker(table: table, partition: partition, machine: WorkerStateMachine(policy: restartPolicy))
         }
         // The first answer of /health already names every table (idle) and this instance.
         store.publish(makeSnapshot())
@@ -108,6 +110,14 @@ final class Supervisor {
         return ExitStatus.clean
     }
 
+    /// One worker per table, or per partition of a partitioned table, in configuration order.
+    static func workerEntries(_ config: PublisherConfig) -> [(name: String, table: WatchedTable, partition: TablePartition)] {
+        config.service.watchedTables.flatMap { table in
+            let shares = table.partitions > 1 ? (0..<table.partitions).map { TablePartition(index: $0, count: table.partitions) } : [.whole]
+            return shares.map { (name: $0.workerName(table: table.name), table: table, partition: $0) }
+        }
+    }
+
     private var restartPolicy: RestartPolicy {
         RestartPolicy(initialDelay: config.service.restartDelaySeconds, maxDelay: config.service.maxRestartDelaySeconds)
     }
@@ -135,33 +145,35 @@ final class Supervisor {
         }
         let globalChanged = next.database != config.database || next.ingestor != config.ingestor || next.logging != config.logging
             || { var a = next.service; var b = config.service; a.watchedTables = []; b.watchedTables = []; return a != b }()
-        let newTables = Dictionary(next.service.watchedTables.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let entries = Self.workerEntries(next)
+        let newNames = Set(entries.map(\.name))
         config = next
         instanceId = next.resolvedInstanceId
         let now = monotonicSeconds()
-        for name in order where newTables[name] == nil {
-            logger.notice("reload: table removed, stopping its worker", metadata: ["table": "\(name)"])
+        for name in order where !newNames.contains(name) {
+            logger.notice("reload: table (or partition) removed, stopping its worker", metadata: ["table": "\(name)"])
             workers[name]!.removeWhenStopped = true
             execute(name, workers[name]!.machine.stopRequested(now: now, timeout: config.service.shutdownTimeoutSeconds))
         }
-        for table in next.service.watchedTables {
-            if var existing = workers[table.name] {
+        for (name, table, partition) in entries {
+            if var existing = workers[name] {
                 let changed = globalChanged || existing.table != table
                 existing.table = table
+                existing.partition = partition
                 existing.removeWhenStopped = false
-                workers[table.name] = existing
+                workers[name] = existing
                 // Also a table removed and re-added while its worker is still stopping: start it
                 // again once stopped, or it would never run.
                 if changed || existing.machine.isSettled || existing.machine.state.name == "stopping" {
-                    logger.notice("reload: restarting worker with the new configuration", metadata: ["table": "\(table.name)"])
-                    workers[table.name]!.restartWhenStopped = true
-                    execute(table.name, workers[table.name]!.machine.stopRequested(now: now, timeout: config.service.shutdownTimeoutSeconds))
+                    logger.notice("reload: restarting worker with the new configuration", metadata: ["table": "\(name)"])
+                    workers[name]!.restartWhenStopped = true
+                    execute(name, workers[name]!.machine.stopRequested(now: now, timeout: config.service.shutdownTimeoutSeconds))
                 }
             } else {
-                logger.notice("reload: table added, starting its worker", metadata: ["table": "\(table.name)"])
-                order.append(table.name)
-                workers[table.name] = Worker(table: table, machine: WorkerStateMachine(policy: restartPolicy))
-                execute(table.name, workers[table.name]!.machine.startRequested())
+                logger.notice("reload: table (or partition) added, starting its worker", metadata: ["table": "\(name)"])
+                order.append(name)
+                workers[name] = Worker(table: table, partition: partition, machine: WorkerStateMachine(policy: restartPolicy))
+                execute(name, workers[name]!.machine.startRequested())
             }
         }
         logger.info("configuration reloaded", metadata: ["tables": "\(next.service.watchedTables.map(\.name).joined(separator: ","))"])
@@ -264,14 +276,15 @@ final class Supervisor {
     }
 
     private func spawn(_ name: String) {
-        guard workers[name] != nil else { return }
+        guard let worker = workers[name] else { return }
         let now = monotonicSeconds()
         do {
             // The worker gets its own table's slice of the configuration, nothing of the others.
             var slice = config
-            slice.service.watchedTables = config.service.watchedTables.filter { $0.name == name }
-            let line = try WorkerConfig(table: name, config: slice).encodedLine()
-            let child = try ChildProcess.spawn(path: workerPath, table: name, configLine: line, environment: Self.workerEnvironment())
+            slice.service.watchedTables = config.service.watchedTables.filter { $0.name == worker.table.name }
+            let line = try WorkerConfig(table: worker.table.name, config: slice).encodedLine()
+            let child = try ChildProcess.spawn(path: workerPath, table: worker.table.name, partition: worker.partition.isWhole ? nil : worker.partition.index,
+                                               configLine: line, environment: Self.workerEnvironment())
             workers[name]!.child = child
             workers[name]!.lastHeardAt = now
             logger.info("worker started", metadata: ["table": "\(name)", "worker_pid": "\(child.pid)"])
@@ -303,7 +316,7 @@ final class Supervisor {
         snapshot.stopping = shuttingDown
         for name in order {
             guard let w = workers[name] else { continue }
-            var table = ServiceSnapshot.Table(name: name, schema: w.table.schema, state: w.machine.state.name, pid: w.machine.pid,
+            var table = ServiceSnapshot.Table(name: name, table: w.table.name, partition: w.partition, schema: w.table.schema, state: w.machine.state.name, pid: w.machine.pid,
                                               restarts: w.machine.restarts, lastExit: w.machine.lastExit?.description,
                                               lastError: w.machine.lastError, stats: w.stats.combined)
             if case .running = w.machine.state { table.silentSeconds = monotonicSeconds() - w.lastHeardAt }

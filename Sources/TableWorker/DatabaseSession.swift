@@ -16,17 +16,18 @@ final class DatabaseSession: ChangeStore {
     /// never repeat after the tracking table is recreated (its sequence starts at 1 again).
     private(set) var epoch = "0"
 
-    init(config: PublisherConfig, table: WatchedTable, logger: Logger) {
+    init(config: PublisherConfig, schema: TrackingSchema, logger: Logger) {
         self.config = config
-        schema = TrackingSchema(table: table)
-        query = AtomicDataQuery(table.atomicDataQuery)
+        self.schema = schema
+        query = AtomicDataQuery(schema.table.atomicDataQuery)
         self.logger = logger
     }
 
     var isConnected: Bool { db?.isConnected ?? false }
 
-    /// `atomic-data-publisher/<table>@<instance>` (PostgreSQL keeps 63 bytes): the lease holder's
-    /// name, as other instances read it from pg_stat_activity.
+    /// `atomic-data-publisher/<table>@<instance>`, `<table>#<partition>` for a partition's worker
+    /// (PostgreSQL keeps 63 bytes): the lease holder's name, as other instances read it from
+    /// pg_stat_activity.
     static func applicationName(table: String, instance: String) -> String {
         String(decoding: Array("atomic-data-publisher/\(table)@\(instance)".utf8.prefix(63)), as: UTF8.self)
     }
@@ -40,7 +41,7 @@ final class DatabaseSession: ChangeStore {
     /// for a schema problem (watched table or column missing: a configuration error).
     func open() throws {
         close()
-        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: Self.applicationName(table: schema.table.name, instance: config.resolvedInstanceId)))
+        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: Self.applicationName(table: schema.partition.workerName(table: schema.table.name), instance: config.resolvedInstanceId)))
         connection.noticeHandler = { [logger] notice in logger.notice("\(notice)") }  // server NOTICEs to the log, not raw stderr
         if !setUp {
             do {

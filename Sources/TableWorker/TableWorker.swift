@@ -43,6 +43,9 @@ final class TableWorker {
     /// The last time this worker had requests going out (monotonic): see LeaseMachine's fence.
     private var lastSendAt: Double?
     private var lastHolderLogged: String?
+    /// Whether this session holds the table's generation lock (TrackingSchema+Partition).
+    private var generationHeld = false
+    private var staleIndexesChecked = false
     /// While requests go out, the lease is confirmed at least this often.
     static let leaseConfirmSeconds = 2.0
     private var random = SystemRandomNumberGenerator()
@@ -50,13 +53,16 @@ final class TableWorker {
     static let tableProblemRetrySeconds = 5.0
     static let backlogIntervalSeconds = 5.0
 
-    init(config: PublisherConfig, table: WatchedTable, supervised: Bool, logger: Logger) {
+    /// The table's name, or `name#index` for a partition's worker.
+    var workerName: String { schema.partition.workerName(table: table.name) }
+
+    init(config: PublisherConfig, table: WatchedTable, partition: TablePartition = .whole, supervised: Bool, logger: Logger) {
         self.config = config
         self.table = table
         self.supervised = supervised
         self.logger = logger
-        schema = TrackingSchema(table: table)
-        session = DatabaseSession(config: config, table: table, logger: logger)
+        schema = TrackingSchema(table: table, partition: partition)
+        session = DatabaseSession(config: config, schema: schema, logger: logger)
         reader = BatchReader(schema: schema, batchSize: config.service.batchSize)
         builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
@@ -81,7 +87,7 @@ final class TableWorker {
             try connect()
             // Stats first, so the supervisor's READY=1 and STATUS= already show the database up.
             try emitStats()
-            emit(.ready(table: table.name, pid: getpid()))
+            emit(.ready(table: workerName, pid: getpid()))
             logger.info("worker ready", metadata: ["database": "\(ConnectionParameters(config.database, applicationName: "").safeDescription)"])
             while true {
                 try checkStop()
@@ -163,22 +169,48 @@ final class TableWorker {
         }
     }
 
-    /// Try to take the table's lease; stand by (and say who leads) when another session holds it.
+    /// Try to take the table's lease; stand by (and say who leads) when another session holds it,
+    /// or while workers configured with another partition count hold the table (issue 9).
     private func takeLease() throws {
         let acquired: Bool
+        var otherGenerations: [TrackingSchema.OtherGeneration] = []
         do {
-            acquired = try schema.tryLease(session.connection())
+            let db = try session.connection()
+            if !generationHeld {
+                // Take ours first, then look: of two workers racing with different counts, at
+                // least one sees the other (TrackingSchema+Partition).
+                try schema.takeGeneration(db)
+                generationHeld = true
+                otherGenerations = try schema.otherGenerations(db)
+                if !otherGenerations.isEmpty {
+                    try schema.releaseGeneration(db)
+                    generationHeld = false
+                }
+            }
+            acquired = otherGenerations.isEmpty ? try schema.tryLease(db) : false
         } catch {
             try databaseFailed(error)
             return
         }
         let now = monotonicSeconds()
-        if let retryAt = lease.tried(acquired: acquired, now: now, lastSendAt: lastSendAt) {
-            let holder = (try? schema.leaseHolder(session.connection())).flatMap { $0 }.map(DatabaseSession.instance(fromApplicationName:))
+        if var retryAt = lease.tried(acquired: acquired, now: now, lastSendAt: lastSendAt) {
+            let holder: String?
+            let note: String
+            if !otherGenerations.isEmpty {
+                let names = Set(otherGenerations.map { DatabaseSession.instance(fromApplicationName: $0.applicationName) }).sorted()
+                let counts = Set(otherGenerations.map(\.partitions)).sorted().map(String.init).joined(separator: ", ")
+                holder = names.joined(separator: ",")
+                note = "standing by: instance(s) \(holder ?? "?") publish this table with partitions = \(counts), this instance has partitions = \(table.partitions); it takes over once they run with the same partitions or stop"
+                // Both sides of a race back off: retry at a random point of the next period.
+                retryAt = now + config.service.leaseRetrySeconds * (0.5 + randomUnit())
+            } else {
+                holder = (try? schema.leaseHolder(session.connection())).flatMap { $0 }.map(DatabaseSession.instance(fromApplicationName:))
+                note = "standing by: another instance holds the lease of this table"
+            }
             stats.leaseHolder = holder
-            if lastHolderLogged != (holder ?? "?") {
-                lastHolderLogged = holder ?? "?"
-                logger.notice("standing by: another instance holds the lease of this table", metadata: ["leader": "\(holder ?? "unknown")"])
+            if lastHolderLogged != note + (holder ?? "?") {
+                lastHolderLogged = note + (holder ?? "?")
+                logger.notice("\(note)", metadata: ["leader": "\(holder ?? "unknown")"])
             }
             try emitStats()
             try pause(max(0, retryAt - now))
@@ -189,6 +221,16 @@ final class TableWorker {
         lastLeaseConfirmAt = now
         let fence = lease.fenceRemaining(now: now) ?? 0
         logger.notice("took the lease of this table", metadata: ["fence_seconds": "\(fence)", "takeovers": "\(lease.takeovers)"])
+        if !staleIndexesChecked {
+            staleIndexesChecked = true
+            do {
+                for name in try schema.dropStalePartitionIndexes(session.connection()) {
+                    logger.notice("dropped the index of a former partition count: no worker uses it any more", metadata: ["index": "\(name)"])
+                }
+            } catch {
+                logger.warning("cannot drop the indexes of former partition counts (they cost the application's writes until dropped)", metadata: ["error": "\(error)"])
+            }
+        }
         try emitStats()
     }
 
@@ -197,6 +239,7 @@ final class TableWorker {
     private func reconnect() throws {
         if lease.isHeld { logger.warning("lost the lease of this table with the database session") }
         lease.connectionLost()
+        generationHeld = false  // it went with the session
         session.close()
         stats.database = .down
         try emitStats()
@@ -463,7 +506,7 @@ final class TableWorker {
         stats.leaseHeldSeconds = lease.heldSeconds(now: lastStatsAt)
         stats.takeovers = lease.takeovers
         if let lastPublishUnix { stats.lastPublishAt = Timestamp.iso8601(unixSeconds: lastPublishUnix) }
-        emit(.stats(table: table.name, stats: stats))
+        emit(.stats(table: workerName, stats: stats))
     }
 
     private func emit(_ message: WorkerMessage) {

@@ -18,6 +18,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "The watched table's name (service.watched_tables name).")
     var table: String
 
+    @Option(name: .long, help: "For a table with partitions = N: which partition this worker publishes (0 to N-1).")
+    var partition: Int?
+
     @Option(name: .long, help: "Read this TOML file instead of config/default.toml and config/local.toml.")
     var config: String?
 
@@ -54,10 +57,26 @@ struct WorkerCommand: ParsableCommand {
             writeAll(fd: 1, WorkerMessage.fatal(error: message).encodedLine())
             throw ExitCode(ExitStatus.config)
         }
-        LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format,
-                           metadata: ["table": "\(watched.name)", "worker_pid": "\(getpid())", "instance": "\(resolved.resolvedInstanceId)"])
+        let share: TablePartition
+        switch (partition, watched.partitions) {
+        case (nil, 1), (0, 1):
+            share = .whole
+        case (let index?, let count) where count > 1 && (0..<count).contains(index):
+            share = TablePartition(index: index, count: count)
+        default:
+            LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format)
+            let message = watched.partitions > 1
+                ? "table '\(table)' has partitions = \(watched.partitions): start one worker per partition with --partition 0 to \(watched.partitions - 1)"
+                : "table '\(table)' is not partitioned (partitions = 1): --partition must be 0 or left out"
+            Logger(label: "atomic-data-table-worker").error("\(message)")
+            writeAll(fd: 1, WorkerMessage.fatal(error: message).encodedLine())
+            throw ExitCode(ExitStatus.config)
+        }
+        var metadata: Logger.Metadata = ["table": "\(watched.name)", "worker_pid": "\(getpid())", "instance": "\(resolved.resolvedInstanceId)"]
+        if !share.isWhole { metadata["partition"] = "\(share.index)" }
+        LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format, metadata: metadata)
         let logger = Logger(label: "atomic-data-table-worker")
-        let worker = TableWorker(config: resolved, table: watched, supervised: configStdin, logger: logger)
+        let worker = TableWorker(config: resolved, table: watched, partition: share, supervised: configStdin, logger: logger)
         let status = worker.run()
         if status != 0 { throw ExitCode(status) }
     }

@@ -183,6 +183,35 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertEqual(table.operations, [.insert, .update, .delete])
     }
 
+    func testApply_partitions_defaultsToOne_parsesAnInteger_andIsBounded() throws {
+        XCTAssertEqual(try parse(Self.watchedTable()).0.service.watchedTables.first?.partitions, 1)
+        let (config, _) = try parse(Self.watchedTable("change_column = \"updated_at\"\npartitions = 4"))
+        XCTAssertEqual(config.service.watchedTables.first?.partitions, 4)
+        XCTAssertNoThrow(try ConfigLoader.validate(config))
+        let typed = parseError(Self.watchedTable("change_column = \"updated_at\"\npartitions = \"4\""))
+        XCTAssertEqual(typed.key, "service.watched_tables[0].partitions")
+        for bad in [0, -1, WatchedTable.maximumPartitions + 1] {
+            let error = try validationError { $0.service.watchedTables[0].partitions = bad }
+            XCTAssertEqual(error.key, "service.watched_tables[0].partitions", "\(bad)")
+            XCTAssertTrue(error.problem.contains("between 1 and \(WatchedTable.maximumPartitions)") && error.problem.contains("hotspots"), error.description)
+        }
+        // The worker's configuration line carries it, and an older line without it means 1.
+        var table = Self.hotspots
+        table.partitions = 3
+        let decoded = try JSONDecoder().decode(WatchedTable.self, from: JSONEncoder().encode(table))
+        XCTAssertEqual(decoded.partitions, 3)
+        let old = #"{"name":"t","changeColumns":["v"],"atomicDataQuery":"SELECT $PRIMARY_KEY","publishEndpoint":"/t"}"#
+        XCTAssertEqual(try JSONDecoder().decode(WatchedTable.self, from: Data(old.utf8)).partitions, 1)
+    }
+
+    func testTablePartition_workerNames() {
+        XCTAssertEqual(TablePartition.whole.workerName(table: "items"), "items")
+        XCTAssertEqual(TablePartition(index: 2, count: 4).workerName(table: "items"), "items#2")
+        XCTAssertEqual(TablePartition.parse(workerName: "items#2").table, "items")
+        XCTAssertEqual(TablePartition.parse(workerName: "items#2").index, 2)
+        XCTAssertNil(TablePartition.parse(workerName: "items").index)
+    }
+
     func testLoad_localToml_overridesDefaultToml() throws {
         try write(Self.designExample, to: "config/default.toml")
         try write("""

@@ -140,6 +140,7 @@ extension ConfigLoader {
 
     private static let watchedTableKeys = [
         "name", "schema", "primary_key", "change_column", "change_columns", "operations", "atomic_data_query", "publish_endpoint",
+        "partitions",
     ]
 
     private static func watchedTables(from value: TOMLValueConvertible, file: String) throws(ConfigError) -> [WatchedTable] {
@@ -218,6 +219,9 @@ extension ConfigLoader {
                 operations.append(operation)
             }
             watched.operations = operations
+        }
+        if let value = table["partitions"] {
+            watched.partitions = try int(value, file: file, key: "\(prefix).partitions")
         }
         return watched
     }

@@ -215,6 +215,10 @@ extension ConfigLoader {
                 throw fail("operations[\(position)]", "'\(operation.rawValue)' is not a trigger operation; expected insert, update or delete (run `atomic-data-publisher backfill` to enqueue existing rows)")
             }
 
+            guard (1...WatchedTable.maximumPartitions).contains(table.partitions) else {
+                throw fail("partitions", "must be between 1 and \(WatchedTable.maximumPartitions), found \(table.partitions)")
+            }
+
             guard table.atomicDataQuery.contains("$PRIMARY_KEY") else {
                 throw fail("atomic_data_query", "the query must contain $PRIMARY_KEY, which is replaced by the changed row's primary key")
             }

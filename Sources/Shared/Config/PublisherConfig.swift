@@ -141,6 +141,12 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     public var operations: [ChangeOperation] = [.insert, .update, .delete]
     public var atomicDataQuery: String
     public var publishEndpoint: String
+    /// issue 9: how many workers (each with its own lease) share this table, each publishing the
+    /// keys whose stable hash falls in its partition. 1: one worker for the whole table.
+    public var partitions = 1
+
+    /// The most partitions a table may have (an index name carries the number).
+    public static let maximumPartitions = 64
 
     public init(name: String, schema: String = "public", primaryKey: String = "id", changeColumns: [String],
                 operations: [ChangeOperation] = [.insert, .update, .delete], atomicDataQuery: String, publishEndpoint: String) {
@@ -155,6 +161,50 @@ public struct WatchedTable: Codable, Sendable, Equatable {
 
     /// "schema.name", as used in payload ids and log lines.
     public var qualifiedName: String { "\(schema).\(name)" }
+
+    private enum CodingKeys: String, CodingKey {
+        case name, schema, primaryKey, changeColumns, operations, atomicDataQuery, publishEndpoint, partitions
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        schema = try c.decodeIfPresent(String.self, forKey: .schema) ?? "public"
+        primaryKey = try c.decodeIfPresent(String.self, forKey: .primaryKey) ?? "id"
+        changeColumns = try c.decode([String].self, forKey: .changeColumns)
+        operations = try c.decodeIfPresent([ChangeOperation].self, forKey: .operations) ?? [.insert, .update, .delete]
+        atomicDataQuery = try c.decode(String.self, forKey: .atomicDataQuery)
+        publishEndpoint = try c.decode(String.self, forKey: .publishEndpoint)
+        partitions = try c.decodeIfPresent(Int.self, forKey: .partitions) ?? 1
+    }
+}
+
+/// One worker's share of a watched table: the whole table, or partition `index` of `table.partitions`.
+public struct TablePartition: Sendable, Equatable, Hashable {
+    public var index: Int
+    public var count: Int
+
+    public init(index: Int, count: Int) {
+        self.index = index
+        self.count = count
+    }
+
+    public static let whole = TablePartition(index: 0, count: 1)
+    public var isWhole: Bool { count <= 1 }
+
+    /// The name a worker goes by in logs, /health and `status`: the table's name, and for a
+    /// partitioned table `name#index` (0-based).
+    public func workerName(table: String) -> String {
+        isWhole ? table : "\(table)#\(index)"
+    }
+
+    /// Splits `table#3` into the table's name and the partition index.
+    public static func parse(workerName: String) -> (table: String, index: Int?) {
+        guard let hash = workerName.lastIndex(of: "#"), let index = Int(workerName[workerName.index(after: hash)...]) else {
+            return (workerName, nil)
+        }
+        return (String(workerName[..<hash]), index)
+    }
 }
 
 public enum LogFormat: String, Codable, Sendable, CaseIterable {

@@ -13,13 +13,19 @@
 //   (README, "Running several hosts").
 
 extension TrackingSchema {
-    /// The session-level advisory lock key of this table's lease.
+    /// The session-level advisory lock key of this table's lease; a partition's lease adds
+    /// `#<index>/<count>` to the text (issue 9).
     public var leaseKey: Int64 {
+        let suffix = partition.isWhole ? "" : "#\(partition.index)/\(partition.count)"
+        return Int64(bitPattern: Self.fnv1a("atomic-data-publisher:lease:\(table.qualifiedName)\(suffix)"))
+    }
+
+    static func fnv1a(_ text: String) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in "atomic-data-publisher:lease:\(table.qualifiedName)".utf8 {
+        for byte in text.utf8 {
             hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
         }
-        return Int64(bitPattern: hash)
+        return hash
     }
 
     /// How `pg_locks` shows the key: classid (high 32 bits) and objid (low 32 bits), objsubid 1.
@@ -51,12 +57,18 @@ extension TrackingSchema {
 
     /// For print-sql: how to see who leads this table.
     public var leaseCommentSQL: String {
+        if table.partitions > 1 && partition.isWhole {
+            return (0..<table.partitions).map {
+                TrackingSchema(table: table, partition: TablePartition(index: $0, count: table.partitions)).leaseCommentSQL
+            }.joined(separator: "\n") + "\n" + generationCommentSQL
+        }
         let tag = leaseLockTag
+        let what = partition.isWhole ? table.qualifiedName : "partition \(partition.index) of \(partition.count) of \(table.qualifiedName) (keys with \(partitionExpression("")) = \(partition.index))"
         return """
-        -- Lease: a worker publishes \(table.qualifiedName) only while its session holds
+        -- Lease: a worker publishes \(what) only while its session holds
         -- pg_advisory_lock(\(leaseKey)) (pg_locks: locktype 'advisory', classid \(tag.classid), objid \(tag.objid), objsubid 1).
         -- Who leads: SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
         --            WHERE l.locktype = 'advisory' AND l.granted AND l.classid = \(tag.classid) AND l.objid = \(tag.objid);
-        """
+        """ + (table.partitions > 1 ? "" : "\n" + generationCommentSQL)
     }
 }

@@ -22,7 +22,7 @@ extension TrackingSchema {
         """
         SELECT \(Self.rowColumns)
         FROM \(changesTable) c
-        WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())
+        WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())\(partitionFilter("c."))
           AND NOT EXISTS (SELECT 1 FROM \(changesTable) b
                           WHERE b.primary_key = c.primary_key AND b.next_attempt_at > clock_timestamp() AND b.id < c.id)
         ORDER BY c.id
@@ -32,7 +32,7 @@ extension TrackingSchema {
 
     /// Whether any row is due now (an index probe: the primary key, then the retry index).
     public var anyDueSQL: String {
-        "SELECT EXISTS (SELECT 1 FROM \(changesTable) c WHERE c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())"
+        "SELECT EXISTS (SELECT 1 FROM \(changesTable) c WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())\(partitionFilter("c.")))"
     }
 
     /// Up to `limit` due rows, oldest first.
@@ -105,21 +105,23 @@ extension TrackingSchema {
 
     /// The backlog gauge, bounded whatever the backlog: counts stop at `exactBacklogLimit` (then
     /// the planner's estimate from pg_class is reported), and the oldest change is the first row
-    /// by id (the primary key index), not a scan for min(changed_at).
+    /// by id (the primary key index), not a scan for min(changed_at). A partition's worker counts
+    /// its own partition (its index), and its share of the estimate.
     public var backlogSQL: String {
         let limit = Self.exactBacklogLimit
+        let filter = partitionFilter("", first: true)
         func count(_ table: String) -> String {
             """
             (SELECT CASE WHEN n <= \(limit) THEN n
-                         ELSE greatest(n, (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(\(quoteLiteral(table))))) END
-             FROM (SELECT count(*) AS n FROM (SELECT 1 FROM \(table) LIMIT \(limit + 1)) s) c)
+                         ELSE greatest(n, (SELECT reltuples::bigint / \(partition.count) FROM pg_class WHERE oid = to_regclass(\(quoteLiteral(table))))) END
+             FROM (SELECT count(*) AS n FROM (SELECT 1 FROM \(table)\(filter) LIMIT \(limit + 1)) s) c)
             """
         }
         return """
             SELECT \(count(changesTable)),
-                   coalesce((SELECT extract(epoch FROM clock_timestamp() - changed_at) FROM \(changesTable) ORDER BY id LIMIT 1), 0)::float8,
+                   coalesce((SELECT extract(epoch FROM clock_timestamp() - changed_at) FROM \(changesTable)\(filter) ORDER BY id LIMIT 1), 0)::float8,
                    \(count(failedTable)),
-                   coalesce((SELECT extract(epoch FROM clock_timestamp() - failed_at) FROM \(failedTable) ORDER BY id LIMIT 1), 0)::float8,
+                   coalesce((SELECT extract(epoch FROM clock_timestamp() - failed_at) FROM \(failedTable)\(filter) ORDER BY id LIMIT 1), 0)::float8,
                    EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)
             """
     }

@@ -15,8 +15,14 @@ import Foundation
 
 public struct TrackingSchema: Sendable {
     public let table: WatchedTable
+    /// The share of the table this schema's queue statements read (issue 9): the whole table, or
+    /// one partition. Setup and DDL are the same for every partition.
+    public let partition: TablePartition
 
-    public init(table: WatchedTable) { self.table = table }
+    public init(table: WatchedTable, partition: TablePartition = .whole) {
+        self.table = table
+        self.partition = partition
+    }
 
     public var schemaIdent: String { quoteIdentifier(table.schema) }
     public var watchedTable: String { "\(schemaIdent).\(quoteIdentifier(table.name))" }
@@ -189,6 +195,7 @@ public struct TrackingSchema: Sendable {
         BEGIN;
         SELECT pg_advisory_xact_lock(\(advisoryLockKey));
         \(createTablesSQL)
+        \(createPartitionIndexSQL)
         \(createFunctionSQL)
         DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
         \(createTriggerSQL)
@@ -270,6 +277,7 @@ extension TrackingSchema {
             if existing[0, 0] != "t" {
                 try db.executeScript(createTablesSQL)
             }
+            try installPartitionIndex(on: db)
             let current = try db.execute("""
                 SELECT p.prosrc, pg_get_triggerdef(t.oid)
                 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid

@@ -3,6 +3,22 @@
 import Foundation
 import Shared
 
+extension ServiceSnapshot.Table {
+    /// Prometheus labels: `table`, and `partition` for a partition's worker.
+    var labels: String {
+        let table = "table=\"\(ServiceSnapshot.escapeLabel(tableName))\""
+        return partition.isWhole ? table : table + ",partition=\"\(partition.index)\""
+    }
+
+    /// A partition's entry in /health and /metrics (keyed `table#index`) names its table and share.
+    func addPartition(to entry: inout [String: Any]) {
+        guard !partition.isWhole else { return }
+        entry["table"] = tableName
+        entry["partition"] = partition.index
+        entry["partitions"] = partition.count
+    }
+}
+
 extension ServiceSnapshot {
     private func json(_ object: Any) -> String {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return "{}" }
@@ -24,6 +40,7 @@ extension ServiceSnapshot {
             if let p = t.stats.tableProblem { entry["problem"] = p }
             entry["lease"] = t.stats.lease.rawValue
             if let holder = t.stats.leaseHolder { entry["leader"] = holder }
+            t.addPartition(to: &entry)
             if t.stalled {
                 // The worker's figures are as old as its last report: say so, never a stale "0".
                 entry["stalled"] = true
@@ -104,6 +121,7 @@ extension ServiceSnapshot {
             entry["lease_held_seconds"] = t.stats.leaseHeldSeconds
             entry["takeovers"] = t.stats.takeovers
             if let p = t.stats.tableProblem { entry["problem"] = p }
+            t.addPartition(to: &entry)
             perTable[t.name] = entry
         }
         var totalsObject = counters(totals)
@@ -123,7 +141,7 @@ extension ServiceSnapshot {
             }
         }
         func perTable(_ value: (Table) -> Double) -> [(labels: String, value: Double)] {
-            tables.map { ("{table=\"\(Self.escapeLabel($0.name))\"}", value($0)) }
+            tables.map { ("{\($0.labels)}", value($0)) }
         }
         family("changes_processed_total", "counter", "Tracking rows read and processed.", perTable { Double($0.stats.changesProcessed) })
         family("changes_published_total", "counter", "Tracking rows acknowledged by the ingestor.", perTable { Double($0.stats.changesPublished) })
@@ -158,7 +176,7 @@ extension ServiceSnapshot {
             out += "# HELP atomic_data_publisher_\(name) \(help)\n# TYPE atomic_data_publisher_\(name) summary\n"
             for t in tables {
                 let l = t.stats[keyPath: path]
-                let label = "table=\"\(Self.escapeLabel(t.name))\""
+                let label = t.labels
                 out += "atomic_data_publisher_\(name)_sum{\(label)} \(Self.format(l.sumSeconds))\n"
                 out += "atomic_data_publisher_\(name)_count{\(label)} \(l.count)\n"
             }

@@ -103,6 +103,7 @@ enum ConfigFile {
             set("operations", "[" + table.operations.map { string($0.rawValue) }.joined(separator: ", ") + "]")
             set("atomic_data_query", string(table.atomicDataQuery))
             set("publish_endpoint", string(table.publishEndpoint))
+            if table.partitions != 1 { set("partitions", String(table.partitions)) }
         }
 
         section("logging")
