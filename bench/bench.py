@@ -103,14 +103,14 @@ INSERT INTO {t} (id) SELECT g FROM generate_series(1, {rows}) g;
 QUERY = "SELECT id, counter, payload, updated_at FROM {t} WHERE id = $PRIMARY_KEY"
 
 
-def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None):
+def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None, partitions=1):
     service = service or {}
     lines = ["[database]", 'host = "127.0.0.1"', f"port = {pg.port}", 'username = "postgres"', f'database_name = "{db}"',
              "[ingestor]", f'base_url = "http://127.0.0.1:{ingestor_port}"', "[service]"]
     lines += [f"{k} = {v}" for k, v in service.items()]
     for t in tables:
         lines += ["[[service.watched_tables]]", f'name = "{t}"', 'change_column = "counter"',
-                  f'atomic_data_query = "{QUERY.format(t=t)}"', f'publish_endpoint = "/{t}"']
+                  f'atomic_data_query = "{QUERY.format(t=t)}"', f'publish_endpoint = "/{t}"', f"partitions = {partitions}"]
     lines += ["[logging]", 'level = "warning"']
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -286,14 +286,15 @@ http {{
     def backlog(self, db, table):
         return self.fast.sql(db, f"SELECT count(*) FROM {table}")[0][0]
 
-    def drain_ours(self, label, n, service, commit, measure_rss=False):
-        cfg = publisher_config(os.path.join(self.work, f"drain-{label}.toml"), self.fast, "adp", self.nginx_port, service=service)
+    def drain_ours(self, label, n, service, commit, measure_rss=False, partitions=1):
+        cfg = publisher_config(os.path.join(self.work, f"drain-{label}.toml"), self.fast, "adp", self.nginx_port, service=service,
+                               partitions=partitions)
         commit()
         assert self.backlog("adp", "items_changes") >= n * 0.99, "backlog not committed"
         off = self.log_offset()
         pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
         try:
-            worker = pub.workers(1)[0]
+            worker = pub.workers(partitions)[0]
             if measure_rss:
                 time.sleep(0.2)
             wait_for(lambda: self.backlog("adp", "items_changes") == 0, 300, step=0.1, what=f"drain {label}")
@@ -487,12 +488,14 @@ pidfile = {self.work}/pgqd.pid
 
         # Our service and the peer, alternated per repetition so both see the same machine.
         self.start_pgqd()
-        drains = {k: [] for k in ("def", "tuned", "over", "peer", "peer_over")}
+        drains = {k: [] for k in ("def", "part4", "tuned", "over", "peer", "peer_over")}
         mem = {}
         log(f"drains: {n:,} distinct keys (defaults; batch 5000 / 16 in flight), {a.changes} changes over {a.over_keys} keys; same for the PgQ peer")
         for rep in range(reps):
             r = self.drain_ours("defaults", n, {}, lambda: self.commit_distinct("adp", n))
             drains["def"].append(r)
+            r = self.drain_ours("partitions4", n, {}, lambda: self.commit_distinct("adp", n), partitions=4)
+            drains["part4"].append(r)
             r = self.drain_peer("distinct", n, lambda: self.commit_distinct("peer", n))
             drains["peer"].append(r)
             r = self.drain_ours("tuned", n, {"batch_size": 5000, "max_concurrent_publishes": 16},
@@ -507,11 +510,18 @@ pidfile = {self.work}/pgqd.pid
         fmt = lambda rs: "/".join(f"{r[0]:.0f}" for r in rs)
         self.add("drain", f"{n:,} distinct keys, defaults (batch 100, 5 in flight)", statistics.median(r[0] for r in drains["def"]),
                  peer, self.limit, "changes/s", note=f"runs {fmt(drains['def'])}; peer {fmt(drains['peer'])}")
+        part1 = statistics.median(r[0] for r in drains["def"])
+        self.add("drain", f"{n:,} distinct keys, defaults, partitions = 4 (4 workers)", statistics.median(r[0] for r in drains["part4"]),
+                 part1, self.limit, "changes/s", note=f"runs {fmt(drains['part4'])}; peer column: the same drain with partitions = 1")
         self.add("drain", f"{n:,} distinct keys, batch 5000, 16 in flight", statistics.median(r[0] for r in drains["tuned"]),
                  peer, self.limit, "changes/s", note=f"runs {fmt(drains['tuned'])}")
         self.add("drain", f"{a.changes:,} changes over {a.over_keys} keys, defaults", statistics.median(r[0] for r in drains["over"]),
                  peer_over, self.limit, "changes/s",
                  note=f"requests {'/'.join(str(r[1]) for r in drains['over'])} (ideal {a.over_keys}), peer {a.changes}")
+
+        if a.drains_only:
+            self.print_table()
+            return
 
         # Memory: idle, then after a large drain at batch 5000.
         log("memory: supervisor and worker idle, then after a large drain (batch 5000, 16 in flight)")
@@ -598,6 +608,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", required=True)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--drains-only", action="store_true")
     a = ap.parse_args()
     a.keys = 100_000                            # rows in the watched table
     a.distinct = 50_000                         # distinct-key drain
