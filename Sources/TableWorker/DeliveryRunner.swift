@@ -84,6 +84,9 @@ final class DeliveryRunner {
     private var ackBuffer: [Int64] = []
     private(set) var counters = Counters()
     private(set) var inFlight = 0
+    /// Whether the last `run` gave up on requests already sent (a stop or a lost lease mid-wave):
+    /// the ingestor may still be working on them, so the lease may not be handed over cleanly.
+    private(set) var abandonedInFlight = false
     private var lost: PostgresError?
 
     init(transport: IngestTransport, store: ChangeStore, host: DeliveryHost, maxConcurrent: Int, ackGroupSize: Int = 32) {
@@ -98,6 +101,7 @@ final class DeliveryRunner {
     /// the database is lost. Returns the plan (with its breaker) and how it ended.
     func run(_ plan: inout DeliveryPlan, requests: [HTTPRequest]) -> DeliveryEnd {
         lost = nil
+        abandonedInFlight = false
         var stop = false
         var actions = plan.started(now: host.now, unit: host.randomUnit())
         while true {
@@ -116,6 +120,7 @@ final class DeliveryRunner {
                     case .stop: stop = true
                     case .leaseLost: lost = PostgresError(kind: .connection, sqlState: nil, message: "the table's lease could not be confirmed")
                     }
+                    if (stop || lost != nil) && inFlight > 0 { abandonedInFlight = true }
                     return stop || lost != nil
                 }, onComplete: { [self] position, response in
                     answered += 1

@@ -9,7 +9,9 @@
 // `fenceSeconds` after its own last requests: the previous holder's requests may be in flight until
 // its ingestor timeout, and a key's payloads must not overtake each other. A worker that finds the lease free at its first try does not
 // wait: a single instance starts publishing at once (the one case left open, a holder that died
-// less than a timeout before this worker's first try, is documented in the README).
+// less than a timeout before this worker's first try, is documented in the README). A takeover
+// after a clean handoff (the previous holder stopped with nothing in flight and said so with its
+// handoff lock, see TableWorker.handOver) does not wait either.
 
 import Shared
 
@@ -52,7 +54,8 @@ struct LeaseMachine: Equatable, Sendable {
     /// The result of a `pg_try_advisory_lock`. Returns when to try again if not acquired.
     /// `lastSendAt`: when this worker last had requests going out (its own requests abandoned
     /// with a lost session must be over before it publishes again).
-    mutating func tried(acquired: Bool, now: Double, lastSendAt: Double? = nil) -> Double? {
+    /// `cleanHandoff`: the previous holder let the lease go with no request in flight.
+    mutating func tried(acquired: Bool, now: Double, lastSendAt: Double? = nil, cleanHandoff: Bool = false) -> Double? {
         guard acquired else {
             sawAnotherHolder = true
             state = .standby
@@ -61,8 +64,8 @@ struct LeaseMachine: Equatable, Sendable {
         if sawAnotherHolder { takeovers += 1 }
         // Another holder seen: its requests may be in flight now. Only our own lease lost: our
         // last requests end a fence after we sent them, which may already be past.
-        let fence = sawAnotherHolder ? fenceSeconds
-            : heldBefore ? max(0, (lastSendAt ?? now) + fenceSeconds - now) : 0
+        let ownFence = heldBefore ? max(0, (lastSendAt ?? now) + fenceSeconds - now) : 0
+        let fence = sawAnotherHolder && !cleanHandoff ? fenceSeconds : ownFence
         sawAnotherHolder = false
         heldBefore = true
         state = fence > 0 ? .fencing(until: now + fence, acquiredAt: now) : .leading(acquiredAt: now)
@@ -93,6 +96,11 @@ struct LeaseMachine: Equatable, Sendable {
         case .fencing(_, let at), .leading(let at): now - at
         default: 0
         }
+    }
+
+    /// This worker let the lease go (handed it over): it holds nothing now.
+    mutating func released() {
+        state = .none
     }
 
     /// The session ended: the lock went with it.

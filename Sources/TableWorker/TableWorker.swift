@@ -124,6 +124,7 @@ final class TableWorker {
                 }
             }
         } catch Stop.requested {
+            handOver()
             try? emitStats()
             logger.info("worker stopped")
             return ExitStatus.clean
@@ -192,8 +193,9 @@ final class TableWorker {
             try databaseFailed(error)
             return
         }
+        let clean = acquired && lease.reported != .none && awaitCleanHandoff()
         let now = monotonicSeconds()
-        if var retryAt = lease.tried(acquired: acquired, now: now, lastSendAt: lastSendAt) {
+        if var retryAt = lease.tried(acquired: acquired, now: now, lastSendAt: lastSendAt, cleanHandoff: clean) {
             let holder: String?
             let note: String
             if !otherGenerations.isEmpty {
@@ -220,7 +222,7 @@ final class TableWorker {
         stats.leaseHolder = config.resolvedInstanceId
         lastLeaseConfirmAt = now
         let fence = lease.fenceRemaining(now: now) ?? 0
-        logger.notice("took the lease of this table", metadata: ["fence_seconds": "\(fence)", "takeovers": "\(lease.takeovers)"])
+        logger.notice("took the lease of this table", metadata: ["fence_seconds": "\(fence)", "takeovers": "\(lease.takeovers)", "clean_handoff": "\(clean)"])
         if !staleIndexesChecked {
             staleIndexesChecked = true
             do {
@@ -232,6 +234,46 @@ final class TableWorker {
             }
         }
         try emitStats()
+    }
+
+    /// Just took the lease from a standby position: did the previous holder hand it over cleanly
+    /// (its handoff lock is held: it let the lease go with nothing in flight)? Then wait for that
+    /// lock to go (the holder lets it go once it sees us hold the lease), so a later successor of
+    /// ours never mistakes our own requests for a clean handoff. False: fence as usual.
+    private func awaitCleanHandoff() -> Bool {
+        guard let db = try? session.connection(), (try? schema.heldByAnotherSession(db, key: schema.handoffKey)) == true else { return false }
+        let deadline = monotonicSeconds() + 5
+        while monotonicSeconds() < deadline {
+            guard let held = try? schema.heldByAnotherSession(db, key: schema.handoffKey) else { return false }
+            if !held { return true }
+            _ = Poll.wait(readable: [], timeout: 0.05)
+        }
+        return false
+    }
+
+    /// Stopping with the lease and nothing in flight: hand it over, so a standby elsewhere
+    /// takes over without waiting the fence. Hold the handoff lock, let the lease go, and keep
+    /// the handoff lock until another session holds the lease (or a few seconds pass).
+    private func handOver() {
+        guard lease.reported == .leader, !runner.abandonedInFlight, let db = try? session.connection() else { return }
+        do {
+            guard try schema.holdHandoff(db) else { return }
+            try schema.releaseLease(db)
+            lease.released()
+            let deadline = monotonicSeconds() + min(config.service.leaseRetrySeconds + 1, max(0.5, config.service.shutdownTimeoutSeconds / 2))
+            var taken = false
+            while monotonicSeconds() < deadline {
+                if try schema.heldByAnotherSession(db, key: schema.leaseKey) { taken = true; break }
+                _ = Poll.wait(readable: [], timeout: 0.05)
+            }
+            try schema.releaseHandoff(db)
+            if taken {
+                let holder = (try? schema.leaseHolder(db)).flatMap { $0 }.map(DatabaseSession.instance(fromApplicationName:))
+                logger.notice("handed the lease of this table over", metadata: ["leader": "\(holder ?? "unknown")"])
+            }
+        } catch {
+            logger.debug("could not hand the lease over: \(error)")
+        }
     }
 
     /// The connection is gone: connect again, then write what the last round still owes

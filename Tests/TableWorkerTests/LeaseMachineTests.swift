@@ -21,6 +21,32 @@ final class LeaseMachineTests: XCTestCase {
         XCTAssertEqual(m.heldSeconds(now: 130), 30)
     }
 
+    func testTakeoverAfterACleanHandoff_leadsAtOnce_butStillCountsAsATakeover() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = m.tried(acquired: false, now: 90)
+        XCTAssertNil(m.tried(acquired: true, now: 100, cleanHandoff: true))
+        XCTAssertTrue(m.mayPublish(now: 100), "the previous holder let the lease go with nothing in flight")
+        XCTAssertEqual(m.takeovers, 1)
+    }
+
+    func testCleanHandoff_afterLosingOurOwnLease_stillWaitsForOurOwnRequests() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        m.connectionLost()  // our requests sent at 50 were abandoned with the session
+        _ = m.tried(acquired: false, now: 55, lastSendAt: 50)
+        XCTAssertNil(m.tried(acquired: true, now: 56, lastSendAt: 50, cleanHandoff: true))
+        XCTAssertFalse(m.mayPublish(now: 61.9), "our own abandoned requests end a fence after we sent them")
+        XCTAssertTrue(m.mayPublish(now: 62))
+    }
+
+    func testReleased_holdsNothing() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        m.released()
+        XCTAssertFalse(m.isHeld)
+        XCTAssertEqual(m.reported, .none)
+    }
+
     func testNotAcquired_standsByAndRetries() {
         var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
         XCTAssertEqual(m.tried(acquired: false, now: 5), 7)

@@ -50,6 +50,36 @@ extension TrackingSchema {
         return r.rows.first?[0] ?? nil
     }
 
+    /// The handoff marker (a session lock in its own key space): held by a worker that let its
+    /// lease go with nothing in flight, until its successor holds the lease.
+    public var handoffKey: Int64 {
+        let suffix = partition.isWhole ? "" : "#\(partition.index)/\(partition.count)"
+        return Int64(bitPattern: Self.fnv1a("atomic-data-publisher:handoff:\(table.qualifiedName)\(suffix)"))
+    }
+
+    /// Let the lease go (this session holds it once).
+    public func releaseLease(_ db: PostgresConnection) throws(PostgresError) {
+        try db.execute("SELECT pg_advisory_unlock($1::bigint)", [String(leaseKey)])
+    }
+
+    public func holdHandoff(_ db: PostgresConnection) throws(PostgresError) -> Bool {
+        try db.execute("SELECT pg_try_advisory_lock($1::bigint)", [String(handoffKey)])[0, 0] == "t"
+    }
+
+    public func releaseHandoff(_ db: PostgresConnection) throws(PostgresError) {
+        try db.execute("SELECT pg_advisory_unlock($1::bigint)", [String(handoffKey)])
+    }
+
+    /// Whether another session holds the session lock `key` (pg_locks, objsubid 1).
+    public func heldByAnotherSession(_ db: PostgresConnection, key: Int64) throws(PostgresError) -> Bool {
+        let bits = UInt64(bitPattern: key)
+        return try db.execute("""
+            SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                           AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND pid <> pg_backend_pid()
+                           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+            """, [String(UInt32(truncatingIfNeeded: bits >> 32)), String(UInt32(truncatingIfNeeded: bits))])[0, 0] == "t"
+    }
+
     /// One round trip on the session: succeeds only while the session (and so the lease) lives.
     public func confirmLease(_ db: PostgresConnection) throws(PostgresError) {
         try db.execute("SELECT 1")
