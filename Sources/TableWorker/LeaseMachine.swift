@@ -98,9 +98,20 @@ struct LeaseMachine: Equatable, Sendable {
         }
     }
 
-    /// This worker let the lease go (handed it over): it holds nothing now.
+    /// This worker let the lease go (handed it over) with nothing in flight: it holds nothing now,
+    /// and none of its own requests can be pending when it takes a lease again.
     mutating func released() {
         state = .none
+        heldBefore = false
+    }
+
+    /// This worker let the lease go to another instance (spreading partitions): it stands by, and
+    /// since another session may hold the lease in between, taking it again fences like a
+    /// takeover (unless handed over cleanly).
+    mutating func yielded() {
+        released()
+        sawAnotherHolder = true
+        state = .standby
     }
 
     /// The session ended: the lock went with it.

@@ -46,6 +46,11 @@ final class TableWorker {
     /// Whether this session holds the table's generation lock (TrackingSchema+Partition).
     private var generationHeld = false
     private var staleIndexesChecked = false
+    /// Partitioned tables: when to look next at how the partitions spread across instances, and
+    /// after letting one go, until when not to try for it again (so the other instance takes it).
+    private var nextBalanceAt = 0.0
+    private var leaseCooldownUntil = 0.0
+    static let balanceIntervalSeconds = 10.0
     /// While requests go out, the lease is confirmed at least this often.
     static let leaseConfirmSeconds = 2.0
     private var random = SystemRandomNumberGenerator()
@@ -97,8 +102,16 @@ final class TableWorker {
                     continue
                 }
                 if !lease.isHeld {
+                    if monotonicSeconds() < leaseCooldownUntil {
+                        try pause(leaseCooldownUntil - monotonicSeconds())
+                        continue
+                    }
                     try takeLease()
                     continue
+                }
+                if table.partitions > 1, lease.reported == .leader, monotonicSeconds() >= nextBalanceAt {
+                    nextBalanceAt = monotonicSeconds() + Self.balanceIntervalSeconds
+                    if yieldToSpreadPartitions() { continue }
                 }
                 if !lease.mayPublish(now: monotonicSeconds()) {
                     try pause(min(lease.fenceRemaining(now: monotonicSeconds()) ?? 0, 1.0))
@@ -251,13 +264,29 @@ final class TableWorker {
         return false
     }
 
+    /// Partitions spread across instances: when this instance leads two more of the table's
+    /// partitions than another instance standing by for ours, and ours is our highest, hand it
+    /// over (PartitionPicture.shouldYield). Returns true when the lease was let go.
+    private func yieldToSpreadPartitions() -> Bool {
+        guard let db = try? session.connection(), let picture = try? schema.partitionPicture(db),
+              picture.shouldYield(instance: config.resolvedInstanceId, partition: schema.partition.index) else { return false }
+        logger.notice("letting this partition go to spread the table's partitions across instances",
+                      metadata: ["leaders": "\(picture.leaders.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))"])
+        guard handOver() else { return false }
+        lease.yielded()
+        leaseCooldownUntil = monotonicSeconds() + max(5, 2 * config.service.leaseRetrySeconds)
+        try? emitStats()
+        return true
+    }
+
     /// Stopping with the lease and nothing in flight: hand it over, so a standby elsewhere
     /// takes over without waiting the fence. Hold the handoff lock, let the lease go, and keep
     /// the handoff lock until another session holds the lease (or a few seconds pass).
-    private func handOver() {
-        guard lease.reported == .leader, !runner.abandonedInFlight, let db = try? session.connection() else { return }
+    @discardableResult
+    private func handOver() -> Bool {
+        guard lease.reported == .leader, !runner.abandonedInFlight, let db = try? session.connection() else { return false }
         do {
-            guard try schema.holdHandoff(db) else { return }
+            guard try schema.holdHandoff(db) else { return false }
             try schema.releaseLease(db)
             lease.released()
             let deadline = monotonicSeconds() + min(config.service.leaseRetrySeconds + 1, max(0.5, config.service.shutdownTimeoutSeconds / 2))
@@ -271,8 +300,10 @@ final class TableWorker {
                 let holder = (try? schema.leaseHolder(db)).flatMap { $0 }.map(DatabaseSession.instance(fromApplicationName:))
                 logger.notice("handed the lease of this table over", metadata: ["leader": "\(holder ?? "unknown")"])
             }
+            return true
         } catch {
             logger.debug("could not hand the lease over: \(error)")
+            return !lease.isHeld
         }
     }
 

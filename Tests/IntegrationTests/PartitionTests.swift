@@ -62,6 +62,15 @@ extension DeliveryReliabilityTests {
             seen = (try self.leases(a), try self.leases(b))
             return partitions.allSatisfy { p in Set([seen.0[p], seen.1[p]]) == ["leader", "standby"] }
         }
+        // Whoever started first took every lease; the partitions then spread, two each (clean
+        // handoffs, one partition at a time, checked every 10 s).
+        let spreadStarted = Date()
+        try waitUntil(timeout: 60, "the partitions spread two and two across the instances (last seen: \(seen))") {
+            seen = (try self.leases(a), try self.leases(b))
+            let balanced = seen.0.values.filter { $0 == "leader" }.count == 2 && seen.1.values.filter { $0 == "leader" }.count == 2
+            return balanced && partitions.allSatisfy { p in Set([seen.0[p], seen.1[p]]) == ["leader", "standby"] }
+        }
+        print("partitions spread two and two across two instances \(String(format: "%.1f", Date().timeIntervalSince(spreadStarted))) s after both stood")
         for s in [a, b] {
             let (status, body) = try s.health()
             XCTAssertEqual(status, 200, "a standby partition is healthy: \(body)")

@@ -47,6 +47,20 @@ final class LeaseMachineTests: XCTestCase {
         XCTAssertEqual(m.reported, .none)
     }
 
+    func testYielded_standsBy_andTakingItAgainFencesUnlessHandedOverCleanly() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        m.yielded()
+        XCTAssertEqual(m.reported, .standby)
+        XCTAssertNil(m.tried(acquired: true, now: 20))
+        XCTAssertFalse(m.mayPublish(now: 31.9), "another instance may have led in between")
+        var n = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = n.tried(acquired: true, now: 0)
+        n.yielded()
+        XCTAssertNil(n.tried(acquired: true, now: 20, cleanHandoff: true))
+        XCTAssertTrue(n.mayPublish(now: 20))
+    }
+
     func testNotAcquired_standsByAndRetries() {
         var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
         XCTAssertEqual(m.tried(acquired: false, now: 5), 7)
@@ -88,5 +102,43 @@ final class LeaseMachineTests: XCTestCase {
         var m = LeaseMachine(fenceSeconds: 0, retrySeconds: 2)
         _ = m.tried(acquired: true, now: 0)
         XCTAssertTrue(m.mayPublish(now: 0))
+    }
+}
+
+import Shared
+
+final class PartitionPictureTests: XCTestCase {
+    private func picture(_ leaders: [Int: String], standby: [(String, Int)]) -> PartitionPicture {
+        var workers = leaders.map { PartitionPicture.PartitionWorker(instance: $0.value, partition: $0.key) }
+        workers += standby.map { PartitionPicture.PartitionWorker(instance: $0.0, partition: $0.1) }
+        return PartitionPicture(leaders: leaders, workers: workers)
+    }
+
+    func testOneInstanceLeadingAllFour_letsItsHighestGo_toAnIdleInstanceStandingByForIt() {
+        let p = picture([0: "a", 1: "a", 2: "a", 3: "a"], standby: [("b", 0), ("b", 1), ("b", 2), ("b", 3)])
+        XCTAssertTrue(p.shouldYield(instance: "a", partition: 3))
+        XCTAssertFalse(p.shouldYield(instance: "a", partition: 2), "one partition at a time: the highest")
+        XCTAssertFalse(p.shouldYield(instance: "b", partition: 3), "b leads nothing")
+    }
+
+    func testSettles_whenTheGapIsAtMostOne() {
+        let three = picture([0: "a", 1: "a", 2: "a", 3: "b"], standby: [("b", 0), ("b", 1), ("b", 2), ("a", 3)])
+        XCTAssertTrue(three.shouldYield(instance: "a", partition: 2), "3 against 1")
+        let even = picture([0: "a", 1: "a", 2: "b", 3: "b"], standby: [("b", 0), ("b", 1), ("a", 2), ("a", 3)])
+        XCTAssertFalse(even.shouldYield(instance: "a", partition: 1))
+        XCTAssertFalse(even.shouldYield(instance: "b", partition: 3))
+        let odd = picture([0: "a", 1: "a", 2: "b"], standby: [("b", 0), ("b", 1), ("a", 2)])
+        XCTAssertFalse(odd.shouldYield(instance: "a", partition: 1), "2 against 1: moving one would only swap the roles")
+    }
+
+    func testNoYield_withoutAStandbyForThatPartition() {
+        let p = picture([0: "a", 1: "a", 2: "a", 3: "a"], standby: [("b", 0)])
+        XCTAssertFalse(p.shouldYield(instance: "a", partition: 3), "nobody could take partition 3")
+    }
+
+    func testApplicationNames() {
+        XCTAssertEqual(PartitionPicture.parse(applicationName: "atomic-data-publisher/items#12@host-a")?.partition, 12)
+        XCTAssertEqual(PartitionPicture.parse(applicationName: "atomic-data-publisher/items#12@host@x")?.instance, "host@x")
+        XCTAssertNil(PartitionPicture.parse(applicationName: "atomic-data-publisher/items@host-a"))
     }
 }

@@ -125,3 +125,74 @@ extension TrackingSchema {
         """
     }
 }
+
+// MARK: spreading partitions across instances
+
+/// Who runs and who leads a partitioned table's partitions, from pg_locks and the sessions'
+/// application names (`atomic-data-publisher/<table>#<i>@<instance>`).
+public struct PartitionPicture: Equatable, Sendable {
+    /// Partition → the instance whose worker holds its lease.
+    public var leaders: [Int: String] = [:]
+    /// Every worker of this partition count, leading or standing by: (instance, partition).
+    public var workers: [PartitionWorker] = []
+
+    public struct PartitionWorker: Equatable, Hashable, Sendable {
+        public var instance: String
+        public var partition: Int
+        public init(instance: String, partition: Int) {
+            self.instance = instance
+            self.partition = partition
+        }
+    }
+
+    public init(leaders: [Int: String] = [:], workers: [PartitionWorker] = []) {
+        self.leaders = leaders
+        self.workers = workers
+    }
+
+    /// The rule that spreads partitions: an instance leading at least two more partitions than
+    /// another instance that stands by for `partition` lets its highest-numbered partition go (one
+    /// at a time; the standby takes it after a clean handoff). Each move narrows the gap between
+    /// the busiest and the idlest instance, so it settles.
+    public func shouldYield(instance me: String, partition: Int) -> Bool {
+        var leads: [String: Int] = [:]
+        for w in workers { leads[w.instance] = 0 }
+        for (_, instance) in leaders { leads[instance, default: 0] += 1 }
+        let mine = leaders.filter { $0.value == me }.map(\.key)
+        guard mine.max() == partition, let myLeads = leads[me] else { return false }
+        return workers.contains { $0.partition == partition && $0.instance != me && (leads[$0.instance] ?? 0) + 2 <= myLeads }
+    }
+
+    /// (partition, instance) from an application name `atomic-data-publisher/<table>#<i>@<instance>`.
+    public static func parse(applicationName: String) -> (partition: Int, instance: String)? {
+        guard let hash = applicationName.lastIndex(of: "#") else { return nil }
+        let rest = applicationName[applicationName.index(after: hash)...]
+        guard let at = rest.firstIndex(of: "@"), let partition = Int(rest[..<at]) else { return nil }
+        return (partition, String(rest[rest.index(after: at)...]))
+    }
+}
+
+extension TrackingSchema {
+    /// The picture of this table's partitions, in one round trip.
+    public func partitionPicture(_ db: PostgresConnection) throws(PostgresError) -> PartitionPicture {
+        let leases = (0..<table.partitions).map { TrackingSchema(table: table, partition: TablePartition(index: $0, count: table.partitions)).leaseLockTag }
+        let r = try db.execute("""
+            SELECT l.objsubid, coalesce(a.application_name, '') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND ((l.objsubid = 2 AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid)
+                OR (l.objsubid = 1 AND (l.classid::bigint, l.objid::bigint) IN (SELECT * FROM unnest($3::bigint[], $4::bigint[]))))
+            """, [generationClassid, String(table.partitions),
+                  "{" + leases.map { String($0.classid) }.joined(separator: ",") + "}",
+                  "{" + leases.map { String($0.objid) }.joined(separator: ",") + "}"])
+        var picture = PartitionPicture()
+        for row in r.rows {
+            guard let parsed = PartitionPicture.parse(applicationName: row[1] ?? "") else { continue }
+            if row[0] == "1" {
+                picture.leaders[parsed.partition] = parsed.instance
+            } else {
+                picture.workers.append(.init(instance: parsed.instance, partition: parsed.partition))
+            }
+        }
+        return picture
+    }
+}
