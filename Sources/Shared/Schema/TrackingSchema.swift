@@ -46,7 +46,8 @@ public struct TrackingSchema: Sendable {
     /// the capture function (constants), `backfill` ('B') and `replay` (rows from `T_changes_failed`,
     /// which keeps the CHECK), and a CHECK there cost the application's writers about 37k
     /// instructions per captured row (PostgreSQL parses and plans it again for every INSERT the
-    /// trigger runs: an eighth of the trigger's cost; README section 12).
+    /// trigger runs: about a quarter of what the trigger adds to a single-row UPDATE; README
+    /// section 12).
     private func columnsDDL(checked: Bool) -> String {
         """
             primary_key text NOT NULL,
