@@ -44,7 +44,7 @@ public struct TrackingSchema: Sendable {
 
     /// The tracking table's columns. `T_changes` has no CHECK on `operation`: it is written only by
     /// the capture function (constants), `backfill` ('B') and `replay` (rows from `T_changes_failed`,
-    /// which keeps the CHECK), and a CHECK there cost the application's writers about 37k
+    /// which keeps the CHECK), and a CHECK there cost the application's writers 29-35k
     /// instructions per captured row (PostgreSQL parses and plans it again for every INSERT the
     /// trigger runs: about a quarter of what the trigger adds to a single-row UPDATE; README
     /// section 12).
