@@ -275,7 +275,7 @@ final class BackfillTests: IntegrationTestCase {
         // What an older version made: operation IN ('I', 'U', 'D'), no progress table.
         for table in ["items_changes", "items_changes_failed"] {
             try database.executeScript("""
-                ALTER TABLE \(table) DROP CONSTRAINT \(table)_operation_check;
+                ALTER TABLE \(table) DROP CONSTRAINT IF EXISTS \(table)_operation_check;
                 ALTER TABLE \(table) ADD CONSTRAINT \(table)_operation_check CHECK (operation IN ('I', 'U', 'D'));
                 """)
         }
@@ -286,14 +286,15 @@ final class BackfillTests: IntegrationTestCase {
         try database.execute("INSERT INTO items_changes (primary_key, operation) VALUES ('1', 'B')")
         try database.execute("INSERT INTO items_changes_failed (id, primary_key, operation) VALUES (1, '1', 'B')")
         XCTAssertTrue(try database.tableExists("items_backfill"))
-        XCTAssertEqual(try database.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'items_changes'::regclass AND contype = 'c'"), 1,
+        XCTAssertEqual(try database.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'items_changes_failed'::regclass AND contype = 'c'"), 1,
                        "one CHECK on operation, replaced rather than added")
+        XCTAssertEqual(try database.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'items_changes'::regclass AND contype = 'c'"), 0,
+                       "issue 10: the queue has no CHECK on operation (the owner drops the old one)")
         try database.execute("DELETE FROM items_changes")
         try database.execute("DELETE FROM items_changes_failed")
 
         // The backfill command upgrades too (it runs setup's idempotent install first).
         try database.executeScript("""
-            ALTER TABLE items_changes DROP CONSTRAINT items_changes_operation_check;
             ALTER TABLE items_changes ADD CONSTRAINT items_changes_operation_check CHECK (operation IN ('I', 'U', 'D'));
             """)
         let outcome = try backfill(config: config, ["--table", "items"])

@@ -49,6 +49,27 @@ final class ChangeLifecycleTests: IntegrationTestCase {
             trackingID: 2, changedBetween: before...after))
     }
 
+    /// issue 10: the queue has no CHECK on `operation`. A row inserted by hand with a code none of
+    /// ours writes is published as an update of the key's current state and acknowledged, not
+    /// left in the queue.
+    func testATrackingRowWithAnUnknownOperationCode_isPublishedAsAnUpdateAndAcknowledged() throws {
+        let p = try startPipeline(schemaSQL: try TestTables.devicesSQL(), tables: [devices])
+        try insertDevice(p.database)
+        try waitForRequests(p.ingestor, count: 1)
+        try waitUntilTrackingTableIsEmpty(p.database, devices)
+
+        try p.database.execute("INSERT INTO devices_changes (primary_key, operation, change_column_value) VALUES ('42', 'X', 'by hand')")
+        try waitForRequests(p.ingestor, count: 2)
+        try waitUntilTrackingTableIsEmpty(p.database, devices)
+        let requests = try p.ingestor.requests()
+        XCTAssertEqual(requests.count, 2, "\(requests)")
+        XCTAssertEqual(requests[1].body["operation"], "update", "\(requests[1])")
+        XCTAssertEqual(requests[1].body["primary_key"], "42", "\(requests[1])")
+        XCTAssertEqual(requests[1].body["change_column_value"], "by hand", "\(requests[1])")
+        XCTAssertEqual(requests[1].body["atomic_data"],
+                       [["id": 42, "name": "hall sensor", "firmware": "v1", "updated_at": "2026-11-28T10:00:00+00:00"]], "\(requests[1])")
+    }
+
     func testUpdateOfAnotherColumn_recordsNoChange() throws {
         let p = try startPipeline(schemaSQL: try TestTables.devicesSQL(), tables: [devices])
         try insertDevice(p.database)

@@ -69,6 +69,50 @@ final class SetupIdempotencyTests: IntegrationTestCase {
         second.stopAndAssertCleanExit()
     }
 
+    /// issue 10: the queue's CHECK on `operation` cost the writers a parse and plan of it at every
+    /// captured row. Setup drops the one an older version made when its role owns the tracking
+    /// table; a role that does not own it (least privilege, path B) leaves it and still starts.
+    func testAnOlderVersionsCheckOnOperation_isDroppedByTheOwner_andLeftAloneByARoleThatDoesNotOwnTheTable() throws {
+        let database = try makeDatabase()
+        try database.executeScript(try TestTables.devicesSQL())
+        let schema = TrackingSchema(table: devices)
+        try schema.install(on: database.connection)
+        let checks = "SELECT count(*) FROM pg_constraint WHERE conrelid = 'devices_changes'::regclass AND contype = 'c'"
+        XCTAssertEqual(try database.count(checks), 0, "a new queue has no CHECK on operation")
+        let oldCheck = "ALTER TABLE devices_changes ADD CONSTRAINT devices_changes_operation_check CHECK (operation IN ('I', 'U', 'D', 'B'))"
+
+        // A role that does not own the table: the old CHECK stays, setup succeeds, the trigger stays.
+        try database.execute(oldCheck)
+        let oid = try XCTUnwrap(try triggerOID(database))
+        let role = "adp_nonowner_\(database.name.suffix(8))"
+        addTeardownBlock { [server] in
+            guard let server else { return }
+            let admin = try? PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-it-cleanup"))
+            _ = try? admin?.execute("DROP OWNED BY \(role)")
+            _ = try? admin?.execute("DROP ROLE IF EXISTS \(role)")
+        }
+        try database.executeScript("""
+            CREATE ROLE \(role);
+            GRANT USAGE ON SCHEMA public TO \(role);
+            GRANT SELECT ON public.devices TO \(role);
+            GRANT SELECT, INSERT, UPDATE, DELETE ON public.devices_changes, public.devices_changes_failed TO \(role);
+            GRANT USAGE ON SEQUENCE public.devices_changes_id_seq TO \(role);
+            """)
+        try database.execute("SET ROLE \(role)")
+        XCTAssertFalse(try schema.install(on: database.connection), "the trigger is already right: left alone")
+        try database.execute("RESET ROLE")
+        XCTAssertEqual(try database.count(checks), 1, "a role that does not own the queue leaves its CHECK alone")
+
+        // The owner drops it, and nothing else changes.
+        XCTAssertFalse(try schema.install(on: database.connection), "the trigger is already right: left alone")
+        XCTAssertEqual(try database.count(checks), 0, "the owner drops the old CHECK")
+        XCTAssertEqual(try triggerOID(database), oid)
+        XCTAssertEqual(try database.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'devices_changes_failed'::regclass AND contype = 'c'"), 1,
+                       "the dead letters keep theirs")
+        try database.execute("INSERT INTO devices VALUES (1, 'device 1', 'v1', now())")
+        XCTAssertEqual(try database.value("SELECT operation::text FROM devices_changes"), "I")
+    }
+
     func testRestartOnAMixedCaseTableInAnotherSchema_keepsTheTrigger() throws {
         let table = WatchedTable(
             name: "Devices", schema: "inventory", changeColumns: ["Revision"],

@@ -150,7 +150,11 @@ extension TrackingSchema {
 
     private static func rows(_ result: QueryResult) -> [ChangeRow] {
         result.rows.compactMap { r in
-            guard let id = r[0].flatMap({ Int64($0) }), let key = r[1], let op = r[2].flatMap(ChangeOperation.init(code:)) else { return nil }
+            guard let id = r[0].flatMap({ Int64($0) }), let key = r[1] else { return nil }
+            // T_changes has no CHECK on operation (issue 10: it cost every captured row a parse and
+            // plan): a code none of ours wrote (a row inserted by hand) publishes the key's current
+            // state as an update, rather than staying in the queue forever.
+            let op = r[2].flatMap(ChangeOperation.init(code:)) ?? .update
             return ChangeRow(id: id, primaryKey: key, operation: op, changeColumnValue: r[3], changedAt: r[4] ?? "",
                              attempts: Int(r[5] ?? "0") ?? 0, permanentFailures: Int(r[6] ?? "0") ?? 0)
         }

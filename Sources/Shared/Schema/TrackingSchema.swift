@@ -48,10 +48,16 @@ public struct TrackingSchema: Sendable {
         return Int64(bitPattern: hash)
     }
 
-    private var columnsDDL: String {
+    /// The tracking table's columns. `T_changes` has no CHECK on `operation`: it is written only by
+    /// the capture function (constants), `backfill` ('B') and `replay` (rows from `T_changes_failed`,
+    /// which keeps the CHECK), and a CHECK there cost the application's writers 29-35k
+    /// instructions per captured row (PostgreSQL parses and plans it again for every INSERT the
+    /// trigger runs: about a quarter of what the trigger adds to a single-row UPDATE; README
+    /// section 12).
+    private func columnsDDL(checked: Bool) -> String {
         """
             primary_key text NOT NULL,
-            operation "char" NOT NULL CHECK (operation IN \(Self.operationCodes)),
+            operation "char" NOT NULL\(checked ? " CHECK (operation IN \(Self.operationCodes))" : ""),
             change_column_value text,
             changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             attempts integer NOT NULL DEFAULT 0,
@@ -65,13 +71,13 @@ public struct TrackingSchema: Sendable {
         """
         CREATE TABLE IF NOT EXISTS \(changesTable) (
             id bigserial PRIMARY KEY,
-        \(columnsDDL)
+        \(columnsDDL(checked: false))
         );
         CREATE INDEX IF NOT EXISTS \(quoteIdentifier(retryIndexName)) ON \(changesTable) (primary_key) WHERE next_attempt_at IS NOT NULL;
         CREATE INDEX IF NOT EXISTS \(quoteIdentifier(keyIndexName)) ON \(changesTable) (primary_key, id);
         CREATE TABLE IF NOT EXISTS \(failedTable) (
             id bigint PRIMARY KEY,
-        \(columnsDDL),
+        \(columnsDDL(checked: true)),
             failed_at timestamptz NOT NULL DEFAULT clock_timestamp()
         );
         \(createBackfillTableSQL)
@@ -93,32 +99,64 @@ public struct TrackingSchema: Sendable {
     public static let operationCodes = "(" + ChangeOperation.allCases.map { "'\($0.code)'" }.joined(separator: ", ") + ")"
 
     /// issue 11: a tracking table made before `backfill` existed checks `operation IN ('I','U','D')`.
-    /// Replace every CHECK on `operation` that does not accept every code. The new check is looser
-    /// than the old one, so the rows already there satisfy it: it is added NOT VALID (no scan of
-    /// the tracking table under ACCESS EXCLUSIVE, which would hold up the trigger's inserts, i.e.
-    /// the application's writes). A no-op when the constraints are already right.
+    /// Replace every CHECK on `operation` of `T_changes_failed` that does not accept every code. The
+    /// new check is looser than the old one, so the rows already there satisfy it: it is added NOT
+    /// VALID (no scan of the table under ACCESS EXCLUSIVE). issue 10: `T_changes` has no CHECK on
+    /// `operation` any more (see `columnsDDL`): drop the ones an older version made. A no-op when
+    /// the constraints are already right.
     public var upgradeOperationCheckSQL: String {
         """
         DO $adp_upgrade$
         DECLARE c record;
         BEGIN
-            FOR c IN \(staleOperationChecksSQL(changes: quoteLiteral(changesTable), failed: quoteLiteral(failedTable), select: "conrelid::regclass::text AS rel, conname")) LOOP
+            FOR c IN \(operationChecksToChangeSQL) LOOP
                 EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.rel, c.conname);
-                EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (operation IN \(Self.operationCodes.replacingOccurrences(of: "'", with: "''"))) NOT VALID', c.rel, c.conname);
+                IF c.readd THEN
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (operation IN \(Self.operationCodes.replacingOccurrences(of: "'", with: "''"))) NOT VALID', c.rel, c.conname);
+                END IF;
             END LOOP;
         END
         $adp_upgrade$;
         """
     }
 
-    /// The CHECK constraints on `operation` (of the two tracking tables, given as SQL text
-    /// expressions) that refuse one of `operationCodes`.
-    func staleOperationChecksSQL(changes: String, failed: String, select: String) -> String {
-        let missing = ChangeOperation.allCases.map { "pg_get_constraintdef(oid) NOT LIKE '%''\($0.code)''%'" }.joined(separator: " OR ")
+    /// The CHECK constraints on `operation` the upgrade drops: on `T_changes` those that refuse a
+    /// code, and the others too when this role owns the table (a role that does not own it, path B,
+    /// leaves a correct old CHECK alone: it only costs the writers time); on `T_changes_failed`
+    /// those that refuse one of `operationCodes` (re-added accepting them all).
+    private var operationChecksToChangeSQL: String {
+        let changes = quoteLiteral(changesTable), failed = quoteLiteral(failedTable)
         return """
+            SELECT conrelid::regclass::text AS rel, conname, conrelid = to_regclass(\(failed)) AS readd FROM pg_constraint
+                     WHERE contype = 'c' AND pg_get_constraintdef(oid) LIKE '%operation%'
+                       AND ((conrelid = to_regclass(\(changes)) AND (\(refusesACodeSQL) OR pg_has_role((SELECT relowner FROM pg_class WHERE oid = conrelid), 'USAGE')))
+                            OR (conrelid = to_regclass(\(failed)) AND (\(refusesACodeSQL))))
+            """
+    }
+
+    private var refusesACodeSQL: String {
+        ChangeOperation.allCases.map { "pg_get_constraintdef(oid) NOT LIKE '%''\($0.code)''%'" }.joined(separator: " OR ")
+    }
+
+    /// The CHECK constraints on `operation` (of the two tracking tables, given as SQL text
+    /// expressions) that refuse one of `operationCodes`: setup must replace them (backfill and
+    /// dead-lettering would fail).
+    func staleOperationChecksSQL(changes: String, failed: String, select: String) -> String {
+        """
             SELECT \(select) FROM pg_constraint
                      WHERE conrelid IN (to_regclass(\(changes)), to_regclass(\(failed))) AND contype = 'c'
-                       AND pg_get_constraintdef(oid) LIKE '%operation%' AND (\(missing))
+                       AND pg_get_constraintdef(oid) LIKE '%operation%' AND (\(refusesACodeSQL))
+            """
+    }
+
+    /// Whether `T_changes` (given as an SQL text expression) still has the CHECK on `operation`
+    /// an older version made, and this role may drop it (it owns the table). Without ownership
+    /// (least privilege, path B) the old CHECK is left: it is correct, only slower for the writers.
+    func droppableOperationCheckSQL(changes: String) -> String {
+        """
+            EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(\(changes)) AND contype = 'c'
+                    AND pg_get_constraintdef(oid) LIKE '%operation%')
+               AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = to_regclass(\(changes))), 'USAGE')
             """
     }
 
@@ -141,21 +179,23 @@ public struct TrackingSchema: Sendable {
         let pk = quoteIdentifier(table.primaryKey)
         let insert = "INSERT INTO \(changesTable) (primary_key, operation, change_column_value) VALUES"
         let ops = Set(table.operations)
+        // UPDATE first: the writers' common case takes one TG_OP test (issue 10). One INSERT per
+        // event: each INSERT the function runs starts an executor on the tracking table.
         var body = ""
-        body += "    IF TG_OP = 'INSERT' THEN\n"
-        body += ops.contains(.insert) ? "        \(insert) (NEW.\(pk)::text, 'I', \(changeValueExpression("NEW")));\n" : "        NULL;\n"
-        body += "    ELSIF TG_OP = 'UPDATE' THEN\n"
+        body += "    IF TG_OP = 'UPDATE' THEN\n"
         if ops.contains(.update) {
-            // A changed primary key is the old key going away and the new one changing.
+            // A changed primary key is the old key going away and the new one changing: one
+            // statement, whose rows take their ids in this order.
             body += "        IF NEW.\(pk) IS DISTINCT FROM OLD.\(pk) THEN\n"
-            body += "            \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n"
-            body += "            \(insert) (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
+            body += "            \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD"))), (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
             body += "        ELSIF \(watchedChanged()) THEN\n"
             body += "            \(insert) (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
             body += "        END IF;\n"
         } else {
             body += "        NULL;\n"
         }
+        body += "    ELSIF TG_OP = 'INSERT' THEN\n"
+        body += ops.contains(.insert) ? "        \(insert) (NEW.\(pk)::text, 'I', \(changeValueExpression("NEW")));\n" : "        NULL;\n"
         body += "    ELSIF TG_OP = 'DELETE' THEN\n"
         body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
         body += "    END IF;\n"
@@ -266,12 +306,14 @@ extension TrackingSchema {
             // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
             // exists, so a least-privilege role can run against objects a DBA created.
             // issue 11: also the backfill progress table, and an `operation` CHECK that accepts 'B'.
+            // issue 10: and no CHECK on `T_changes.operation` (dropped when this role owns the table).
             let existing = try db.execute("""
                 SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
                    AND to_regclass($5) IS NOT NULL
                    AND (SELECT count(*) FROM pg_attribute WHERE attrelid IN (to_regclass($1), to_regclass($2))
                         AND attname = 'permanent_failures' AND NOT attisdropped) = 2
                    AND NOT EXISTS (\(staleOperationChecksSQL(changes: "$1", failed: "$2", select: "1")))
+                   AND NOT (\(droppableOperationCheckSQL(changes: "$1")))
                 """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))",
                       backfillTable])
             if existing[0, 0] != "t" {
