@@ -53,6 +53,7 @@ final class DatabaseSession: ChangeStore {
             setUp = true
         }
         try connection.prepare(name: BatchReader.statementName, sql: query.wrapped)
+        try connection.execute(schema.listenSQL)  // wake-up from idle (TableWorker.sleepUntilChange)
         epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
         db = connection
     }

@@ -8,8 +8,9 @@
 // - An existing trigger whose definition is already right is never dropped. When it must change,
 //   DROP and CREATE happen in the same transaction: DROP TRIGGER takes a lock that makes writers
 //   of the watched table wait until commit, so there is no window in which a change is missed.
-// - The trigger stays lean: one INSERT into the tracking table per changed row, nothing else
-//   (no pg_notify: it takes a global lock at every commit; see DESIGN.md section 4).
+// - The trigger stays lean: one INSERT into the tracking table per changed row, and a notification
+//   only while the table's worker sleeps (pg_notify takes a global lock at every commit; see
+//   DESIGN.md section 4 and TrackingSchema+Wake.swift).
 
 import Foundation
 
@@ -153,6 +154,8 @@ public struct TrackingSchema: Sendable {
         body += "    ELSIF TG_OP = 'DELETE' THEN\n"
         body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
         body += "    END IF;\n"
+        // Wake-up (TrackingSchema+Wake.swift): after each recorded change, notify only while the worker sleeps.
+        body = body.replacingOccurrences(of: ");\n", with: ");\n        \(wakeTriggerSQL())\n")
         return """
         CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $adp$
@@ -186,6 +189,7 @@ public struct TrackingSchema: Sendable {
         """
         -- atomic-data-publisher: objects for \(table.qualifiedName)
         \(leaseCommentSQL)
+        \(wakeCommentSQL)
         BEGIN;
         SELECT pg_advisory_xact_lock(\(advisoryLockKey));
         \(createTablesSQL)
