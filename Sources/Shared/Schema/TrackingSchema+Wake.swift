@@ -61,7 +61,7 @@ extension TrackingSchema {
         return """
         -- Wake-up: while its worker sleeps, a session holds pg_advisory_lock(\(wakeKey())) (pg_locks: advisory,
         -- classid \(UInt32(truncatingIfNeeded: bits >> 32)), objid \(UInt32(truncatingIfNeeded: bits))) and listens on \(quoteIdentifier(wakeChannel)); the trigger
-        -- then notifies that channel (once per writing transaction), and otherwise notifies nothing.
+        -- then notifies that channel (at most once per writing transaction); otherwise it notifies nothing.
         """
     }
 }

@@ -155,7 +155,11 @@ public struct TrackingSchema: Sendable {
         body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
         body += "    END IF;\n"
         // Wake-up (TrackingSchema+Wake.swift): after each recorded change, notify only while the worker sleeps.
-        body = body.replacingOccurrences(of: ");\n", with: ");\n        \(wakeTriggerSQL())\n")
+        let wake = wakeTriggerSQL()
+        body = body.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            guard line.hasSuffix(");") else { return String(line) }
+            return "\(line)\n\(line.prefix { $0 == " " })\(wake)"
+        }.joined(separator: "\n")
         return """
         CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $adp$
