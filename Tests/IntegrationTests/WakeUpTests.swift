@@ -101,6 +101,26 @@ final class WakeUpTests: IntegrationTestCase {
         XCTAssertEqual(try p.ingestor.requests().count, 3)
     }
 
+    /// Rows the trigger does not write (replayed dead letters, a backfill's chunks) notify too.
+    func testReplayedDeadLetter_wakesTheSleepingWorker() throws {
+        let p = try startPipeline(schemaSQL: try TestTables.devicesSQL(), tables: [devices]) { $0.service.pollingIntervalSeconds = longPoll }
+        try p.database.execute("INSERT INTO devices (id, name, firmware, updated_at) VALUES (42, 'hall sensor', 'v1', now())")
+        guard try secondsUntilAcknowledged(p.database, since: monotonicSeconds(), deadline: deliveredWithin) != nil else {
+            return XCTFail("the first change was not delivered within \(deliveredWithin) s\n\(diagnostics())")
+        }
+        try p.database.execute("""
+            INSERT INTO devices_changes_failed (id, primary_key, operation, change_column_value, attempts, last_error)
+            VALUES (1000, '42', 'U', '2026-11-28 10:00:00+00', 3, 'HTTP 500')
+            """)
+        try waitUntil("the worker sleeps holding the wake-up flag") { try flagHeld(p.database) }
+        let replayed = monotonicSeconds()
+        XCTAssertEqual(try TrackingSchema(table: devices).replay(p.database.connection, id: nil), 1)
+        guard try secondsUntilAcknowledged(p.database, since: replayed, deadline: deliveredWithin) != nil else {
+            return XCTFail("the replayed change was not delivered within \(deliveredWithin) s (polling interval \(longPoll) s)\n\(diagnostics())")
+        }
+        XCTAssertEqual(try p.ingestor.requests().count, 2)
+    }
+
     /// Idle with `config/default.toml`'s polling interval (1 s): the worker sleeps holding the flag
     /// and runs at most one statement per second (no transaction around it), counted in the
     /// server's own statement log; then the first change is delivered at once.
