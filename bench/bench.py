@@ -189,11 +189,12 @@ class Bench:
         self.pgs = [self.durable, self.fast]
         for db in ("adp", "peer", "idle"):
             self.fast.sql("postgres", f"CREATE DATABASE {db}")
-        for db in ("adp", "peer"):
+        for db in ("adp", "peer") if not self.a.only else ():
             self.fast.sql(db, ITEMS_DDL.format(t="items", rows=self.a.keys))
             self.fast.sql(db, "VACUUM ANALYZE items")
             self.fast.sql(db, "CREATE EXTENSION pg_stat_statements")
-        self.fast.sql("peer", "CREATE EXTENSION pgq")
+        if not self.a.only:
+            self.fast.sql("peer", "CREATE EXTENSION pgq")
         self.start_nginx()
         port_file = os.path.join(self.work, "ingestor.port")
         self.procs.append(subprocess.Popen([sys.executable, os.path.join(BENCH, "ingestor.py"), "--port-file", port_file]))
@@ -477,10 +478,55 @@ pidfile = {self.work}/pgqd.pid
         self.add("idle", f"transactions/s, {n} idle tables (pg_stat_database)", xacts, unit="/s", higher_is_better=False)
         self.add("idle", f"CPU of supervisor + {n} workers, % of one core", (cpu1 - cpu0) / secs * 100, unit="%", higher_is_better=False)
 
+    # ---------- first change after a long idle ----------
+    def idle_wakeup(self):
+        """Default settings, n watched tables: after `idle` s without changes, one change per table
+        (50 ms apart), commit to arrival; `rounds` times. Every sample is a first change after idle."""
+        n, idle, rounds = (5, 10, 2) if self.quick else (20, 60, 3)
+        log(f"wake-up: first change after {idle}s idle, {n} tables x {rounds} rounds, default settings")
+        tables = [f"wake{i}" for i in range(n)]
+        self.fast.sql("postgres", "CREATE DATABASE wake")
+        for t in tables:
+            self.fast.sql("wake", ITEMS_DDL.format(t=t, rows=10))
+        cfg = publisher_config(os.path.join(self.work, "wake.toml"), self.fast, "wake", self.rec_port, tables=tables)
+        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
+        lat, missing = [], 0
+        try:
+            pub.workers(n)
+            c = self.fast.connect("wake")
+            cur = c.cursor()
+            for r in range(rounds):
+                self.dump_arrivals()
+                time.sleep(idle)
+                commits = {}
+                for i, t in enumerate(tables):
+                    counter = 300_000_000 + r * 1000 + i
+                    cur.execute(f"UPDATE {t} SET counter = %s WHERE id = 1", (counter,))
+                    commits[counter] = time.time()
+                    time.sleep(0.05)
+                got, miss = self.latencies(commits, wait=15)
+                lat += got
+                missing += miss
+            c.close()
+        finally:
+            pub.stop()
+        lat.sort()
+        spread = f"p90 {self.pct(lat, 90):.1f}, p95 {self.pct(lat, 95):.1f}, over 10 ms: {sum(x > 10 for x in lat)}, over 50 ms: {sum(x > 50 for x in lat)}"
+        for p in (50, 99):
+            self.add("latency", f"first change after {idle}s idle, p{p} ({len(lat)} samples, {n} tables, defaults)", self.pct(lat, p),
+                     unit="ms", higher_is_better=False, note=f"missing {missing}; {spread}" if p == 99 else "")
+        self.add("latency", f"first change after {idle}s idle, max", lat[-1] if lat else float("nan"), unit="ms", higher_is_better=False)
+
     # ---------- the run ----------
     def run(self):
         a = self.a
         self.load0 = os.getloadavg()[0]
+        if a.only:
+            self.start()
+            for section in a.only.split(","):
+                {"wake": self.idle_wakeup, "idle": self.idle_tables}[section]()
+            self.print_table()
+            return
         self.start()
         self.limits()
         self.setup_ours()
@@ -591,6 +637,7 @@ pidfile = {self.work}/pgqd.pid
                  max(peer_idle or [float("nan")]), unit="ms", higher_is_better=False,
                  note="ours " + "/".join(f"{x:.0f}" for x in ours_idle) + ", peer " + "/".join(f"{x:.0f}" for x in peer_idle))
 
+        self.idle_wakeup()
         self.idle_tables()
         self.writers()
         self.print_table()
@@ -630,6 +677,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--drains-only", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated sections to run alone: wake, idle")
     a = ap.parse_args()
     a.keys = 100_000                            # rows in the watched table
     a.distinct = 50_000                         # distinct-key drain

@@ -15,6 +15,9 @@ final class DatabaseSession: ChangeStore {
     /// The tracking table's OID, read on every connection: part of every payload id, so ids
     /// never repeat after the tracking table is recreated (its sequence starts at 1 again).
     private(set) var epoch = "0"
+    /// The server allows PREPARE TRANSACTION (max_prepared_transactions > 0): the trigger then
+    /// never notifies (PostgreSQL refuses PREPARE after NOTIFY), so the worker polls.
+    private(set) var twoPhaseCommit = false
 
     init(config: PublisherConfig, schema: TrackingSchema, logger: Logger) {
         self.config = config
@@ -54,6 +57,8 @@ final class DatabaseSession: ChangeStore {
             setUp = true
         }
         try connection.prepare(name: BatchReader.statementName, sql: query.wrapped)
+        try connection.execute(schema.listenSQL)  // wake-up from idle (TableWorker.sleepUntilChange)
+        twoPhaseCommit = try connection.execute("SELECT current_setting('max_prepared_transactions') <> '0'")[0, 0] == "t"
         epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
         db = connection
     }

@@ -129,9 +129,11 @@ final class TableWorker {
                     idleDelay = 0
                     // Fresh figures for /metrics soon after work, without a line per batch.
                     if monotonicSeconds() - lastStatsAt >= 0.1 { try emitStats() }
+                } else if try sleepUntilChange() {
+                    idleDelay = 0  // woken by a change: read it without probing first
                 } else {
-                    // Adaptive polling: right away while there is work, then backing off from
-                    // 10 ms to the polling interval while idle.
+                    // The wake-up flag is taken (a writer between its change and its commit):
+                    // poll, backing off from 10 ms to the polling interval.
                     idleDelay = min(max(idleDelay * 2, 0.01), config.service.pollingIntervalSeconds)
                     try pause(idleDelay)
                 }
@@ -535,9 +537,52 @@ final class TableWorker {
         }
     }
 
-    /// poll(2) on the signal pipe and, supervised, stdin (EOF: the supervisor is gone).
-    private func waitForEvents(timeout: Double) throws {
+    /// After an empty read: one short plain wait (a busy table's next change is usually that
+    /// close), then sleep holding the table's wake-up flag, so the trigger notifies the next change
+    /// (TrackingSchema+Wake.swift for why none is missed). While asleep, one probe per
+    /// `polling_interval_seconds` finds retries come due, unless the backlog (read every 5 s for
+    /// the stats) was zero since the flag was taken: then every new row notifies. Returns true
+    /// when a change was notified or found due, false when the flag could not be taken.
+    private func sleepUntilChange() throws -> Bool {
+        if idleDelay == 0 {
+            idleDelay = 0.01
+            try pause(idleDelay)
+        }
+        if session.twoPhaseCommit { return false }  // no notifications: poll (TrackingSchema+Wake.swift)
+        do {
+            let db = try session.connection()
+            _ = try db.takeNotifications()  // sent for changes already read
+            guard try schema.trySleep(db) else { return false }
+            defer { try? schema.wake(db) }  // a lost session released it anyway
+            let asleepAt = monotonicSeconds()
+            var probedAt = asleepAt
+            if try db.execute(schema.anyDueSQL)[0, 0] == "t" { return true }
+            let interval = config.service.pollingIntervalSeconds
+            while true {
+                try checkStop()
+                try emitStatsIfDue()
+                if try db.takeNotifications() > 0 { return true }
+                let now = monotonicSeconds()
+                // Read asleep, an empty tracking table can only fill with notified rows: no probe.
+                if lastBacklogAt > asleepAt && stats.backlog == 0 { probedAt = now }
+                if now - probedAt >= interval {
+                    if try db.execute(schema.anyDueSQL)[0, 0] == "t" { return true }
+                    probedAt = now
+                    continue
+                }
+                try waitForEvents(timeout: min(probedAt + interval - now, 1.0), database: db.socket)
+            }
+        } catch let error as PostgresError {
+            try databaseFailed(error)
+            return true
+        }
+    }
+
+    /// poll(2) on the signal pipe, the database session when given (a notification) and,
+    /// supervised, stdin (EOF: the supervisor is gone).
+    private func waitForEvents(timeout: Double, database: Int32? = nil) throws {
         var fds = [Signals.wakeFD]
+        if let database, database >= 0 { fds.append(database) }
         if supervised { fds.append(0) }
         let ready = Poll.wait(readable: fds, timeout: timeout)
         if supervised && (ready.readable.contains(0) || ready.hangup.contains(0)) {

@@ -231,3 +231,39 @@ final class PartitionSchemaTests: IntegrationTestCase {
         XCTAssertEqual(try whole.dropStalePartitionIndexes(one), ["items_changes_p4_idx"])
     }
 }
+
+extension DeliveryReliabilityTests {
+    /// Every partition's worker sleeps on its own flag; the trigger notifies the changed key's
+    /// partition, so a change after idle is delivered at once whatever partition it falls in.
+    func testFourPartitionsAsleep_aChangeInEachPartition_isDeliveredWithoutWaitingForThePoll() throws {
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: 40))
+        let ingestor = try startIngestor()
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [{ var t = items; t.partitions = 4; return t }()])
+        config.service.healthCheckAddress = "127.0.0.1"
+        config.service.healthCheckPort = try SupervisorProcess.freePort()
+        config.service.pollingIntervalSeconds = 60  // a missed wake-up would wait for it
+        let s = try SupervisorProcess(configURL: try writeConfig(config), healthPort: config.service.healthCheckPort, directory: workDirectory, name: "partitions")
+        supervisors.append(s)
+        let key32 = TrackingSchema(table: { var t = items; t.partitions = 4; return t }()).partitionWakeKey
+        try waitUntil(timeout: 30, "the four partition workers sleep on their own flags") {
+            try database.count("SELECT count(DISTINCT objid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = $1::bigint::oid",
+                               [String(UInt32(bitPattern: key32))]) == 4
+        }
+        // One key of each partition, one after the other, each once every worker sleeps again.
+        let keys = try database.execute("SELECT DISTINCT ON ((hashtext(id::text) & 2147483647) % 4) id, (hashtext(id::text) & 2147483647) % 4 FROM items ORDER BY 2, 1").rows
+        XCTAssertEqual(keys.count, 4)
+        for (round, row) in keys.enumerated() {
+            try waitUntil("every partition worker sleeps") {
+                try database.count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = $1::bigint::oid",
+                                   [String(UInt32(bitPattern: key32))]) == 4
+            }
+            let started = Date()
+            try database.execute("UPDATE items SET v = $1 WHERE id = $2", [String(round + 1), row[0]!])
+            try waitUntil(timeout: 5, "the change of partition \(row[1]!) arrives long before the 60 s poll") {
+                try ingestor.requests().contains { $0.body["primary_key"]?.string == row[0]! }
+            }
+            print("partition \(row[1]!): first change after idle delivered in \(Int(Date().timeIntervalSince(started) * 1000)) ms")
+        }
+    }
+}

@@ -343,6 +343,24 @@ public final class PostgresConnection: @unchecked Sendable {
         }
     }
 
+    // MARK: notifications (LISTEN)
+
+    /// The session's socket, for poll(2) while waiting for a notification (-1 when closed).
+    public var socket: Int32 { conn.map { PQsocket($0) } ?? -1 }
+
+    /// Read whatever the server has sent (never blocks) and take the notifications (LISTEN)
+    /// received since the last call, also those that arrived during a statement: their count.
+    public func takeNotifications() throws(PostgresError) -> Int {
+        guard let conn else { throw PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL") }
+        if PQconsumeInput(conn) == 0 || PQstatus(conn) != CONNECTION_OK { throw connectionLost() }
+        var count = 0
+        while let notification = PQnotifies(conn) {
+            PQfreemem(notification)
+            count += 1
+        }
+        return count
+    }
+
     /// Run several statements (no parameters) in one round trip, as one implicit transaction.
     public func executeScript(_ sql: String) throws(PostgresError) {
         guard let conn else { throw PostgresError(kind: .connection, sqlState: nil, message: "not connected to PostgreSQL") }

@@ -132,7 +132,10 @@ extension TrackingSchema {
         guard let row = r.rows.first else {
             throw PostgresError(kind: .query, sqlState: nil, message: "the backfill progress row of \(table.qualifiedName) disappeared (was \(backfillTableName) truncated or dropped?)")
         }
-        return BackfillChunk(inserted: Int(row[5] ?? "0") ?? 0, state: Self.state(row))
+        let chunk = BackfillChunk(inserted: Int(row[5] ?? "0") ?? 0, state: Self.state(row))
+        // The trigger does not see these rows: wake a sleeping worker (TrackingSchema+Wake.swift).
+        if chunk.inserted > 0 { try db.execute("SELECT pg_notify($1, '')", [wakeChannel]) }
+        return chunk
     }
 
     /// Check the page query (and so `--where`) without running it: a syntax error or an unknown

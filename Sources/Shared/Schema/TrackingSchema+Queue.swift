@@ -87,6 +87,8 @@ extension TrackingSchema {
         let result = try db.execute(moveSQL(from: failedTable, to: changesTable, filter: id == nil ? "TRUE" : "id = $1::bigint",
                                             attempts: "0", permanentFailures: "0", lastError: "last_error", withFailedAt: false),
                                     id.map { [String($0)] } ?? [])
+        // The trigger does not see these rows: wake a sleeping worker (TrackingSchema+Wake.swift).
+        if result.affectedRows > 0 { try db.execute("SELECT pg_notify($1, '')", [wakeChannel]) }
         return result.affectedRows
     }
 

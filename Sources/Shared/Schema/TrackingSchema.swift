@@ -8,8 +8,9 @@
 // - An existing trigger whose definition is already right is never dropped. When it must change,
 //   DROP and CREATE happen in the same transaction: DROP TRIGGER takes a lock that makes writers
 //   of the watched table wait until commit, so there is no window in which a change is missed.
-// - The trigger stays lean: one INSERT into the tracking table per changed row, nothing else
-//   (no pg_notify: it takes a global lock at every commit; see DESIGN.md section 4).
+// - The trigger stays lean: one INSERT into the tracking table per changed row, and a notification
+//   only while the table's worker sleeps (pg_notify takes a global lock at every commit; see
+//   DESIGN.md section 4 and TrackingSchema+Wake.swift).
 
 import Foundation
 
@@ -181,23 +182,29 @@ public struct TrackingSchema: Sendable {
         let ops = Set(table.operations)
         // UPDATE first: the writers' common case takes one TG_OP test (issue 10). One INSERT per
         // event: each INSERT the function runs starts an executor on the tracking table.
+        // Wake-up (TrackingSchema+Wake.swift): after each recorded change, notify only while the
+        // worker of the key's partition sleeps.
+        func record(_ indent: String, _ rows: [(key: String, values: String)]) -> String {
+            "\(indent)\(insert) \(rows.map(\.values).joined(separator: ", "));\n\(indent)\(wakeTriggerSQL(keys: rows.map(\.key)))\n"
+        }
+        let newKey = "NEW.\(pk)::text", oldKey = "OLD.\(pk)::text"
         var body = ""
         body += "    IF TG_OP = 'UPDATE' THEN\n"
         if ops.contains(.update) {
             // A changed primary key is the old key going away and the new one changing: one
             // statement, whose rows take their ids in this order.
             body += "        IF NEW.\(pk) IS DISTINCT FROM OLD.\(pk) THEN\n"
-            body += "            \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD"))), (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
+            body += record("            ", [(oldKey, "(\(oldKey), 'D', \(changeValueExpression("OLD")))"), (newKey, "(\(newKey), 'U', \(changeValueExpression("NEW")))")])
             body += "        ELSIF \(watchedChanged()) THEN\n"
-            body += "            \(insert) (NEW.\(pk)::text, 'U', \(changeValueExpression("NEW")));\n"
+            body += record("            ", [(newKey, "(\(newKey), 'U', \(changeValueExpression("NEW")))")])
             body += "        END IF;\n"
         } else {
             body += "        NULL;\n"
         }
         body += "    ELSIF TG_OP = 'INSERT' THEN\n"
-        body += ops.contains(.insert) ? "        \(insert) (NEW.\(pk)::text, 'I', \(changeValueExpression("NEW")));\n" : "        NULL;\n"
+        body += ops.contains(.insert) ? record("        ", [(newKey, "(\(newKey), 'I', \(changeValueExpression("NEW")))")]) : "        NULL;\n"
         body += "    ELSIF TG_OP = 'DELETE' THEN\n"
-        body += ops.contains(.delete) ? "        \(insert) (OLD.\(pk)::text, 'D', \(changeValueExpression("OLD")));\n" : "        NULL;\n"
+        body += ops.contains(.delete) ? record("        ", [(oldKey, "(\(oldKey), 'D', \(changeValueExpression("OLD")))")]) : "        NULL;\n"
         body += "    END IF;\n"
         return """
         CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql
@@ -232,10 +239,10 @@ public struct TrackingSchema: Sendable {
         """
         -- atomic-data-publisher: objects for \(table.qualifiedName)
         \(leaseCommentSQL)
+        \(wakeCommentSQL)
         BEGIN;
         SELECT pg_advisory_xact_lock(\(advisoryLockKey));
-        \(createTablesSQL)
-        \(createPartitionIndexSQL)
+        \(createTablesSQL)\(createPartitionIndexSQL.isEmpty ? "" : "\n" + createPartitionIndexSQL)
         \(createFunctionSQL)
         DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
         \(createTriggerSQL)

@@ -77,7 +77,7 @@ final class NetworkPostgresServer {
     private let logs: URL
     private var running = false
 
-    init(directory: URL, listen address: String) throws {
+    init(directory: URL, listen address: String, settings extra: String = "") throws {
         self.directory = directory
         logs = directory.deletingLastPathComponent().appendingPathComponent("net-pg-tools")
         try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
@@ -87,9 +87,9 @@ final class NetworkPostgresServer {
         try runTool("/bin/chown", ["-R", "postgres:", directory.path], logDirectory: logs)
         let data = directory.appendingPathComponent("data")
         try run("initdb", ["-D", data.path, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
-        try "local all all trust\nhost all all 198.18.0.0/24 trust\n".write(to: data.appendingPathComponent("pg_hba.conf"), atomically: true, encoding: .utf8)
+        try "local all all trust\nhost all all 198.18.0.0/24 trust\nhost all all 127.0.0.1/32 trust\n".write(to: data.appendingPathComponent("pg_hba.conf"), atomically: true, encoding: .utf8)
         let conf = data.appendingPathComponent("postgresql.conf")
-        let settings = "listen_addresses = '\(address)'\nport = \(port)\nunix_socket_directories = '\(directory.path)'\nfsync = off\nmax_connections = 50\n"
+        let settings = "listen_addresses = '\(address)'\nport = \(port)\nunix_socket_directories = '\(directory.path)'\nfsync = off\nmax_connections = 50\n\(extra)\n"
         try (try String(contentsOf: conf, encoding: .utf8) + "\n" + settings).write(to: conf, atomically: true, encoding: .utf8)
         try runTool("/bin/chown", ["-R", "postgres:", directory.path], logDirectory: logs)
         try run("pg_ctl", ["-D", data.path, "-l", directory.appendingPathComponent("postgres.log").path, "-w", "-t", "60", "start"])
