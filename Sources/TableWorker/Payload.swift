@@ -24,7 +24,9 @@ struct Payload: Equatable {
     /// intermediate Strings per field, no String(format:), no JSON round trip.
     static func build(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int) -> Payload {
         let latest = changes.latest
-        var id = table.schema
+        var id = ""
+        id.reserveCapacity(table.schema.utf8.count + table.name.utf8.count + epoch.utf8.count + 23)
+        id += table.schema
         id += "."
         id += table.name
         id += ":"

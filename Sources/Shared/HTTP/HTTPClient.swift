@@ -139,6 +139,8 @@ public final class HTTPClient: @unchecked Sendable {
 
     private let multi: UnsafeMutableRawPointer
     private var idle: [Transfer] = []
+    /// Scratch space for one request header line.
+    private var lineBuffer: [UInt8] = []
     public let timeoutMilliseconds: Int
     public let connectTimeoutMilliseconds: Int
     public let tls: HTTPTLSOptions
@@ -458,7 +460,17 @@ public final class HTTPClient: @unchecked Sendable {
 
         var list: UnsafeMutablePointer<curl_slist>? = nil
         for (name, value) in request.headers {
-            guard let appended = curl_slist_append(list, "\(name): \(value)") else {
+            // "Name: value" as a C string, assembled in one reused buffer (libcurl copies it).
+            lineBuffer.removeAll(keepingCapacity: true)
+            lineBuffer.append(contentsOf: name.utf8)
+            lineBuffer.append(0x3A)
+            lineBuffer.append(0x20)
+            lineBuffer.append(contentsOf: value.utf8)
+            lineBuffer.append(0)
+            let appended = lineBuffer.withUnsafeBufferPointer { bytes in
+                bytes.withMemoryRebound(to: CChar.self) { curl_slist_append(list, $0.baseAddress) }
+            }
+            guard let appended else {
                 if let list { curl_slist_free_all(list) }
                 throw HTTPTransportError(code: Int(CURLE_OUT_OF_MEMORY.rawValue), message: "curl_slist_append failed", isTimeout: false)
             }
