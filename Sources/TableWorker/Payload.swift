@@ -24,47 +24,48 @@ struct Payload: Equatable {
     /// intermediate Strings per field, no String(format:), no JSON round trip.
     static func build(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int) -> Payload {
         let latest = changes.latest
-        var id = ""
-        id.reserveCapacity(table.schema.utf8.count + table.name.utf8.count + epoch.utf8.count + 23)
-        id += table.schema
-        id += "."
-        id += table.name
-        id += ":"
-        id += epoch
-        id += ":"
-        id += String(latest.id)
+        // <schema>.<table>:<epoch>:<highest tracking id>, written once as bytes.
+        var idBytes: [UInt8] = []
+        idBytes.reserveCapacity(table.schema.utf8.count + table.name.utf8.count + epoch.utf8.count + 23)
+        idBytes.append(contentsOf: table.schema.utf8)
+        idBytes.append(0x2E)  // .
+        idBytes.append(contentsOf: table.name.utf8)
+        idBytes.append(0x3A)  // :
+        idBytes.append(contentsOf: epoch.utf8)
+        idBytes.append(0x3A)
+        JSONBytes.appendInteger(latest.id, to: &idBytes)
         var b: [UInt8] = []
         // The fixed text is about 200 bytes; escapes may add more (the array then grows once).
-        b.reserveCapacity(256 + atomicData.utf8.count + 2 * id.utf8.count + table.name.utf8.count + table.schema.utf8.count
+        b.reserveCapacity(256 + atomicData.utf8.count + 2 * idBytes.count + table.name.utf8.count + table.schema.utf8.count
                           + changes.primaryKey.utf8.count + (latest.changeColumnValue?.utf8.count ?? 0) + latest.changedAt.utf8.count)
-        JSONBytes.appendRaw("{\"id\":", to: &b)
-        JSONBytes.appendString(id, to: &b)
-        JSONBytes.appendRaw(",\"table_name\":", to: &b)
+        JSONBytes.appendLiteral("{\"id\":", to: &b)
+        idBytes.withUnsafeBufferPointer { JSONBytes.appendString(utf8: $0, to: &b) }
+        JSONBytes.appendLiteral(",\"table_name\":", to: &b)
         JSONBytes.appendString(table.name, to: &b)
-        JSONBytes.appendRaw(",\"schema\":", to: &b)
+        JSONBytes.appendLiteral(",\"schema\":", to: &b)
         JSONBytes.appendString(table.schema, to: &b)
-        JSONBytes.appendRaw(",\"primary_key\":", to: &b)
+        JSONBytes.appendLiteral(",\"primary_key\":", to: &b)
         JSONBytes.appendString(changes.primaryKey, to: &b)
-        JSONBytes.appendRaw(",\"operation\":", to: &b)
+        JSONBytes.appendLiteral(",\"operation\":", to: &b)
         JSONBytes.appendString(latest.operation.rawValue, to: &b)
-        JSONBytes.appendRaw(",\"change_column_value\":", to: &b)
+        JSONBytes.appendLiteral(",\"change_column_value\":", to: &b)
         if let value = latest.changeColumnValue {
             JSONBytes.appendString(value, to: &b)
         } else {
-            JSONBytes.appendRaw("null", to: &b)
+            JSONBytes.appendLiteral("null", to: &b)
         }
-        JSONBytes.appendRaw(",\"changed_at\":", to: &b)
+        JSONBytes.appendLiteral(",\"changed_at\":", to: &b)
         JSONBytes.appendString(latest.changedAt, to: &b)
-        JSONBytes.appendRaw(",\"atomic_data\":", to: &b)
+        JSONBytes.appendLiteral(",\"atomic_data\":", to: &b)
         JSONBytes.appendRaw(atomicData, to: &b)
-        JSONBytes.appendRaw(",\"metadata\":{\"service_name\":\"atomic-data-publisher\",\"version\":", to: &b)
+        JSONBytes.appendLiteral(",\"metadata\":{\"service_name\":\"atomic-data-publisher\",\"version\":", to: &b)
         JSONBytes.appendString(PublisherVersion.current, to: &b)
-        JSONBytes.appendRaw(",\"timestamp\":\"", to: &b)
+        JSONBytes.appendLiteral(",\"timestamp\":\"", to: &b)
         Timestamp.appendISO8601(unixSeconds: unixNow, to: &b)
-        JSONBytes.appendRaw("\",\"retry_count\":", to: &b)
+        JSONBytes.appendLiteral("\",\"retry_count\":", to: &b)
         JSONBytes.appendInteger(Int64(retryCount), to: &b)
-        JSONBytes.appendRaw("}}", to: &b)
-        return Payload(id: id, body: b)
+        JSONBytes.appendLiteral("}}", to: &b)
+        return Payload(id: String(decoding: idBytes, as: UTF8.self), body: b)
     }
 
     static func digestHex(_ bytes: [UInt8]) -> String {

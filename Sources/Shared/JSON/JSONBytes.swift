@@ -62,10 +62,16 @@ public enum JSONBytes {
         }
     }
 
-    /// Appends the bytes of `s` as they are (for text that is already JSON, or a known literal).
+    /// Appends the bytes of `s` as they are (text that is already JSON).
     @inline(__always)
     public static func appendRaw(_ s: String, to out: inout [UInt8]) {
         out.append(contentsOf: s.utf8)
+    }
+
+    /// Appends the bytes of a literal as they are (one copy, no String in between).
+    @inline(__always)
+    public static func appendLiteral(_ s: StaticString, to out: inout [UInt8]) {
+        s.withUTF8Buffer { out.append(contentsOf: $0) }
     }
 
     @inline(__always)
