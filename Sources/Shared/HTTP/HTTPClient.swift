@@ -15,6 +15,9 @@
 // - Memory per transfer is bounded: at most `maximumBodyBytes` (64 KiB unless the owner asks for
 //   more) of a response body are kept; the rest is read and discarded, so the connection stays
 //   reusable.
+// - Response headers are parsed as bytes in libcurl's header callback; an owner that reads only a
+//   few of them (the worker: Retry-After, Location) names them in `keptResponseHeaders` and no
+//   other header becomes a String. Header names are lower-cased, values trimmed of blanks.
 // - TLS peer and host verification are always on; `HTTPTLSOptions` only says which CA to trust
 //   and which client certificate to present.
 // - Bodies are copied into libcurl (COPYPOSTFIELDS): no Swift buffer is referenced after a call
