@@ -19,28 +19,61 @@ struct Payload: Equatable {
     var idempotencyKey: String { id + "." + Self.digestHex(body) }
 
     /// `retryCount`: tries recorded in the tracking table before this batch.
+    ///
+    /// Written straight into one byte buffer, sized up front (one allocation for the body): no
+    /// intermediate Strings per field, no String(format:), no JSON round trip.
     static func build(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int) -> Payload {
         let latest = changes.latest
-        let id = "\(table.qualifiedName):\(epoch):\(latest.id)"
-        var s = "{\"id\":\(jsonString(id))"
-        s += ",\"table_name\":\(jsonString(table.name))"
-        s += ",\"schema\":\(jsonString(table.schema))"
-        s += ",\"primary_key\":\(jsonString(changes.primaryKey))"
-        s += ",\"operation\":\(jsonString(latest.operation.rawValue))"
-        s += ",\"change_column_value\":\(latest.changeColumnValue.map(jsonString) ?? "null")"
-        s += ",\"changed_at\":\(jsonString(latest.changedAt))"
-        s += ",\"atomic_data\":"
-        s += atomicData
-        s += ",\"metadata\":{\"service_name\":\"atomic-data-publisher\",\"version\":\(jsonString(PublisherVersion.current))"
-        s += ",\"timestamp\":\"\(Timestamp.iso8601(unixSeconds: unixNow))\",\"retry_count\":\(retryCount)}}"
-        return Payload(id: id, body: Array(s.utf8))
+        // <schema>.<table>:<epoch>:<highest tracking id>, written once as bytes.
+        var idBytes: [UInt8] = []
+        idBytes.reserveCapacity(table.schema.utf8.count + table.name.utf8.count + epoch.utf8.count + 23)
+        idBytes.append(contentsOf: table.schema.utf8)
+        idBytes.append(0x2E)  // .
+        idBytes.append(contentsOf: table.name.utf8)
+        idBytes.append(0x3A)  // :
+        idBytes.append(contentsOf: epoch.utf8)
+        idBytes.append(0x3A)
+        JSONBytes.appendInteger(latest.id, to: &idBytes)
+        var b: [UInt8] = []
+        // The fixed text is about 200 bytes; escapes may add more (the array then grows once).
+        b.reserveCapacity(256 + atomicData.utf8.count + 2 * idBytes.count + table.name.utf8.count + table.schema.utf8.count
+                          + changes.primaryKey.utf8.count + (latest.changeColumnValue?.utf8.count ?? 0) + latest.changedAt.utf8.count)
+        JSONBytes.appendLiteral("{\"id\":", to: &b)
+        idBytes.withUnsafeBufferPointer { JSONBytes.appendString(utf8: $0, to: &b) }
+        JSONBytes.appendLiteral(",\"table_name\":", to: &b)
+        JSONBytes.appendString(table.name, to: &b)
+        JSONBytes.appendLiteral(",\"schema\":", to: &b)
+        JSONBytes.appendString(table.schema, to: &b)
+        JSONBytes.appendLiteral(",\"primary_key\":", to: &b)
+        JSONBytes.appendString(changes.primaryKey, to: &b)
+        JSONBytes.appendLiteral(",\"operation\":", to: &b)
+        JSONBytes.appendString(latest.operation.rawValue, to: &b)
+        JSONBytes.appendLiteral(",\"change_column_value\":", to: &b)
+        if let value = latest.changeColumnValue {
+            JSONBytes.appendString(value, to: &b)
+        } else {
+            JSONBytes.appendLiteral("null", to: &b)
+        }
+        JSONBytes.appendLiteral(",\"changed_at\":", to: &b)
+        JSONBytes.appendString(latest.changedAt, to: &b)
+        JSONBytes.appendLiteral(",\"atomic_data\":", to: &b)
+        JSONBytes.appendRaw(atomicData, to: &b)
+        JSONBytes.appendLiteral(",\"metadata\":{\"service_name\":\"atomic-data-publisher\",\"version\":", to: &b)
+        JSONBytes.appendString(PublisherVersion.current, to: &b)
+        JSONBytes.appendLiteral(",\"timestamp\":\"", to: &b)
+        Timestamp.appendISO8601(unixSeconds: unixNow, to: &b)
+        JSONBytes.appendLiteral("\",\"retry_count\":", to: &b)
+        JSONBytes.appendInteger(Int64(retryCount), to: &b)
+        JSONBytes.appendLiteral("}}", to: &b)
+        return Payload(id: String(decoding: idBytes, as: UTF8.self), body: b)
     }
 
     static func digestHex(_ bytes: [UInt8]) -> String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        let hex = String(hash, radix: 16)
-        return String(repeating: "0", count: 16 - hex.count) + hex
+        bytes.withUnsafeBufferPointer { buffer in
+            for byte in buffer { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        }
+        return JSONBytes.hex16(hash)
     }
 }
 
@@ -49,6 +82,8 @@ struct RequestBuilder {
     let url: String
     let authToken: String
     let instance: String
+    /// `Bearer <token>`, built once (empty: no Authorization header).
+    let authorization: String
     let signer: WebhookSigner?
 
     init(config: PublisherConfig, table: WatchedTable) {
@@ -56,6 +91,7 @@ struct RequestBuilder {
         while base.hasSuffix("/") { base.removeLast() }
         url = base + table.publishEndpoint
         authToken = config.ingestor.authToken
+        authorization = authToken.isEmpty ? "" : "Bearer " + authToken
         instance = config.resolvedInstanceId
         signer = WebhookSigner.forIngestor(config.ingestor)
     }
@@ -68,8 +104,8 @@ struct RequestBuilder {
             ("User-Agent", PublisherVersion.userAgent),
             ("X-Publisher-Instance", instance),
         ]
-        if !authToken.isEmpty {
-            headers.append(("Authorization", "Bearer \(authToken)"))
+        if !authorization.isEmpty {
+            headers.append(("Authorization", authorization))
         }
         if let signer {
             headers += signer.headers(id: payload.id, timestamp: Int(unixNow), body: payload.body)

@@ -12,6 +12,9 @@
 import Shared
 
 enum ResponseClassifier {
+    /// The only response headers read here: the worker's HTTP client keeps no others.
+    static let headersRead: Set<String> = ["retry-after", "location"]
+
     static func outcome(_ response: Result<HTTPResponse, HTTPTransportError>, unixNow: Double) -> DeliveryOutcome {
         switch response {
         case .success(let r) where r.isSuccess:

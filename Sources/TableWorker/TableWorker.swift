@@ -76,7 +76,8 @@ final class TableWorker {
         http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
                           maxConnections: max(8, config.service.maxConcurrentPublishes * 2),
-                          tls: HTTPTLSOptions(config.ingestor))  // ingestor.ca_file / client_cert / client_key
+                          tls: HTTPTLSOptions(config.ingestor),  // ingestor.ca_file / client_cert / client_key
+                          keptResponseHeaders: ResponseClassifier.headersRead)
         runner = DeliveryRunner(transport: http, store: session, host: self, maxConcurrent: config.service.maxConcurrentPublishes)
         runner.log = { [unowned self] event in self.noteDelivery(event) }
     }

@@ -15,6 +15,9 @@
 // - Memory per transfer is bounded: at most `maximumBodyBytes` (64 KiB unless the owner asks for
 //   more) of a response body are kept; the rest is read and discarded, so the connection stays
 //   reusable.
+// - Response headers are parsed as bytes in libcurl's header callback; an owner that reads only a
+//   few of them (the worker: Retry-After, Location) names them in `keptResponseHeaders` and no
+//   other header becomes a String. Header names are lower-cased, values trimmed of blanks.
 // - TLS peer and host verification are always on; `HTTPTLSOptions` only says which CA to trust
 //   and which client certificate to present.
 // - Bodies are copied into libcurl (COPYPOSTFIELDS): no Swift buffer is referenced after a call
@@ -113,9 +116,23 @@ public final class HTTPClient: @unchecked Sendable {
         var headerBytes = 0
         var headerList: UnsafeMutablePointer<curl_slist>?
         var isTLS = false
+        /// Lower-case names of the response headers to keep; nil: all.
+        var keptHeaders: [[UInt8]]?
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
 
         init() { errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1) }
+
+        /// One header line as libcurl hands it over (status line and final blank line included).
+        func headerLine(_ line: UnsafeBufferPointer<UInt8>) {
+            if HTTPClient.isStatusLine(line) {  // a new response (after 100-continue or a redirect)
+                headers = [:]
+                headerBytes = 0
+            }
+            headerBytes += line.count
+            guard headerBytes <= HTTPClient.maximumHeaderBytes,
+                  let (name, value) = HTTPClient.parseHeaderLine(line, keeping: keptHeaders) else { return }
+            headers[name] = value
+        }
         deinit {
             if let headerList { curl_slist_free_all(headerList) }
             if let handle { curl_easy_cleanup(handle) }
@@ -125,11 +142,16 @@ public final class HTTPClient: @unchecked Sendable {
 
     private let multi: UnsafeMutableRawPointer
     private var idle: [Transfer] = []
+    /// Scratch space for one request header line.
+    private var lineBuffer: [UInt8] = []
     public let timeoutMilliseconds: Int
     public let connectTimeoutMilliseconds: Int
     public let tls: HTTPTLSOptions
     /// Response bodies are kept up to this size; the rest is read and dropped.
     public let maximumBodyBytes: Int
+    /// Lower-case names of the response headers kept in `HTTPResponse.headers`; nil: every header.
+    public let keptResponseHeaders: Set<String>?
+    private let keptHeaderBytes: [[UInt8]]?
 
     /// The ingestor's answers are small; a runaway one must not grow a worker's memory.
     public static let defaultMaximumBodyBytes = 64 * 1024
@@ -155,13 +177,17 @@ public final class HTTPClient: @unchecked Sendable {
     public static func globalInit() { _ = initOnce }
 
     public init(timeoutMilliseconds: Int, connectTimeoutMilliseconds: Int = 10_000, maxConnections: Int = 32,
-                tls: HTTPTLSOptions = HTTPTLSOptions(), maximumBodyBytes: Int = HTTPClient.defaultMaximumBodyBytes) {
+                tls: HTTPTLSOptions = HTTPTLSOptions(), maximumBodyBytes: Int = HTTPClient.defaultMaximumBodyBytes,
+                keptResponseHeaders: Set<String>? = nil) {
         Self.globalInit()
         multi = curl_multi_init()
         self.timeoutMilliseconds = timeoutMilliseconds
         self.connectTimeoutMilliseconds = min(connectTimeoutMilliseconds, timeoutMilliseconds)
         self.tls = tls
         self.maximumBodyBytes = max(0, maximumBodyBytes)
+        let kept = keptResponseHeaders.map { Set($0.map { $0.lowercased() }) }
+        self.keptResponseHeaders = kept
+        keptHeaderBytes = kept.map { $0.map { Array($0.utf8) } }
         // Without MAXCONNECTS the pool drops a connection each round (measured). A failure only
         // costs connection reuse, never correctness.
         _ = curlx_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnections)
@@ -323,6 +349,48 @@ public final class HTTPClient: @unchecked Sendable {
         if transfer.handle != nil { idle.append(transfer) }
     }
 
+    /// The URL's scheme is https (any case), without building a lower-cased copy per request.
+    static func isHTTPS(_ url: String) -> Bool {
+        var it = url.utf8.makeIterator()
+        for expected in "https:".utf8 {
+            guard let byte = it.next(), asciiLower(byte) == expected else { return false }
+        }
+        return true
+    }
+
+    @inline(__always)
+    static func asciiLower(_ byte: UInt8) -> UInt8 { byte &- 0x41 < 26 ? byte | 0x20 : byte }
+
+    /// `HTTP/...`: the status line that starts a response.
+    static func isStatusLine(_ line: UnsafeBufferPointer<UInt8>) -> Bool {
+        line.count >= 5 && line[0] == 0x48 && line[1] == 0x54 && line[2] == 0x54 && line[3] == 0x50 && line[4] == 0x2F
+    }
+
+    /// `Name: value` as (lower-cased name, value without surrounding blanks and CR LF), parsed as
+    /// bytes; nil for a line without a colon or, when `keeping` is given, a name not in it.
+    static func parseHeaderLine(_ line: UnsafeBufferPointer<UInt8>, keeping: [[UInt8]]? = nil) -> (String, String)? {
+        guard let colon = line.firstIndex(of: 0x3A) else { return nil }
+        if let keeping {
+            let wanted = keeping.contains { name in
+                name.count == colon && name.withUnsafeBufferPointer { n in
+                    var i = 0
+                    while i < colon, n[i] == asciiLower(line[i]) { i += 1 }
+                    return i == colon
+                }
+            }
+            if !wanted { return nil }
+        }
+        // Space, and tab to carriage return (HT, LF, VT, FF, CR).
+        @inline(__always) func isBlank(_ byte: UInt8) -> Bool { byte == 0x20 || (byte >= 0x09 && byte <= 0x0D) }
+        var start = colon + 1
+        var end = line.count
+        while start < end, isBlank(line[start]) { start += 1 }
+        while end > start, isBlank(line[end - 1]) { end -= 1 }
+        var nameBytes = Array(UnsafeBufferPointer(rebasing: line[..<colon]))
+        for i in nameBytes.indices { nameBytes[i] = asciiLower(nameBytes[i]) }
+        return (String(decoding: nameBytes, as: UTF8.self), String(decoding: UnsafeBufferPointer(rebasing: line[start..<end]), as: UTF8.self))
+    }
+
     private static func multiError(_ code: CURLMcode, _ call: String) -> HTTPTransportError {
         HTTPTransportError(code: multiCodeBase - Int(code.rawValue),
                            message: "\(call) failed: \(String(cString: curl_multi_strerror(code)))", isTimeout: false)
@@ -336,8 +404,9 @@ public final class HTTPClient: @unchecked Sendable {
         // (connections live in the multi handle's pool, not here).
         curl_easy_reset(h)
         transfer.errorBuffer[0] = 0
-        transfer.isTLS = request.url.lowercased().hasPrefix("https:")
+        transfer.isTLS = Self.isHTTPS(request.url)
         transfer.bodyLimit = maximumBodyBytes
+        transfer.keptHeaders = keptHeaderBytes
         let context = Unmanaged.passUnretained(transfer).toOpaque()
 
         func check(_ rc: CURLcode, _ option: String) throws(HTTPTransportError) {
@@ -387,24 +456,24 @@ public final class HTTPClient: @unchecked Sendable {
             guard let data, let user else { return 0 }
             let t = Unmanaged<Transfer>.fromOpaque(user).takeUnretainedValue()
             let n = size * count
-            let line = data.withMemoryRebound(to: UInt8.self, capacity: n) { String(decoding: UnsafeBufferPointer(start: $0, count: n), as: UTF8.self) }
-            if line.hasPrefix("HTTP/") {  // a new response (after 100-continue or a redirect)
-                t.headers = [:]
-                t.headerBytes = 0
-            }
-            t.headerBytes += n
-            if t.headerBytes <= HTTPClient.maximumHeaderBytes, let colon = line.firstIndex(of: ":") {
-                let name = line[..<colon].lowercased()
-                let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
-                t.headers[name] = value
-            }
+            data.withMemoryRebound(to: UInt8.self, capacity: n) { t.headerLine(UnsafeBufferPointer(start: $0, count: n)) }
             return n
         }, "CURLOPT_HEADERFUNCTION")
         try check(curlx_setopt_ptr(h, CURLOPT_HEADERDATA, context), "CURLOPT_HEADERDATA")
 
         var list: UnsafeMutablePointer<curl_slist>? = nil
         for (name, value) in request.headers {
-            guard let appended = curl_slist_append(list, "\(name): \(value)") else {
+            // "Name: value" as a C string, assembled in one reused buffer (libcurl copies it).
+            lineBuffer.removeAll(keepingCapacity: true)
+            lineBuffer.append(contentsOf: name.utf8)
+            lineBuffer.append(0x3A)
+            lineBuffer.append(0x20)
+            lineBuffer.append(contentsOf: value.utf8)
+            lineBuffer.append(0)
+            let appended = lineBuffer.withUnsafeBufferPointer { bytes in
+                bytes.withMemoryRebound(to: CChar.self) { curl_slist_append(list, $0.baseAddress) }
+            }
+            guard let appended else {
                 if let list { curl_slist_free_all(list) }
                 throw HTTPTransportError(code: Int(CURLE_OUT_OF_MEMORY.rawValue), message: "curl_slist_append failed", isTimeout: false)
             }

@@ -38,18 +38,40 @@ public struct KeyChanges: Equatable, Sendable {
     public var ids: [Int64] { rows.map(\.id) }
     /// The newest row (rows are kept in id order by `coalesce`).
     public var latest: ChangeRow { rows[rows.count - 1] }
-    public var attempts: Int { rows.map(\.attempts).max() ?? 0 }
-    public var permanentFailures: Int { rows.map(\.permanentFailures).max() ?? 0 }
+    public var attempts: Int { rows.reduce(0) { max($0, $1.attempts) } }
+    public var permanentFailures: Int { rows.reduce(0) { max($0, $1.permanentFailures) } }
 
     /// Group rows by key, keeping the order in which keys first appear (oldest first) and each
     /// key's rows in id order.
     public static func coalesce(_ rows: [ChangeRow]) -> [KeyChanges] {
-        var order: [String] = []
-        var groups: [String: [ChangeRow]] = [:]
+        // One dictionary lookup per row (key to its group's position); a group is sorted only
+        // when its rows did not arrive in id order (the due rows and the covered rows are each
+        // read in id order, so most groups are).
+        var groups: [KeyChanges] = []
+        var position: [String: Int] = [:]
+        position.reserveCapacity(rows.count)
+        var unordered: [Int] = []
         for row in rows {
-            if groups[row.primaryKey] == nil { order.append(row.primaryKey) }
-            groups[row.primaryKey, default: []].append(row)
+            if let index = position[row.primaryKey] {
+                if let last = groups[index].rows.last, last.id > row.id { unordered.append(index) }
+                groups[index].rows.append(row)
+            } else {
+                position[row.primaryKey] = groups.count
+                groups.append(KeyChanges(primaryKey: row.primaryKey, rows: [row]))
+            }
         }
-        return order.map { key in KeyChanges(primaryKey: key, rows: groups[key]!.sorted { $0.id < $1.id }) }
+        for index in unordered where !isSorted(groups[index].rows) {
+            groups[index].rows.sort { $0.id < $1.id }
+        }
+        return groups
+    }
+
+    private static func isSorted(_ rows: [ChangeRow]) -> Bool {
+        var i = 1
+        while i < rows.count {
+            if rows[i - 1].id > rows[i].id { return false }
+            i += 1
+        }
+        return true
     }
 }
