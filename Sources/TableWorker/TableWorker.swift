@@ -10,7 +10,14 @@
 // - A problem with the table or its query (a revoked grant, a dropped column) pauses the table,
 //   keeps every change, says so in stats (so /health is not green) and retries every few seconds.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Shared
 

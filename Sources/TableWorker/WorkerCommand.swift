@@ -4,7 +4,14 @@
 // configuration the usual way (`--config PATH`, config/default.toml, environment).
 
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Shared
 

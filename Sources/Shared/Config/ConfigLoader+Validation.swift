@@ -125,7 +125,7 @@ extension ConfigLoader {
 
     /// The host of an http(s) URL is a loopback name or address: localhost, 127.0.0.0/8, ::1.
     static func isLoopbackHost(ofURL url: String) -> Bool {
-        guard let schemeEnd = url.range(of: "://") else { return false }
+        guard let schemeEnd = url.firstRange(of: "://") else { return false }
         var authority = url[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
         let host: Substring

@@ -21,7 +21,15 @@
 //   returns. `curl_global_init` runs once, from `HTTPClient.globalInit()`, before threads start.
 
 import CCurl
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
 
 public struct HTTPRequest: Sendable {
     public var url: String
@@ -395,7 +403,7 @@ public final class HTTPClient: @unchecked Sendable {
             t.headerBytes += n
             if t.headerBytes <= HTTPClient.maximumHeaderBytes, let colon = line.firstIndex(of: ":") {
                 let name = line[..<colon].lowercased()
-                let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
+                let value = line[line.index(after: colon)...].trimmingWhitespaceAndNewlines()
                 t.headers[name] = value
             }
             return n

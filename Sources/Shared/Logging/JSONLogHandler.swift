@@ -1,7 +1,14 @@
 // One JSON object per line on stderr (written with write(2): stdio globals are not Sendable in
 // Swift 6 and stdio on a pipe is block-buffered anyway).
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 public struct JSONLogHandler: LogHandler {
@@ -30,7 +37,7 @@ public struct JSONLogHandler: LogHandler {
         for key in fields.keys.sorted() {
             line += ",\(jsonString(key)):\(jsonString(Redactor.redact(fields[key]!)))"
         }
-        line += ",\"file\":\(jsonString((event.file as NSString).lastPathComponent)),\"line\":\(event.line)}\n"
+        line += ",\"file\":\(jsonString(event.file.lastPathComponent)),\"line\":\(event.line)}\n"
         writeAll(fd: fd, Array(line.utf8))
     }
 }
@@ -89,12 +96,25 @@ public enum Redactor {
     public static func redact(_ text: String) -> String {
         guard text.contains("password") || text.contains("@") || text.contains("Bearer") || text.contains("token") else { return text }
         var out = text
-        for pattern in [#"(password\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)"#, #"(Bearer\s+)\S+"#, #"(token\s*[=:]\s*)\S+"#, #"(://[^:/@\s]+:)[^@/\s]+(@)"#] {
-            guard let regex = try? NSRegularExpression(pattern: pattern, options: [.caseInsensitive]) else { continue }
-            let template = pattern.hasSuffix("(@)") ? "$1<redacted>$2" : "$1<redacted>"
-            out = regex.stringByReplacingMatches(in: out, range: NSRange(out.startIndex..., in: out), withTemplate: template)
+        for (regex, keepsSecondGroup) in patterns {
+            // "$1<redacted>" (and "$2" for the URL pattern), as NSRegularExpression's template did.
+            out.replace(regex) { match in
+                var replaced = String(match.output[1].substring ?? "") + "<redacted>"
+                if keepsSecondGroup { replaced += String(match.output[2].substring ?? "") }
+                return replaced
+            }
         }
         return out
+    }
+
+    /// Swift Regex (the standard library's, no ICU), case-insensitive and matched scalar by
+    /// scalar like NSRegularExpression. Never mutated after initialisation (a Regex compiles its
+    /// program lazily, with an atomic swap), so sharing across threads is safe.
+    nonisolated(unsafe) private static let patterns: [(Regex<AnyRegexOutput>, Bool)] = [
+        #"(password\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)"#, #"(Bearer\s+)\S+"#, #"(token\s*[=:]\s*)\S+"#, #"(://[^:/@\s]+:)[^@/\s]+(@)"#,
+    ].map { pattern in
+        // The patterns are constants: a failure to compile is a programming error.
+        (try! Regex(pattern).ignoresCase().matchingSemantics(.unicodeScalar), pattern.hasSuffix("(@)"))
     }
 }
 
@@ -110,7 +130,7 @@ public func jsonString(_ s: String) -> String {
         case "\r": out += "\\r"
         case "\t": out += "\\t"
         case _ where scalar.value < 0x20:
-            out += String(format: "\\u%04x", scalar.value)
+            out += "\\u" + hexPadded(scalar.value, width: 4)
         default:
             out.unicodeScalars.append(scalar)
         }
@@ -172,6 +192,6 @@ public enum LogSetup {
     /// The last path component of argv[0] (program_invocation_short_name).
     public static var programName: String {
         guard let first = CommandLine.arguments.first, !first.isEmpty else { return "atomic-data-publisher" }
-        return (first as NSString).lastPathComponent
+        return first.lastPathComponent
     }
 }

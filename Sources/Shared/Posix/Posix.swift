@@ -3,7 +3,14 @@
 // self-pipe; the owning loop notices the flag (DESIGN.md, postmaster style).
 
 import CPosix
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct SignalSet: OptionSet, Sendable {
     public let rawValue: UInt
