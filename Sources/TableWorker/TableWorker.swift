@@ -118,6 +118,8 @@ final class TableWorker {
                     // Fresh figures for /metrics soon after work, without a line per batch.
                     if monotonicSeconds() - lastStatsAt >= 0.1 { try emitStats() }
                 } else {
+                    // The backlog is drained: hand the batches' freed heap back (issue 10).
+                    if idleDelay == 0 { HeapMemory.releaseFreePages() }
                     // Adaptive polling: right away while there is work, then backing off from
                     // 10 ms to the polling interval while idle.
                     idleDelay = min(max(idleDelay * 2, 0.01), config.service.pollingIntervalSeconds)

@@ -35,6 +35,7 @@ struct WorkerCommand: ParsableCommand {
     var supervisorPid: Int32?
 
     func run() throws {
+        HeapMemory.fixThresholds()
         HTTPClient.globalInit()
         Signals.install([SIGTERM, SIGINT, SIGHUP])
         if configStdin {
