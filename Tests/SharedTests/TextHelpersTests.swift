@@ -92,6 +92,10 @@ final class TextHelpersTests: XCTestCase {
             "PassWord : 'multi word' x", "password=\"q q\" password='' token=", "TOKEN=abc\ttoken: d\u{A0}e", "a@b c@d",
             "https://u:p@h:1/p and postgresql://x:y@z/db", "password=é\u{301}x rest", "bearer\n\tsecret", "tokens=1", "user@host:pw",
             "password= \u{3000}spaced", "ftp://a:b:c@d/", "password=héllo wörld token=😀x",
+            "password=\u{0B}x\u{85}y", "token:\u{2029}z", "Bearer\u{0C}abc", "password=\"unclosed rest", "password='",
+            "password:", "password = ", "x://:p@h", "http://u:@h", "http://u:p/q@h", "http://u@h:p@x", "a://b:c d@e",
+            "PASSWORD=1 password=2 passwordpassword=3", "tokentoken=x", "BEARER x Bearer\ny", "://a:b@://c:d@",
+            "password=\"a\"b\" c", "TOKEN = 'q r'", "password\t=\t\"x\"",
         ]
         for text in texts {
             XCTAssertEqual(Redactor.redact(text), foundationRedact(text), text.debugDescription)
