@@ -31,6 +31,17 @@ final class TextHelpersTests: XCTestCase {
         }
     }
 
+    func testRangeOfScalars_matchesFoundationOnOrdinaryText() {
+        for s in samples + ["a://b", "x:  y:  z", "$adp$ body $adp$", " rows=12", "aab", "ab"] {
+            for target in ["://", ":  ", "$adp$", " rows=", "ab", "\"", "x", "PRIMARY"] where !s.unicodeScalars.contains(where: { $0.value == 0x301 }) {
+                XCTAssertEqual(s.rangeOfScalars(target), s.range(of: target), "\(s.debugDescription) \(target)")
+            }
+        }
+        let text = "one $adp$ two $adp$ three"
+        let start = text.rangeOfScalars("$adp$")!
+        XCTAssertEqual(text[start.upperBound...].rangeOfScalars("$adp$")?.lowerBound, text.range(of: "$adp$", range: start.upperBound..<text.endIndex)?.lowerBound)
+    }
+
     func testReplacingAll_doublesAQuoteEvenBeforeACombiningMark() {
         // A grapheme-cluster comparison would see `"́` as one character and miss the quote.
         XCTAssertEqual("a\"\u{301}b".replacingAll("\"", with: "\"\""), "a\"\"\u{301}b")

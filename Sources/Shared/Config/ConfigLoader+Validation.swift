@@ -125,7 +125,7 @@ extension ConfigLoader {
 
     /// The host of an http(s) URL is a loopback name or address: localhost, 127.0.0.0/8, ::1.
     static func isLoopbackHost(ofURL url: String) -> Bool {
-        guard let schemeEnd = url.firstRange(of: "://") else { return false }
+        guard let schemeEnd = url.rangeOfScalars("://") else { return false }
         var authority = url[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
         let host: Substring
@@ -215,7 +215,7 @@ extension ConfigLoader {
                 throw fail("operations[\(position)]", "'\(operation.rawValue)' is not a trigger operation; expected insert, update or delete (run `atomic-data-publisher backfill` to enqueue existing rows)")
             }
 
-            guard table.atomicDataQuery.contains("$PRIMARY_KEY") else {
+            guard table.atomicDataQuery.containsScalars("$PRIMARY_KEY") else {
                 throw fail("atomic_data_query", "the query must contain $PRIMARY_KEY, which is replaced by the changed row's primary key")
             }
             guard table.publishEndpoint.hasPrefix("/") else {

@@ -102,7 +102,7 @@ public enum Timestamp {
 ///   (://[^:/@\s]+:)[^@/\s]+(@)                  ->  $1<redacted>$2
 public enum Redactor {
     public static func redact(_ text: String) -> String {
-        guard text.contains("password") || text.contains("@") || text.contains("Bearer") || text.contains("token") else { return text }
+        guard text.containsScalars("password") || text.contains("@") || text.containsScalars("Bearer") || text.containsScalars("token") else { return text }
         var scalars = Array(text.unicodeScalars)
         scalars = replaceAll(scalars, keyValue(keyword: "password", quotedValues: true))
         scalars = replaceAll(scalars, bearer)

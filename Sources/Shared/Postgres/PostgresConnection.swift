@@ -283,7 +283,7 @@ public final class PostgresConnection: @unchecked Sendable {
     static func sqlState(inVerboseMessage message: String) -> String? {
         var found: String?
         for line in message.split(whereSeparator: \.isNewline) {
-            guard let separator = line.firstRange(of: ":  ") else { continue }
+            guard let separator = line.rangeOfScalars(":  ") else { continue }
             let rest = line[separator.upperBound...]
             let code = rest.prefix(5)
             guard code.count == 5, rest.dropFirst(5).hasPrefix(": "),
@@ -299,7 +299,7 @@ public final class PostgresConnection: @unchecked Sendable {
         message.split(whereSeparator: \.isNewline)
             .filter { !$0.trimmingWhitespace().hasPrefix("LOCATION:") }
             .map { line -> String in
-                guard let separator = line.firstRange(of: ":  "), let code = sqlState(inVerboseMessage: String(line)) else { return String(line) }
+                guard let separator = line.rangeOfScalars(":  "), let code = sqlState(inVerboseMessage: String(line)) else { return String(line) }
                 return String(line[..<separator.upperBound]) + String(line[separator.upperBound...].dropFirst(code.count + 2))
             }
             .map { $0.trimmingWhitespace() }

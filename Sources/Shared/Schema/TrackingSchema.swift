@@ -323,7 +323,7 @@ extension TrackingSchema {
     /// The function body as PostgreSQL stores it in pg_proc.prosrc.
     private var functionBody: String {
         let sql = createFunctionSQL
-        guard let start = sql.firstRange(of: "$adp$"), let end = sql[start.upperBound...].firstRange(of: "$adp$") else { return sql }
+        guard let start = sql.rangeOfScalars("$adp$"), let end = sql[start.upperBound...].rangeOfScalars("$adp$") else { return sql }
         return String(sql[start.upperBound..<end.lowerBound])
     }
 

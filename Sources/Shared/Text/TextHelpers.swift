@@ -41,6 +41,33 @@ extension StringProtocol {
         return String(String.UnicodeScalarView(scalars[first...last]))
     }
 
+    /// `range(of:)` with a literal, scalar-by-scalar comparison (the standard library's
+    /// `firstRange(of:)` would link _StringProcessing and its regex parser: 1.2 MB).
+    package func rangeOfScalars(_ target: String) -> Range<Index>? {
+        let needle = Array(target.unicodeScalars)
+        guard let first = needle.first else { return nil }
+        let scalars = unicodeScalars
+        var i = scalars.startIndex
+        while i != scalars.endIndex {
+            if scalars[i] == first {
+                var j = i
+                var k = 0
+                while k < needle.count, j != scalars.endIndex, scalars[j] == needle[k] {
+                    scalars.formIndex(after: &j)
+                    k += 1
+                }
+                if k == needle.count { return i..<j }
+            }
+            scalars.formIndex(after: &i)
+        }
+        return nil
+    }
+
+    /// `contains(_:)` for a string, scalar by scalar (see rangeOfScalars).
+    package func containsScalars(_ target: String) -> Bool {
+        rangeOfScalars(target) != nil
+    }
+
     /// `replacingOccurrences(of:with:)` with a literal, scalar-by-scalar comparison.
     package func replacingAll(_ target: String, with replacement: String) -> String {
         let needle = Array(target.unicodeScalars)
