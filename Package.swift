@@ -1,6 +1,13 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
+// Shared and TableWorker import FoundationEssentials, never Foundation: full Foundation links
+// FoundationInternationalization and the ICU data (about 45 MB of the static binary; README
+// section 12). TOMLKit imports Foundation, and without MemberImportVisibility its members (the
+// NSString `contains`, `range(of:)`, ...) would silently win overload resolution in every file
+// of a module that merely depends on it, pulling Foundation back in.
+let essentialsOnly: [SwiftSetting] = [.enableUpcomingFeature("MemberImportVisibility")]
+
 let package = Package(
     name: "atomic-data-publisher",
     platforms: [.macOS(.v14)],
@@ -27,7 +34,8 @@ let package = Package(
                 "CLibPQ", "CCurl", "CSystemd", "CPosix",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
-            ]
+            ],
+            swiftSettings: essentialsOnly
         ),
         .executableTarget(
             name: "Supervisor",
@@ -38,7 +46,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-            ]
+            ],
+            swiftSettings: essentialsOnly
         ),
         .executableTarget(
             name: "TableWorker",
@@ -46,7 +55,8 @@ let package = Package(
                 "Shared",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: essentialsOnly
         ),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "Shared"]),

@@ -2,6 +2,7 @@
 #include "cposix.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdatomic.h>
@@ -78,4 +79,13 @@ int cposix_ignore_signal(int sig) {
     sa.sa_handler = SIG_IGN;
     sigemptyset(&sa.sa_mask);
     return sigaction(sig, &sa, NULL);
+}
+
+void cposix_malloc_fix_thresholds(int mmap_threshold, int trim_threshold) {
+    mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, trim_threshold);
+}
+
+int cposix_malloc_trim(void) {
+    return malloc_trim(0);
 }

@@ -2,7 +2,15 @@
 // command feeds it counts and the clock, and prints what it renders. Rates and ETAs are over
 // this run only (a resumed run does not count the earlier run's rows as fast ones).
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct BackfillMeter {
     /// Rows the whole backfill covers (done before this run + still to do at its start).
@@ -49,7 +57,7 @@ struct BackfillMeter {
     private func totalText(_ total: Int) -> String { (totalIsEstimate ? "~" : "") + Self.grouped(total) }
 
     static func percent(_ fraction: Double) -> String {
-        String(format: "%.1f%%", min(1, max(0, fraction)) * 100)
+        formatFixed(min(1, max(0, fraction)) * 100, decimals: 1) + "%"
     }
 
     static func grouped(_ n: Int) -> String {
@@ -67,7 +75,7 @@ struct BackfillMeter {
         guard let seconds, seconds.isFinite else { return "--:--" }
         let s = Int(seconds.rounded(.up))
         let (h, m, sec) = (s / 3600, (s / 60) % 60, s % 60)
-        return h > 0 ? String(format: "%d:%02d:%02d", h, m, sec) : String(format: "%d:%02d", m, sec)
+        return h > 0 ? "\(h):\(zeroPadded(m, width: 2)):\(zeroPadded(sec, width: 2))" : "\(m):\(zeroPadded(sec, width: 2))"
     }
 }
 
@@ -90,7 +98,7 @@ struct BackfillPacer {
 
     /// `500`, `500/s`: rows per second.
     static func parse(_ text: String) -> Double? {
-        var t = text.trimmingCharacters(in: .whitespaces)
+        var t = text.trimmingWhitespace()
         if t.hasSuffix("/s") { t.removeLast(2) }
         guard let value = Double(t), value > 0, value.isFinite else { return nil }
         return value

@@ -4,7 +4,14 @@
 // Invariants: both pipe ends the supervisor keeps are close-on-exec, so no sibling worker
 // inherits them; the child gets only its own ends as fds 0 and 1 (posix_spawn dup2s them).
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 final class ChildProcess {

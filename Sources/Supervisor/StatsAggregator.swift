@@ -1,7 +1,14 @@
 // Per-table statistics kept across worker restarts: a worker reports cumulative counters for its
 // own life; when it exits they are folded into `finished`, so totals never go backwards.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 struct TableStats: Sendable {

@@ -10,7 +10,14 @@
 //   /metrics never goes backwards across restarts.
 // - A bad configuration on SIGHUP is logged and the running one kept.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Shared
 

@@ -6,7 +6,14 @@
 // rebuilt later (a new batch, a restart, a replay: another timestamp, retry_count or state) gets
 // a new key, while `id` stays the same for every payload that covers the same changes.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 struct Payload: Equatable {

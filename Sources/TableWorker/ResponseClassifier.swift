@@ -70,7 +70,7 @@ enum ResponseClassifier {
     static func redactedLocation(_ location: String) -> String {
         var text = Substring(location.trimmingASCIIWhitespace)
         if let query = text.firstIndex(where: { $0 == "?" || $0 == "#" }) { text = text[..<query] }
-        if let scheme = text.range(of: "://") {
+        if let scheme = text.rangeOfScalars("://") {
             let rest = text[scheme.upperBound...]
             let hostEnd = rest.firstIndex(of: "/") ?? rest.endIndex
             if let at = rest[..<hostEnd].lastIndex(of: "@") {

@@ -10,7 +10,14 @@
 // - A problem with the table or its query (a revoked grant, a dropped column) pauses the table,
 //   keeps every change, says so in stats (so /health is not green) and retries every few seconds.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Shared
 
@@ -46,6 +53,8 @@ final class TableWorker {
     /// Whether this session holds the table's generation lock (TrackingSchema+Partition).
     private var generationHeld = false
     private var staleIndexesChecked = false
+    /// Batches were processed since the heap was last trimmed.
+    private var heapDirty = false
     /// Partitioned tables: when to look next at how the partitions spread across instances, and
     /// after letting one go, until when not to try for it again (so the other instance takes it).
     private var nextBalanceAt = 0.0
@@ -128,15 +137,23 @@ final class TableWorker {
                     try pause(Self.tableProblemRetrySeconds)
                 } else if processed > 0 {
                     idleDelay = 0
+                    heapDirty = true
                     // Fresh figures for /metrics soon after work, without a line per batch.
                     if monotonicSeconds() - lastStatsAt >= 0.1 { try emitStats() }
-                } else if try sleepUntilChange() {
-                    idleDelay = 0  // woken by a change: read it without probing first
                 } else {
-                    // The wake-up flag is taken (a writer between its change and its commit):
-                    // poll, backing off from 10 ms to the polling interval.
-                    idleDelay = min(max(idleDelay * 2, 0.01), config.service.pollingIntervalSeconds)
-                    try pause(idleDelay)
+                    // The backlog is drained: hand the batches' freed heap back (issue 10).
+                    if heapDirty {
+                        HeapMemory.releaseFreePages()
+                        heapDirty = false
+                    }
+                    if try sleepUntilChange() {
+                        idleDelay = 0  // woken by a change: read it without probing first
+                    } else {
+                        // The wake-up flag is taken (a writer between its change and its commit):
+                        // poll, backing off from 10 ms to the polling interval.
+                        idleDelay = min(max(idleDelay * 2, 0.01), config.service.pollingIntervalSeconds)
+                        try pause(idleDelay)
+                    }
                 }
             }
         } catch Stop.requested {
@@ -563,6 +580,8 @@ final class TableWorker {
                 try checkStop()
                 try emitStatsIfDue()
                 if try db.takeNotifications() > 0 { return true }
+                // A partitioned table's leader looks at the spread every few seconds (run loop).
+                if table.partitions > 1 && lease.reported == .leader && monotonicSeconds() >= nextBalanceAt { return true }
                 let now = monotonicSeconds()
                 // Read asleep, an empty tracking table can only fill with notified rows: no probe.
                 if lastBacklogAt > asleepAt && stats.backlog == 0 { probedAt = now }

@@ -4,7 +4,14 @@
 // configuration the usual way (`--config PATH`, config/default.toml, environment).
 
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Shared
 
@@ -31,6 +38,7 @@ struct WorkerCommand: ParsableCommand {
     var supervisorPid: Int32?
 
     func run() throws {
+        HeapMemory.fixThresholds()
         HTTPClient.globalInit()
         Signals.install([SIGTERM, SIGINT, SIGHUP])
         if configStdin {

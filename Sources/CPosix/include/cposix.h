@@ -15,4 +15,10 @@ int cposix_install_signal_flag(int sig);
 unsigned long cposix_take_signals(void);
 int cposix_signal_wake_fd(void);
 int cposix_ignore_signal(int sig);
+/* glibc malloc for a process whose batches come and go: fixed mmap and trim thresholds (bytes).
+   By default a freed large block raises both thresholds (up to 32 MiB and 64 MiB), after which the
+   next batch's buffers live in the heap and its free pages are never returned. */
+void cposix_malloc_fix_thresholds(int mmap_threshold, int trim_threshold);
+/* malloc_trim(0): return the free pages of the heap to the kernel. */
+int cposix_malloc_trim(void);
 #endif

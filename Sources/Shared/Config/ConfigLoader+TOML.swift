@@ -17,7 +17,7 @@ extension ConfigLoader {
             // value"), so its message is dropped when the line may hold a secret.
             let lines = toml.split(separator: "\n", omittingEmptySubsequences: false)
             let line = lines.indices.contains(position.line - 1) ? lines[position.line - 1].lowercased() : ""
-            let detail = line.contains("password") || line.contains("token") || line.contains("secret")
+            let detail = line.containsScalars("password") || line.containsScalars("token") || line.containsScalars("secret")
                 ? " (the parser's message is withheld because this line may hold a secret)"
                 : ": \(error.description)"
             throw ConfigError(file: file, problem: "invalid TOML at line \(position.line), column \(position.column)\(detail)")

@@ -125,7 +125,7 @@ extension ConfigLoader {
 
     /// The host of an http(s) URL is a loopback name or address: localhost, 127.0.0.0/8, ::1.
     static func isLoopbackHost(ofURL url: String) -> Bool {
-        guard let schemeEnd = url.range(of: "://") else { return false }
+        guard let schemeEnd = url.rangeOfScalars("://") else { return false }
         var authority = url[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
         let host: Substring
@@ -219,7 +219,7 @@ extension ConfigLoader {
                 throw fail("partitions", "must be between 1 and \(WatchedTable.maximumPartitions), found \(table.partitions)")
             }
 
-            guard table.atomicDataQuery.contains("$PRIMARY_KEY") else {
+            guard table.atomicDataQuery.containsScalars("$PRIMARY_KEY") else {
                 throw fail("atomic_data_query", "the query must contain $PRIMARY_KEY, which is replaced by the changed row's primary key")
             }
             guard table.publishEndpoint.hasPrefix("/") else {

@@ -24,7 +24,15 @@
 //   returns. `curl_global_init` runs once, from `HTTPClient.globalInit()`, before threads start.
 
 import CCurl
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
 
 public struct HTTPRequest: Sendable {
     public var url: String

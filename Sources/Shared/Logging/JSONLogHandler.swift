@@ -1,7 +1,14 @@
 // One JSON object per line on stderr (written with write(2): stdio globals are not Sendable in
 // Swift 6 and stdio on a pipe is block-buffered anyway).
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 public struct JSONLogHandler: LogHandler {
@@ -30,7 +37,7 @@ public struct JSONLogHandler: LogHandler {
         for key in fields.keys.sorted() {
             line += ",\(jsonString(key)):\(jsonString(Redactor.redact(fields[key]!)))"
         }
-        line += ",\"file\":\(jsonString((event.file as NSString).lastPathComponent)),\"line\":\(event.line)}\n"
+        line += ",\"file\":\(jsonString(event.file.lastPathComponent)),\"line\":\(event.line)}\n"
         writeAll(fd: fd, Array(line.utf8))
     }
 }
@@ -85,16 +92,112 @@ public enum Timestamp {
 }
 
 /// Masks secrets that could slip into a message: `password=...` pairs and URL credentials.
+/// Four rules, applied in turn, each to every non-overlapping match from left to right, exactly as
+/// the NSRegularExpression patterns they replace (case-insensitive; `\s` is the
+/// Unicode White_Space property) did. They are hand-written so that no regex engine is linked (the
+/// standard library's Regex adds 1.2 MB to each binary; TextHelpersTests compares the two):
+///   (password\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)  ->  $1<redacted>
+///   (Bearer\s+)\S+                             ->  $1<redacted>
+///   (token\s*[=:]\s*)\S+                       ->  $1<redacted>
+///   (://[^:/@\s]+:)[^@/\s]+(@)                  ->  $1<redacted>$2
 public enum Redactor {
     public static func redact(_ text: String) -> String {
-        guard text.contains("password") || text.contains("@") || text.contains("Bearer") || text.contains("token") else { return text }
-        var out = text
-        for pattern in [#"(password\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)"#, #"(Bearer\s+)\S+"#, #"(token\s*[=:]\s*)\S+"#, #"(://[^:/@\s]+:)[^@/\s]+(@)"#] {
-            guard let regex = try? NSRegularExpression(pattern: pattern, options: [.caseInsensitive]) else { continue }
-            let template = pattern.hasSuffix("(@)") ? "$1<redacted>$2" : "$1<redacted>"
-            out = regex.stringByReplacingMatches(in: out, range: NSRange(out.startIndex..., in: out), withTemplate: template)
+        guard text.containsScalars("password") || text.contains("@") || text.containsScalars("Bearer") || text.containsScalars("token") else { return text }
+        var scalars = Array(text.unicodeScalars)
+        scalars = replaceAll(scalars, keyValue(keyword: "password", quotedValues: true))
+        scalars = replaceAll(scalars, bearer)
+        scalars = replaceAll(scalars, keyValue(keyword: "token", quotedValues: false))
+        scalars = replaceAll(scalars, urlCredentials)
+        var out = String.UnicodeScalarView()
+        out.append(contentsOf: scalars)
+        return String(out)
+    }
+
+    /// A rule: at `start`, the end of the kept prefix ($1), the end of the secret, and the end
+    /// of the match (the secret is replaced; anything between it and the match's end is kept, $2).
+    private typealias Rule = @Sendable ([Unicode.Scalar], Int) -> (keep: Int, secretEnd: Int, end: Int)?
+
+    private static func replaceAll(_ s: [Unicode.Scalar], _ rule: Rule) -> [Unicode.Scalar] {
+        var out: [Unicode.Scalar] = []
+        out.reserveCapacity(s.count + 16)
+        var i = 0
+        while i < s.count {
+            if let m = rule(s, i) {
+                out.append(contentsOf: s[i..<m.keep])
+                out.append(contentsOf: "<redacted>".unicodeScalars)
+                out.append(contentsOf: s[m.secretEnd..<m.end])
+                i = m.end
+            } else {
+                out.append(s[i])
+                i += 1
+            }
         }
         return out
+    }
+
+    /// ICU's `\s`: the Unicode White_Space property.
+    private static func isSpace(_ c: Unicode.Scalar) -> Bool {
+        c.properties.isWhitespace
+    }
+
+    /// `word` at `i`, ignoring case (the keywords are ASCII letters).
+    private static func matches(_ word: String, in s: [Unicode.Scalar], at i: Int) -> Int? {
+        var j = i
+        for w in word.unicodeScalars {
+            guard j < s.count else { return nil }
+            let c = s[j]
+            guard c == w || (c.isASCII && c.value ^ 0x20 == w.value && w.properties.isAlphabetic) else { return nil }
+            j += 1
+        }
+        return j
+    }
+
+    private static func skipSpaces(_ s: [Unicode.Scalar], from i: Int) -> Int {
+        var j = i
+        while j < s.count && isSpace(s[j]) { j += 1 }
+        return j
+    }
+
+    private static func nonSpaceRun(_ s: [Unicode.Scalar], from i: Int, excluding: Set<Unicode.Scalar> = []) -> Int {
+        var j = i
+        while j < s.count && !isSpace(s[j]) && !excluding.contains(s[j]) { j += 1 }
+        return j
+    }
+
+    /// `keyword\s*[=:]\s*` then the value: `"..."` or `'...'` (password only) or `\S+`.
+    private static func keyValue(keyword: String, quotedValues: Bool) -> Rule {
+        { s, i in
+            guard var j = matches(keyword, in: s, at: i) else { return nil }
+            j = skipSpaces(s, from: j)
+            guard j < s.count, s[j] == "=" || s[j] == ":" else { return nil }
+            let keep = skipSpaces(s, from: j + 1)
+            guard keep < s.count else { return nil }
+            if quotedValues, s[keep] == "\"" || s[keep] == "'", let close = s[(keep + 1)...].firstIndex(of: s[keep]) {
+                return (keep, close + 1, close + 1)
+            }
+            let end = nonSpaceRun(s, from: keep)
+            return end > keep ? (keep, end, end) : nil
+        }
+    }
+
+    /// `Bearer\s+\S+`.
+    private static let bearer: Rule = { s, i in
+        guard let j = matches("bearer", in: s, at: i) else { return nil }
+        let keep = skipSpaces(s, from: j)
+        guard keep > j else { return nil }
+        let end = nonSpaceRun(s, from: keep)
+        return end > keep ? (keep, end, end) : nil
+    }
+
+    /// `://user:` then the password up to `@` (neither may hold `/` or a space; the user no `@`).
+    private static let urlCredentials: Rule = { s, i in
+        guard let j = matches("://", in: s, at: i) else { return nil }
+        let userEnd = nonSpaceRun(s, from: j, excluding: [":", "/", "@"])
+        guard userEnd > j, userEnd < s.count, s[userEnd] == ":" else { return nil }
+        let keep = userEnd + 1
+        let secretEnd = nonSpaceRun(s, from: keep, excluding: ["@", "/"])
+        guard secretEnd > keep, secretEnd < s.count, s[secretEnd] == "@" else { return nil }
+        return (keep, secretEnd, secretEnd + 1)
     }
 }
 
@@ -110,7 +213,7 @@ public func jsonString(_ s: String) -> String {
         case "\r": out += "\\r"
         case "\t": out += "\\t"
         case _ where scalar.value < 0x20:
-            out += String(format: "\\u%04x", scalar.value)
+            out += "\\u" + hexPadded(scalar.value, width: 4)
         default:
             out.unicodeScalars.append(scalar)
         }
@@ -172,6 +275,6 @@ public enum LogSetup {
     /// The last path component of argv[0] (program_invocation_short_name).
     public static var programName: String {
         guard let first = CommandLine.arguments.first, !first.isEmpty else { return "atomic-data-publisher" }
-        return (first as NSString).lastPathComponent
+        return first.lastPathComponent
     }
 }

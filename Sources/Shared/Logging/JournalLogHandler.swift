@@ -5,7 +5,14 @@
 // Invariant: every value (the message included) goes through Redactor.redact, as in the JSON
 // handler, so a secret that slips into a message or an error never reaches the journal.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 public struct JournalLogHandler: LogHandler {

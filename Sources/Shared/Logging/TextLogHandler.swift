@@ -2,7 +2,14 @@
 //   2026-11-28T10:00:00.123Z warning atomic-data-table-worker: database unavailable, retrying error="..." table=hotspots
 // Values go through Redactor.redact like every other format.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 public struct TextLogHandler: LogHandler {

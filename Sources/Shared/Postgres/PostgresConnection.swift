@@ -19,7 +19,15 @@
 // same settings (`options`), so it does not keep a dead session's locks for hours either.
 
 import CLibPQ
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
 
 public struct ConnectionParameters: Sendable, Equatable {
     public var host: String
@@ -275,7 +283,7 @@ public final class PostgresConnection: @unchecked Sendable {
     static func sqlState(inVerboseMessage message: String) -> String? {
         var found: String?
         for line in message.split(whereSeparator: \.isNewline) {
-            guard let separator = line.range(of: ":  ") else { continue }
+            guard let separator = line.rangeOfScalars(":  ") else { continue }
             let rest = line[separator.upperBound...]
             let code = rest.prefix(5)
             guard code.count == 5, rest.dropFirst(5).hasPrefix(": "),
@@ -289,12 +297,12 @@ public final class PostgresConnection: @unchecked Sendable {
     /// description adds it once).
     static func withoutVerboseDecoration(_ message: String) -> String {
         message.split(whereSeparator: \.isNewline)
-            .filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("LOCATION:") }
+            .filter { !$0.trimmingWhitespace().hasPrefix("LOCATION:") }
             .map { line -> String in
-                guard let separator = line.range(of: ":  "), let code = sqlState(inVerboseMessage: String(line)) else { return String(line) }
+                guard let separator = line.rangeOfScalars(":  "), let code = sqlState(inVerboseMessage: String(line)) else { return String(line) }
                 return String(line[..<separator.upperBound]) + String(line[separator.upperBound...].dropFirst(code.count + 2))
             }
-            .map { $0.trimmingCharacters(in: .whitespaces) }
+            .map { $0.trimmingWhitespace() }
             .filter { !$0.isEmpty }
             .joined(separator: " ")
     }
@@ -445,7 +453,7 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     fileprivate static func clean(_ message: String) -> String {
-        message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
+        message.split(whereSeparator: \.isNewline).map { $0.trimmingWhitespace() }.joined(separator: " ")
     }
 
     private func withCStrings<R>(_ params: [String?], _ body: (UnsafePointer<UnsafePointer<CChar>?>?) -> R) -> R {
@@ -458,12 +466,12 @@ public final class PostgresConnection: @unchecked Sendable {
 
 /// Quote an SQL identifier the way PostgreSQL's quote_ident does, always: "a""b".
 public func quoteIdentifier(_ name: String) -> String {
-    "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    "\"" + name.replacingAll("\"", with: "\"\"") + "\""
 }
 
 /// Quote an SQL string literal: 'it''s'.
 public func quoteLiteral(_ value: String) -> String {
-    "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
+    "'" + value.replacingAll("'", with: "''") + "'"
 }
 
 // MARK: - isolated pipelines

@@ -26,7 +26,7 @@ struct PostgresTLSFailure: Equatable {
 
     init?(libpqMessage message: String) {
         let text = message.lowercased()
-        func has(_ fragment: String) -> Bool { text.contains(fragment) }
+        func has(_ fragment: String) -> Bool { text.containsScalars(fragment) }
         if has("does not match host name") || has("could not get server's host name from server certificate")
             || has("server certificate for") {
             cause = .hostNameMismatch

@@ -1,4 +1,11 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the supervisor writes, as one line of JSON, on a worker's stdin. It carries secrets, which
 /// is why it travels through a pipe and never through argv or the environment.

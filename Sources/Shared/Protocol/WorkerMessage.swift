@@ -2,7 +2,14 @@
 // stdout, at most `WorkerMessage.maxLineBytes`. Counters are cumulative so a lost line loses
 // nothing; the supervisor keeps totals across a worker's restarts.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct LatencySummary: Codable, Sendable, Equatable {
     public var count: Int = 0

@@ -1,4 +1,11 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // The user's atomic data query, made safe and typed:
 // - `$PRIMARY_KEY` becomes the bound parameter `$1` (never spliced into the text), so a key such
@@ -18,7 +25,7 @@ public struct AtomicDataQuery: Sendable, Equatable {
     public var parameterized: String {
         var text = userQuery
         while text.last == ";" || text.last?.isWhitespace == true { text.removeLast() }
-        return text.replacingOccurrences(of: Self.placeholder, with: "$1")
+        return text.replacingAll(Self.placeholder, with: "$1")
     }
 
     public var wrapped: String {

@@ -160,7 +160,7 @@ extension TrackingSchema {
 
     /// Rows of the top plan node in `EXPLAIN` text: "... (cost=0.00..35.50 rows=2550 width=4)".
     static func planRows(_ line: String) -> Int {
-        guard let range = line.range(of: " rows=") else { return 0 }
+        guard let range = line.rangeOfScalars(" rows=") else { return 0 }
         return Int(line[range.upperBound...].prefix { $0.isNumber }) ?? 0
     }
 

@@ -12,7 +12,14 @@
 //   only while the table's worker sleeps (pg_notify takes a global lock at every commit; see
 //   DESIGN.md section 4 and TrackingSchema+Wake.swift).
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct TrackingSchema: Sendable {
     public let table: WatchedTable
@@ -113,7 +120,7 @@ public struct TrackingSchema: Sendable {
             FOR c IN \(operationChecksToChangeSQL) LOOP
                 EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.rel, c.conname);
                 IF c.readd THEN
-                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (operation IN \(Self.operationCodes.replacingOccurrences(of: "'", with: "''"))) NOT VALID', c.rel, c.conname);
+                    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (operation IN \(Self.operationCodes.replacingAll("'", with: "''"))) NOT VALID', c.rel, c.conname);
                 END IF;
             END LOOP;
         END
@@ -340,7 +347,7 @@ extension TrackingSchema {
                 try db.executeScript(createFunctionSQL)
             }
             var changed = false
-            let wantedDef = createTriggerSQL.replacingOccurrences(of: ";", with: "")
+            let wantedDef = createTriggerSQL.replacingAll(";", with: "")
             if let row = current.rows.first, normalize(row[1] ?? "") == normalize(wantedDef) {
                 // Already right: leave it alone.
             } else {
@@ -373,16 +380,16 @@ extension TrackingSchema {
     /// The function body as PostgreSQL stores it in pg_proc.prosrc.
     private var functionBody: String {
         let sql = createFunctionSQL
-        guard let start = sql.range(of: "$adp$"), let end = sql.range(of: "$adp$", range: start.upperBound..<sql.endIndex) else { return sql }
+        guard let start = sql.rangeOfScalars("$adp$"), let end = sql[start.upperBound...].rangeOfScalars("$adp$") else { return sql }
         return String(sql[start.upperBound..<end.lowerBound])
     }
 
     /// pg_get_triggerdef prints identifiers unquoted when they need no quotes, and "EXECUTE
     /// FUNCTION" or "EXECUTE PROCEDURE" depending on version: compare without those differences.
     private func normalize(_ def: String) -> String {
-        def.replacingOccurrences(of: "\"", with: "")
-            .replacingOccurrences(of: "EXECUTE PROCEDURE", with: "EXECUTE FUNCTION")
-            .replacingOccurrences(of: "public.", with: "")
+        def.replacingAll("\"", with: "")
+            .replacingAll("EXECUTE PROCEDURE", with: "EXECUTE FUNCTION")
+            .replacingAll("public.", with: "")
             .split(whereSeparator: \.isWhitespace).joined(separator: " ")
     }
 }

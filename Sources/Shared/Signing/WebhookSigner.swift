@@ -7,7 +7,14 @@
 //
 // Pure: no clock, no I/O; the caller passes the timestamp. Secrets never appear in a description.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct WebhookSigner: Sendable {
     public static let secretPrefix = "whsec_"

@@ -3,7 +3,14 @@
 // (libsystemd's own behaviour), so the daemon runs the same outside systemd.
 
 import CSystemd
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct SystemdNotifier: Sendable {
     public init() {}

@@ -4,7 +4,14 @@
 // subcommand, beside this one.
 
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 struct GlobalOptions: ParsableArguments {

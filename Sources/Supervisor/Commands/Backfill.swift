@@ -10,7 +10,14 @@
 // grants); 1 transient (the database went away: rerun to resume); 64 bad arguments.
 
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 struct Backfill: ParsableCommand {
@@ -27,10 +34,10 @@ struct Backfill: ParsableCommand {
     @Option(name: .long, help: .hidden) var progressInterval = 5.0
 
     func validate() throws {
-        if table.trimmingCharacters(in: .whitespaces).isEmpty { throw ValidationError("--table must name a watched table") }
+        if table.trimmingWhitespace().isEmpty { throw ValidationError("--table must name a watched table") }
         if batch < 1 || batch > 1_000_000 { throw ValidationError("--batch must be between 1 and 1000000, found \(batch)") }
         if let rate, BackfillPacer.parse(rate) == nil { throw ValidationError("--rate must be a positive number of rows per second such as 2000/s, found '\(rate)'") }
-        if let w = self.where, w.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+        if let w = self.where, w.trimmingWhitespaceAndNewlines().isEmpty {
             throw ValidationError("--where is empty: leave it out to backfill every row")
         }
         if progressInterval <= 0 { throw ValidationError("--progress-interval must be positive") }
@@ -41,7 +48,7 @@ struct Backfill: ParsableCommand {
         let watched = CommandSupport.tables(config, named: table)[0]
         let schema = TrackingSchema(table: watched)
         let name = watched.qualifiedName
-        let whereClause = (self.where ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        let whereClause = (self.where ?? "").trimmingWhitespaceAndNewlines()
         let pacer = BackfillPacer(rowsPerSecond: rate.flatMap(BackfillPacer.parse))
         let db = CommandSupport.connect(config, purpose: "backfill")
 
@@ -117,7 +124,7 @@ struct Backfill: ParsableCommand {
         if terminal { CommandSupport.say("") }
         let elapsed = monotonicSeconds() - started
         let thisRun = state.rowsDone - meter.doneAtStart
-        CommandSupport.say("backfill \(name): done, \(state.rowsDone) rows enqueued (\(thisRun) in this run, \(String(format: "%.1f", elapsed)) s, \(elapsed > 0 ? Int(Double(thisRun) / elapsed) : thisRun) rows/s); the service publishes them with \"operation\": \"backfill\"")
+        CommandSupport.say("backfill \(name): done, \(state.rowsDone) rows enqueued (\(thisRun) in this run, \(formatFixed(elapsed, decimals: 1)) s, \(elapsed > 0 ? Int(Double(thisRun) / elapsed) : thisRun) rows/s); the service publishes them with \"operation\": \"backfill\"")
     }
 
     private func interrupted(_ state: TrackingSchema.BackfillState, meter: BackfillMeter, name: String, terminal: Bool) -> Never {

@@ -1,13 +1,20 @@
 // What every subcommand shares: loading the configuration, connecting, failing with one sentence.
 
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 enum CommandSupport {
     static func fail(_ message: String, status: Int32) -> Never {
         writeAll(fd: 2, Array("atomic-data-publisher: \(message)\n".utf8))
-        Foundation.exit(status)
+        Glibc.exit(status)
     }
 
     /// Load and validate, or exit 78 with the loader's message (file, key, problem).
@@ -52,9 +59,9 @@ enum CommandSupport {
     static func workerPath() -> String {
         if let override = ProcessInfo.processInfo.environment["ADP_WORKER_PATH"] { return override }
         let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let dir = (me as NSString).deletingLastPathComponent
+        let dir = me.deletingLastPathComponent
         for candidate in [dir + "/atomic-data-table-worker",
-                          (dir as NSString).deletingLastPathComponent + "/libexec/atomic-data-publisher/atomic-data-table-worker",
+                          dir.deletingLastPathComponent + "/libexec/atomic-data-publisher/atomic-data-table-worker",
                           "/usr/libexec/atomic-data-publisher/atomic-data-table-worker"] where FileManager.default.isExecutableFile(atPath: candidate) {
             return candidate
         }

@@ -1,5 +1,12 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 struct Status: ParsableCommand {
@@ -16,15 +23,16 @@ struct Status: ParsableCommand {
         case .success(let r): response = r
         case .failure(let e): CommandSupport.fail("the service does not answer at \(url): \(e.message); is it running?", status: 3)
         }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any],
-              let components = object["components"] as? [String: Any], let tables = components["tables"] as? [String: [String: Any]] else {
+        guard let object = JSONValue.parse(response.body)?.object,
+              let tables = object["components"]?["tables"]?.object, tables.values.allSatisfy({ $0.object != nil }) else {
             CommandSupport.fail("unexpected answer from \(url) (HTTP \(response.status))", status: 3)
         }
-        CommandSupport.say("service: \(object["status"] ?? "?") (instance \(object["instance"] ?? "?"), version \(object["version"] ?? "?"), up \(object["uptime_seconds"] ?? 0) s)")
+        func text(_ value: JSONValue?, _ missing: String) -> String { value?.description ?? missing }
+        CommandSupport.say("service: \(text(object["status"], "?")) (instance \(text(object["instance"], "?")), version \(text(object["version"], "?")), up \(text(object["uptime_seconds"], "0")) s)")
         for name in tables.keys.sorted() {
             let t = tables[name]!
-            let pid = (t["pid"] as? Int).map(String.init) ?? "-"
-            CommandSupport.say("\(name): \(t["state"] ?? "?") pid \(pid), restarts \(t["restarts"] ?? 0), backlog \(t["backlog"] ?? 0), lease \(t["lease"] ?? "?")\((t["leader"] as? String).map { " (leader \($0))" } ?? ""), database \(t["database"] ?? "?"), breaker \(t["circuit_breaker"] ?? "?"), last publish \((t["last_publish"] as? String) ?? "never")")
+            let pid = t["pid"]?.int.map(String.init) ?? "-"
+            CommandSupport.say("\(name): \(text(t["state"], "?")) pid \(pid), restarts \(text(t["restarts"], "0")), backlog \(text(t["backlog"], "0")), lease \(text(t["lease"], "?"))\(t["leader"]?.string.map { " (leader \($0))" } ?? ""), database \(text(t["database"], "?")), breaker \(text(t["circuit_breaker"], "?")), last publish \(t["last_publish"]?.string ?? "never")")
         }
         if response.status != 200 { throw ExitCode(1) }
     }

@@ -9,7 +9,15 @@
 //   database, no table has failed and none reports a problem (a revoked grant, a broken query).
 //   It is what /health reports as `ready`.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct ProbeResult: Equatable, Sendable {
     var ok: Bool
@@ -33,7 +41,7 @@ enum Liveness {
     }
 
     private static func format(_ seconds: Double) -> String {
-        String(format: "%.2f", max(0, seconds))
+        formatFixed(max(0, seconds), decimals: 2)
     }
 }
 

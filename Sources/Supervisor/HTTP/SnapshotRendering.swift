@@ -1,6 +1,13 @@
 // /health, /livez, /readyz, /metrics and /metrics/prometheus bodies from a snapshot: pure functions.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Shared
 
 extension ServiceSnapshot.Table {
@@ -21,8 +28,7 @@ extension ServiceSnapshot.Table {
 
 extension ServiceSnapshot {
     private func json(_ object: Any) -> String {
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return "{}" }
-        return String(decoding: data, as: UTF8.self)
+        JSONText.render(object)
     }
 
     var healthJSON: String {
@@ -33,8 +39,8 @@ extension ServiceSnapshot {
                 "oldest_change_age_seconds": t.stats.oldestChangeAgeSeconds,
                 "database": t.stats.database.rawValue, "circuit_breaker": t.stats.circuitBreaker.rawValue,
             ]
-            entry["pid"] = t.pid.map { Int($0) } ?? NSNull()
-            entry["last_publish"] = t.stats.lastPublishAt ?? NSNull()
+            entry["pid"] = t.pid.map { Int($0) } ?? JSONNull()
+            entry["last_publish"] = t.stats.lastPublishAt ?? JSONNull()
             if let e = t.lastExit { entry["last_exit"] = e }
             if let e = t.lastError { entry["last_error"] = e }
             if let p = t.stats.tableProblem { entry["problem"] = p }
@@ -111,13 +117,13 @@ extension ServiceSnapshot {
             var entry = counters(t.stats)
             entry["state"] = t.state
             entry["up"] = t.up
-            entry["pid"] = t.pid.map { Int($0) } ?? NSNull()
+            entry["pid"] = t.pid.map { Int($0) } ?? JSONNull()
             entry["restarts"] = t.restarts
             entry["database"] = t.stats.database.rawValue
             entry["circuit_breaker"] = t.stats.circuitBreaker.rawValue
-            entry["last_publish"] = t.stats.lastPublishAt ?? NSNull()
+            entry["last_publish"] = t.stats.lastPublishAt ?? JSONNull()
             entry["lease"] = t.stats.lease.rawValue
-            entry["leader"] = t.stats.leaseHolder ?? NSNull()
+            entry["leader"] = t.stats.leaseHolder ?? JSONNull()
             entry["lease_held_seconds"] = t.stats.leaseHeldSeconds
             entry["takeovers"] = t.stats.takeovers
             if let p = t.stats.tableProblem { entry["problem"] = p }
@@ -187,7 +193,7 @@ extension ServiceSnapshot {
     }
 
     static func escapeLabel(_ s: String) -> String {
-        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+        s.replacingAll("\\", with: "\\\\").replacingAll("\"", with: "\\\"").replacingAll("\n", with: "\\n")
     }
 
     static func format(_ v: Double) -> String {
@@ -198,7 +204,5 @@ extension ServiceSnapshot {
 
 /// The body of /livez and /readyz: `{"status": "...", "reason": "..."}`.
 func probeJSON(_ result: ProbeResult, okStatus: String, failStatus: String) -> String {
-    let object = ["status": result.ok ? okStatus : failStatus, "reason": result.reason]
-    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return "{}" }
-    return String(decoding: data, as: UTF8.self)
+    JSONText.render(["status": result.ok ? okStatus : failStatus, "reason": result.reason])
 }
