@@ -14,7 +14,7 @@ import Shared
 /// Sends requests, at most `maxConcurrent` at once; results in request order. `onComplete` sees each
 /// answer as it arrives and returns false to stop launching the rest; `shouldAbort` abandons all.
 protocol IngestTransport: AnyObject {
-    func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool,
+    func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
                  onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>]
 }
 
@@ -87,6 +87,10 @@ final class DeliveryRunner {
     /// Whether the last `run` gave up on requests already sent (a stop or a lost lease mid-wave):
     /// the ingestor may still be working on them, so the lease may not be handed over cleanly.
     private(set) var abandonedInFlight = false
+    /// When asked to stop mid-wave, how long the requests already in flight may take to be
+    /// answered (nothing new starts meanwhile); their answers are applied, so a graceful stop
+    /// leaves nothing in flight. 0: abandon them at once.
+    var stopDrainSeconds = 0.0
     private var lost: PostgresError?
 
     init(transport: IngestTransport, store: ChangeStore, host: DeliveryHost, maxConcurrent: Int, ackGroupSize: Int = 32) {
@@ -113,16 +117,18 @@ final class DeliveryRunner {
                 let wave = indices.map { requests[$0] }
                 inFlight = min(wave.count, maxConcurrent)
                 var answered = 0
+                var stopAt: Double?
                 let results = transport.perform(wave, maxConcurrent: maxConcurrent, shouldAbort: { [self] in
                     if lost != nil { return true }
                     switch host.tick(inFlight: inFlight) {
                     case .go: break
-                    case .stop: stop = true
+                    case .stop: if stopAt == nil { stopAt = host.now }
                     case .leaseLost: lost = PostgresError(kind: .connection, sqlState: nil, message: "the table's lease could not be confirmed")
                     }
+                    if let stopAt, host.now - stopAt >= stopDrainSeconds { stop = true }
                     if (stop || lost != nil) && inFlight > 0 { abandonedInFlight = true }
                     return stop || lost != nil
-                }, onComplete: { [self] position, response in
+                }, keepLaunching: { [self] in stopAt == nil && lost == nil }, onComplete: { [self] position, response in
                     answered += 1
                     let index = indices[position]
                     let outcome = ResponseClassifier.outcome(response, unixNow: host.unixNow)
@@ -134,6 +140,7 @@ final class DeliveryRunner {
                     return plan.breaker.waitTime(now: host.now) == nil && lost == nil
                 })
                 inFlight = 0
+                if stopAt != nil { stop = true }  // drained (or abandoned): stop after this wave
                 // Requests that were not answered: never started, or abandoned in flight.
                 for (position, index) in indices.enumerated() where plan.states[index] == .inFlight {
                     if case .failure(let error) = results[position], error.code == HTTPClient.notSentCode {

@@ -89,6 +89,9 @@ final class TableWorker {
                           keptResponseHeaders: ResponseClassifier.headersRead)
         runner = DeliveryRunner(transport: http, store: session, host: self, maxConcurrent: config.service.maxConcurrentPublishes)
         runner.log = { [unowned self] event in self.noteDelivery(event) }
+        // SIGTERM mid-wave: let what is in flight be answered (well within the supervisor's
+        // shutdown timeout), so nothing is left in flight and the lease can be handed over.
+        runner.stopDrainSeconds = min(Double(config.ingestor.timeoutSeconds), config.service.shutdownTimeoutSeconds / 2)
     }
 
     /// Runs until asked to stop; returns the exit status.

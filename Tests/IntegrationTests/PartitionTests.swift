@@ -11,22 +11,28 @@ extension DeliveryReliabilityTests {
         return table
     }
 
-    private func instanceConfig(_ database: TestDatabase, _ ingestor: Ingestor, table: WatchedTable, instance: String) throws -> (PublisherConfig, URL) {
+    /// An instance (supervisor) named `instance` on `table`, with the automatic fence (the ingestor
+    /// timeout + 2 s) and a standby that tries every 0.5 s.
+    func startInstance(_ database: TestDatabase, _ ingestor: Ingestor, table: WatchedTable, instance: String,
+                       ingestorTimeoutSeconds: Int = 2) throws -> SupervisorProcess {
         var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [table])
         config.service.healthCheckAddress = "127.0.0.1"
         config.service.healthCheckPort = try SupervisorProcess.freePort()
         config.service.instanceId = instance
-        config.ingestor.timeoutSeconds = 2
+        config.ingestor.timeoutSeconds = ingestorTimeoutSeconds
         config.service.leaseFenceSeconds = -1  // automatic: the ingestor timeout + 2 s
         config.service.leaseRetrySeconds = 0.5
-        return (config, try writeConfig(config, name: "\(instance).toml"))
-    }
-
-    private func startInstance(_ database: TestDatabase, _ ingestor: Ingestor, table: WatchedTable, instance: String) throws -> SupervisorProcess {
-        let (config, url) = try instanceConfig(database, ingestor, table: table, instance: instance)
+        let url = try writeConfig(config, name: "\(instance).toml")
         let s = try SupervisorProcess(configURL: url, healthPort: config.service.healthCheckPort, directory: workDirectory, name: instance)
         supervisors.append(s)
         return s
+    }
+
+    /// The instances seen in X-Publisher-Instance over every request, in arrival order, collapsed.
+    func publishingOrder(_ ingestor: Ingestor) throws -> [String] {
+        var order: [String] = []
+        for r in try ingestor.requests() { if let i = r.header("X-Publisher-Instance"), order.last != i { order.append(i) } }
+        return order
     }
 
     /// Worker name → lease state ("leader"/"standby") for every entry of an instance's /health.
@@ -136,9 +142,7 @@ extension DeliveryReliabilityTests {
         try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
         let (payloads, duplicates) = try assertNoKeyWentBackwards(ingestor)
         // Globally: every request of the old count arrived before the first of the new one.
-        var order: [String] = []
-        for r in try ingestor.requests() { if let i = r.header("X-Publisher-Instance"), order.last != i { order.append(i) } }
-        XCTAssertEqual(order, ["old", "new"], "the two partition counts never published at the same time")
+        XCTAssertEqual(try publishingOrder(ingestor), ["old", "new"], "the two partition counts never published at the same time")
         XCTAssertGreaterThanOrEqual(handover, 4, "the new count fenced (ingestor timeout 2 s + 2 s) after the old one stopped")
         XCTAssertTrue(try database.tableExists("items_changes_p4_idx"), "the new count's index exists")
         print("repartition 1 -> 4 during a stream: the new count published \(String(format: "%.2f", handover)) s after the old stopped; \(payloads) payloads, \(duplicates) repeated states")

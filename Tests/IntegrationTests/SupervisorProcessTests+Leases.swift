@@ -141,17 +141,7 @@ extension DeliveryReliabilityTests {
         addDiagnostics { Self.trackingTableSummary(database, self.items) }
         var instances: [String: SupervisorProcess] = [:]
         for name in ["host-a", "host-b"] {
-            var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [items])
-            config.service.healthCheckAddress = "127.0.0.1"
-            config.service.healthCheckPort = try SupervisorProcess.freePort()
-            config.service.instanceId = name
-            config.ingestor.timeoutSeconds = 2
-            config.service.leaseFenceSeconds = -1
-            config.service.leaseRetrySeconds = 0.5
-            let url = try writeConfig(config, name: "\(name).toml")
-            let s = try SupervisorProcess(configURL: url, healthPort: config.service.healthCheckPort, directory: workDirectory, name: name)
-            supervisors.append(s)
-            instances[name] = s
+            instances[name] = try startInstance(database, ingestor, table: items, instance: name)  // fence 4 s
         }
         var leaderName = ""
         try waitUntil(timeout: 30, "one instance leads") {
@@ -198,17 +188,7 @@ extension DeliveryReliabilityTests {
         addDiagnostics { Self.trackingTableSummary(database, self.items) }
         var instances: [String: SupervisorProcess] = [:]
         for name in ["host-a", "host-b"] {
-            var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [items])
-            config.service.healthCheckAddress = "127.0.0.1"
-            config.service.healthCheckPort = try SupervisorProcess.freePort()
-            config.service.instanceId = name
-            config.ingestor.timeoutSeconds = 5
-            config.service.leaseFenceSeconds = -1  // automatic: 7 s
-            config.service.leaseRetrySeconds = 0.5
-            let url = try writeConfig(config, name: "\(name).toml")
-            let s = try SupervisorProcess(configURL: url, healthPort: config.service.healthCheckPort, directory: workDirectory, name: name)
-            supervisors.append(s)
-            instances[name] = s
+            instances[name] = try startInstance(database, ingestor, table: items, instance: name, ingestorTimeoutSeconds: 5)  // fence 7 s
         }
         var leaderName = ""
         try waitUntil(timeout: 30, "one instance leads") {
@@ -229,9 +209,7 @@ extension DeliveryReliabilityTests {
         XCTAssertNil(writer.error)
         try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
         let (payloads, _) = try assertNoKeyWentBackwards(ingestor)
-        var order: [String] = []
-        for r in try ingestor.requests() { if let i = r.header("X-Publisher-Instance"), order.last != i { order.append(i) } }
-        XCTAssertEqual(order, [leaderName, standbyName], "the old leader sent nothing after the handover")
+        XCTAssertEqual(try publishingOrder(ingestor), [leaderName, standbyName], "the old leader sent nothing after the handover")
         let log = instances[standbyName]!.process.stderrText()
         XCTAssertTrue(log.contains("\"clean_handoff\":\"true\""), "the standby took over from a clean handoff:\n\(log.suffix(3000))")
         XCTAssertTrue(instances[leaderName]!.process.stderrText().contains("handed the lease of this table over"))

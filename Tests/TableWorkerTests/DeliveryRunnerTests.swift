@@ -14,13 +14,13 @@ final class DeliveryRunnerTests: XCTestCase {
         private(set) var sent: [String] = []
         var maxSeenConcurrency = 0
 
-        func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool,
+        func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
                      onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>] {
             maxSeenConcurrency = max(maxSeenConcurrency, min(maxConcurrent, requests.count))
             var results: [Result<HTTPResponse, HTTPTransportError>] = []
             var launching = true
             for (i, request) in requests.enumerated() {
-                if !launching || shouldAbort() || (abortAfter.map { sent.count >= $0 } ?? false) {
+                if !launching || shouldAbort() || !keepLaunching() || (abortAfter.map { sent.count >= $0 } ?? false) {
                     _ = shouldAbort()
                     results.append(.failure(HTTPTransportError(code: HTTPClient.notSentCode, message: "not sent", isTimeout: false)))
                     continue
@@ -122,6 +122,16 @@ final class DeliveryRunnerTests: XCTestCase {
         XCTAssertEqual(transport.sent, ["key0", "key1"])
         XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1, 2])
         XCTAssertTrue(store.rescheduled.isEmpty)
+    }
+
+    func testStopMidRound_withADrainTime_startsNothingNew_andLeavesNothingInFlight() {
+        var (runner, transport, store, host, plan, requests) = setUp(5)
+        runner.stopDrainSeconds = 5
+        host.stopAtTick = 3
+        XCTAssertEqual(String(describing: runner.run(&plan, requests: requests)), "stopRequested")
+        XCTAssertEqual(transport.sent, ["key0", "key1"], "nothing new starts once the stop is asked")
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1, 2])
+        XCTAssertFalse(runner.abandonedInFlight, "a graceful stop leaves nothing in flight: the lease may be handed over")
     }
 
     func testALostLease_stopsSendingAtOnce_andKeepsTheAcknowledgementsOwed() throws {

@@ -209,8 +209,10 @@ public final class HTTPClient: @unchecked Sendable {
     /// Perform the requests with at most `maxConcurrent` in flight; results come back in request
     /// order. `onComplete` sees each result as it arrives (a request that could not even be set up
     /// included) and returns false to stop launching the rest (they come back as `notSentCode`
-    /// failures, not reported to `onComplete`); `shouldAbort` gives up on everything (`abortedCode`).
+    /// failures, not reported to `onComplete`); `keepLaunching` returning false does the same
+    /// between answers; `shouldAbort` gives up on everything (`abortedCode`).
     public func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool = { false },
+                        keepLaunching: () -> Bool = { true },
                         onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool = { _, _ in true }) -> [Result<HTTPResponse, HTTPTransportError>] {
         var results: [Result<HTTPResponse, HTTPTransportError>?] = Array(repeating: nil, count: requests.count)
         var next = 0
@@ -238,6 +240,8 @@ public final class HTTPClient: @unchecked Sendable {
         }
 
         func launch() {
+            // Stopping gracefully: what is in flight finishes, nothing new starts.
+            if next < requests.count && !keepLaunching() { stopLaunching() }
             while active.count < limit && next < requests.count {
                 let index = next
                 next += 1
