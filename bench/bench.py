@@ -517,6 +517,56 @@ pidfile = {self.work}/pgqd.pid
                      unit="ms", higher_is_better=False, note=f"missing {missing}; {spread}" if p == 99 else "")
         self.add("latency", f"first change after {idle}s idle, max", lat[-1] if lat else float("nan"), unit="ms", higher_is_better=False)
 
+    def memory_alone(self):
+        self.fast.sql("adp", ITEMS_DDL.format(t="items", rows=self.a.keys))
+        self.fast.sql("adp", "VACUUM ANALYZE items")
+        self.setup_ours()
+        self.memory()
+
+    def memory(self):
+        a = self.a
+        """Memory: idle, then after a large drain at batch 5000 (and the drain's time)."""
+        log("memory: supervisor and worker idle, then after a large drain (batch 5000, 16 in flight)")
+        cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port,
+                               service={"batch_size": 5000, "max_concurrent_publishes": 16})
+        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
+        try:
+            worker = pub.workers(1)[0]
+            time.sleep(2)
+            idle_sup, idle_w = proc_mem(pub.p.pid), proc_mem(worker)
+        finally:
+            pub.stop()
+        big = a.big
+        # `big` changes, committed while the service is stopped: whole-table UPDATE rounds of the
+        # watched table, one transaction each; then the service starts and drains them.
+        rounds = max(1, -(-big // a.keys))
+        for _ in range(rounds):
+            self.fast.sql("adp", f"UPDATE items SET counter = counter + 1 WHERE id <= {min(big, a.keys)}")
+        committed = self.backlog("adp", "items_changes")
+        started = time.time()
+        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
+        try:
+            worker = pub.workers(1)[0]
+            samples = []
+            def drained():
+                samples.append(proc_mem(worker)[0])
+                return self.backlog("adp", "items_changes") == 0
+            wait_for(drained, 1800, step=0.5, what="large drain")
+            drain_s = time.time() - started
+            after_sup, after_w = proc_mem(pub.p.pid), proc_mem(worker)
+        finally:
+            pub.stop()
+        self.add("memory", "supervisor RSS after the drain", after_sup[0], unit="MiB", higher_is_better=False,
+                 note=f"idle {idle_sup[0]:.1f}, peak {after_sup[1]:.1f}")
+        third = max(1, len(samples) // 3)
+        self.add("memory", f"worker RSS after a {committed:,}-change drain at batch 5000", after_w[0], unit="MiB",
+                 higher_is_better=False,
+                 note=f"idle {idle_w[0]:.1f}, peak {after_w[1]:.1f}; mean in the drain's thirds "
+                      + "/".join(f"{statistics.mean(samples[i:i + third]):.1f}" for i in range(0, third * 3, third)))
+        self.add("drain", f"backlog of {committed:,} changes ({rounds} updates of {min(big, a.keys):,} keys), batch 5000, 16 in flight",
+                 committed / drain_s if drain_s > 0 else 0, unit="changes/s", note=f"{drain_s:.1f} s")
+
+
     # ---------- the run ----------
     def run(self):
         a = self.a
@@ -524,7 +574,7 @@ pidfile = {self.work}/pgqd.pid
         if a.only:
             self.start()
             for section in a.only.split(","):
-                {"wake": self.idle_wakeup, "idle": self.idle_tables}[section]()
+                {"wake": self.idle_wakeup, "idle": self.idle_tables, "memory": self.memory_alone}[section]()
             self.print_table()
             return
         self.start()
@@ -569,46 +619,7 @@ pidfile = {self.work}/pgqd.pid
             self.print_table()
             return
 
-        # Memory: idle, then after a large drain at batch 5000.
-        log("memory: supervisor and worker idle, then after a large drain (batch 5000, 16 in flight)")
-        cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port,
-                               service={"batch_size": 5000, "max_concurrent_publishes": 16})
-        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
-        try:
-            worker = pub.workers(1)[0]
-            time.sleep(2)
-            idle_sup, idle_w = proc_mem(pub.p.pid), proc_mem(worker)
-        finally:
-            pub.stop()
-        big = a.big
-        # `big` changes, committed while the service is stopped: whole-table UPDATE rounds of the
-        # watched table, one transaction each; then the service starts and drains them.
-        rounds = max(1, -(-big // a.keys))
-        for _ in range(rounds):
-            self.fast.sql("adp", f"UPDATE items SET counter = counter + 1 WHERE id <= {min(big, a.keys)}")
-        committed = self.backlog("adp", "items_changes")
-        started = time.time()
-        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
-        try:
-            worker = pub.workers(1)[0]
-            samples = []
-            def drained():
-                samples.append(proc_mem(worker)[0])
-                return self.backlog("adp", "items_changes") == 0
-            wait_for(drained, 1800, step=0.5, what="large drain")
-            drain_s = time.time() - started
-            after_sup, after_w = proc_mem(pub.p.pid), proc_mem(worker)
-        finally:
-            pub.stop()
-        self.add("memory", "supervisor RSS after the drain", after_sup[0], unit="MiB", higher_is_better=False,
-                 note=f"idle {idle_sup[0]:.1f}, peak {after_sup[1]:.1f}")
-        third = max(1, len(samples) // 3)
-        self.add("memory", f"worker RSS after a {committed:,}-change drain at batch 5000", after_w[0], unit="MiB",
-                 higher_is_better=False,
-                 note=f"idle {idle_w[0]:.1f}, peak {after_w[1]:.1f}; mean in the drain's thirds "
-                      + "/".join(f"{statistics.mean(samples[i:i + third]):.1f}" for i in range(0, third * 3, third)))
-        self.add("drain", f"backlog of {committed:,} changes ({rounds} updates of {min(big, a.keys):,} keys), batch 5000, 16 in flight",
-                 committed / drain_s if drain_s > 0 else 0, unit="changes/s", note=f"{drain_s:.1f} s")
+        self.memory()
 
         # Latency: ours (defaults) and the peer, each against the recording ingestor.
         secs = 10 if self.quick else 30

@@ -40,11 +40,7 @@ extension TrackingSchema {
 
     /// Session-level advisory lock key: one backfill per table at a time.
     public var backfillLockKey: Int64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in "atomic-data-publisher:backfill:\(table.qualifiedName)".utf8 {
-            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
-        }
-        return Int64(bitPattern: hash)
+        Int64(bitPattern: Self.fnv1a("atomic-data-publisher:backfill:\(table.qualifiedName)"))
     }
 
     public struct BackfillState: Equatable, Sendable {

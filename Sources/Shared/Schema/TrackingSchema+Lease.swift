@@ -20,6 +20,7 @@ extension TrackingSchema {
         return Int64(bitPattern: Self.fnv1a("atomic-data-publisher:lease:\(table.qualifiedName)\(suffix)"))
     }
 
+    /// 64-bit FNV-1a of `text`: how every advisory lock key of the service is derived.
     static func fnv1a(_ text: String) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in text.utf8 {

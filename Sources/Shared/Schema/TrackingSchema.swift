@@ -49,11 +49,7 @@ public struct TrackingSchema: Sendable {
 
     /// Key for pg_advisory_xact_lock: stable for a table, distinct across tables (mostly).
     public var advisoryLockKey: Int64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in "atomic-data-publisher:\(table.qualifiedName)".utf8 {
-            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
-        }
-        return Int64(bitPattern: hash)
+        Int64(bitPattern: Self.fnv1a("atomic-data-publisher:\(table.qualifiedName)"))
     }
 
     /// The tracking table's columns. `T_changes` has no CHECK on `operation`: it is written only by
