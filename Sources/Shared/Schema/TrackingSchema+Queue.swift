@@ -42,12 +42,22 @@ extension TrackingSchema {
 
     /// The other rows of these keys visible now (beyond the batch's LIMIT): read in the batch's
     /// snapshot, their changes are in the state read for the key, so one publish covers them too.
+    ///
+    /// One index probe per key (`T_changes_key_idx`, each key's oldest rows first), whatever the
+    /// statistics say. The plain `primary_key = ANY(...) ORDER BY id LIMIT n` lets the planner walk
+    /// the primary key in id order and filter, which reads the whole backlog whenever the keys have
+    /// no further rows (the common case) and the statistics are missing or stale (a freshly created
+    /// or freshly filled tracking table): measured 5.5 ms per batch of 100 over a 50,000-row
+    /// backlog, half of PostgreSQL's time in the drain, against 0.8 ms this way.
     public func fetchCovered(_ db: PostgresConnection, keys: [String], excluding ids: [Int64], limit: Int) throws(PostgresError) -> [ChangeRow] {
         if keys.isEmpty { return [] }
         let result = try db.execute("""
             SELECT \(Self.rowColumns)
-            FROM \(changesTable) c
-            WHERE c.primary_key = ANY($1::text[]) AND NOT c.id = ANY($2::bigint[])
+            FROM unnest($1::text[]) k(primary_key)
+            CROSS JOIN LATERAL (SELECT * FROM \(changesTable) t
+                                WHERE t.primary_key = k.primary_key AND NOT t.id = ANY($2::bigint[])
+                                ORDER BY t.id
+                                LIMIT $3) c
             ORDER BY c.id
             LIMIT $3
             """, [Self.textArray(keys), Self.array(ids), String(limit)])
