@@ -14,6 +14,9 @@ struct Batch {
     var groups: [KeyChanges] = []
     /// Each group's atomic data (JSON text), or the error of its query. Deletes are not queried.
     var atomicData: [Result<String, PostgresError>] = []
+    /// Why the whole-batch atomic data statement failed, when it did (the keys were then queried
+    /// one by one, which tells which key failed).
+    var batchedFailure: PostgresError?
     var isEmpty: Bool { rows.isEmpty }
 }
 
@@ -42,10 +45,12 @@ struct BatchReader {
     let schema: TrackingSchema
     let batchSize: Int
     static let statementName = "adp_atomic_data"
+    static let batchedStatementName = "adp_atomic_data_batch"
 
     /// `probeFirst` (when the last poll found nothing): one cheap statement decides whether a
     /// snapshot is worth opening, so an idle table costs one statement per poll, not three.
-    func read(_ db: PostgresConnection, probeFirst: Bool = false) throws(PostgresError) -> Batch {
+    /// `batched`: the whole-batch atomic data statement is prepared (`DatabaseSession.batched`).
+    func read(_ db: PostgresConnection, probeFirst: Bool = false, batched: Bool = false) throws(PostgresError) -> Batch {
         if probeFirst, try db.execute(schema.anyDueSQL)[0, 0] != "t" { return Batch() }
         try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         do {
@@ -63,7 +68,8 @@ struct BatchReader {
             batch.rows += try schema.fetchCovered(db, keys: keys, excluding: batch.rows.map(\.id), limit: batchSize * 4)
             batch.groups = KeyChanges.coalesce(batch.rows)
             let queried = batch.groups.indices.filter { batch.groups[$0].latest.operation != .delete }
-            let results = try queryAtomicData(db, keys: queried.map { batch.groups[$0].primaryKey })
+            let results = try queryAtomicData(db, keys: queried.map { batch.groups[$0].primaryKey }, batched: batched,
+                                              failure: &batch.batchedFailure)
             batch.atomicData = Array(repeating: .success("[]"), count: batch.groups.count)
             for (position, index) in queried.enumerated() { batch.atomicData[index] = results[position] }
             try db.execute(results.contains { if case .failure = $0 { true } else { false } } ? "ROLLBACK" : "COMMIT")
@@ -74,12 +80,44 @@ struct BatchReader {
         }
     }
 
-    private func queryAtomicData(_ db: PostgresConnection, keys: [String]) throws(PostgresError) -> [Result<String, PostgresError>] {
+    /// Each key's atomic data: all keys in one statement when `batched`; the keys that statement
+    /// did not answer (one key's row broke the query, so the statement stopped there; a timeout)
+    /// then run one pipelined statement each, so a failure is pinned on its key, the others are
+    /// published, and every key is queried once (the rows before a failure are kept).
+    private func queryAtomicData(_ db: PostgresConnection, keys: [String], batched: Bool,
+                                 failure: inout PostgresError?) throws(PostgresError) -> [Result<String, PostgresError>] {
         if keys.isEmpty { return [] }
-        let savepoint = "SAVEPOINT adp_batch"
-        let first = try db.pipeline([[.sql(savepoint)] + keys.map { .prepared(name: Self.statementName, parameters: [$0]) }])[0]
+        var results: [Result<String, PostgresError>?] = Array(repeating: nil, count: keys.count)
+        var start: [PostgresConnection.PipelineCommand] = [.sql("SAVEPOINT adp_batch")]
+        if batched {
+            let whole = try db.pipeline([start + [.preparedStreaming(name: Self.batchedStatementName, parameters: [TrackingSchema.textArray(keys)])]])[0]
+            if case .failure(let error) = whole[0] { throw error }
+            var answered: QueryResult?
+            switch whole[1] {
+            case .success(let q):
+                answered = q
+            case .failedAfter(let q, let error):
+                answered = q
+                failure = error
+            case .failure(let error):
+                failure = error
+            case .aborted:
+                failure = PostgresError(kind: .query, sqlState: nil, message: "the whole-batch atomic data query was skipped")
+            }
+            for row in answered?.rows ?? [] {
+                guard let ord = row.first.flatMap({ $0 }).flatMap({ Int($0) }), ord >= 1, ord <= keys.count else { continue }
+                results[ord - 1] = .success(row.count > 1 ? row[1] ?? "[]" : "[]")
+            }
+            if failure == nil {
+                if !results.contains(where: { $0 == nil }) { return results.map { $0! } }
+                failure = PostgresError(kind: .query, sqlState: nil, message: "the whole-batch atomic data query answered \(answered?.rows.count ?? 0) of \(keys.count) keys")
+            }
+            start = [.sql("ROLLBACK TO SAVEPOINT adp_batch")]
+        }
+        let pending = results.indices.filter { results[$0] == nil }
+        let first = try db.pipeline([start + pending.map { .prepared(name: Self.statementName, parameters: [keys[$0]]) }])[0]
         if case .failure(let error) = first[0] { throw error }
-        var results: [Result<String, PostgresError>?] = first.dropFirst().map(Self.result)
+        for (position, index) in pending.enumerated() { results[index] = Self.result(first[position + 1]) }
         let skipped = results.indices.filter { results[$0] == nil }
         if !skipped.isEmpty {
             let segments: [[PostgresConnection.PipelineCommand]] = skipped.map {
@@ -98,7 +136,7 @@ struct BatchReader {
     private static func result(_ r: PostgresConnection.PipelineResult) -> Result<String, PostgresError>? {
         switch r {
         case .success(let q): .success(q.rows.first?.first.flatMap { $0 } ?? "[]")
-        case .failure(let e): .failure(e)
+        case .failure(let e), .failedAfter(_, let e): .failure(e)
         case .aborted: nil
         }
     }

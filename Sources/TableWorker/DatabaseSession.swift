@@ -63,6 +63,7 @@ final class DatabaseSession: ChangeStore {
         // `pg_settings`: a server without the setting (before PostgreSQL 11) is left alone.
         try connection.execute("SELECT set_config('jit', 'off', false) FROM pg_settings WHERE name = 'jit'")
         try connection.prepare(name: BatchReader.statementName, sql: query.wrapped)
+        batched = prepareBatched(on: connection)
         try connection.execute(schema.listenSQL)  // wake-up from idle (TableWorker.sleepUntilChange)
         twoPhaseCommit = try connection.execute("SELECT current_setting('max_prepared_transactions') <> '0'")[0, 0] == "t"
         epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
@@ -74,7 +75,28 @@ final class DatabaseSession: ChangeStore {
     func reprepare() throws(PostgresError) {
         let db = try connection()
         try db.deallocate(name: BatchReader.statementName)
+        try db.deallocate(name: BatchReader.batchedStatementName)
         try db.prepare(name: BatchReader.statementName, sql: query.wrapped)
+        batched = prepareBatched(on: db)
+    }
+
+    /// Whether the whole-batch form of the atomic data query is prepared on this connection
+    /// (`AtomicDataQuery.batched`); the worker falls back to one statement per key without it.
+    var batched = false
+
+    /// Prepare the whole-batch form, typed like `$PRIMARY_KEY` in the single-key statement. False
+    /// (key by key) when PostgreSQL refuses it; a lost connection surfaces on the next command.
+    private func prepareBatched(on db: PostgresConnection) -> Bool {
+        do throws(PostgresError) {
+            guard let keyType = try db.execute("SELECT parameter_types[1]::text FROM pg_prepared_statements WHERE name = $1",
+                                               [BatchReader.statementName]).rows.first?.first ?? nil,
+                  let sql = query.batched(keyType: keyType) else { return false }
+            try db.prepare(name: BatchReader.batchedStatementName, sql: sql)
+            return true
+        } catch {
+            logger.info("atomic data query: one statement per key (the whole-batch form was refused)", metadata: ["error": "\(error)"])
+            return false
+        }
     }
 
     /// Read the tracking table's epoch again (after it was recreated).

@@ -62,7 +62,7 @@ final class TableWorker {
     static let balanceIntervalSeconds = 10.0
     /// While requests go out, the lease is confirmed at least this often.
     static let leaseConfirmSeconds = 2.0
-    private var random = SystemRandomNumberGenerator()
+    private var random = JitterRandom()
     /// Seconds between tries while the table cannot be published.
     static let tableProblemRetrySeconds = 5.0
     static let backlogIntervalSeconds = 5.0
@@ -394,9 +394,19 @@ final class TableWorker {
         let batch: Batch
         do {
             let queryStarted = monotonicSeconds()
-            batch = try reader.read(session.connection(), probeFirst: idleDelay > 0)
+            batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
             lastLeaseConfirmAt = monotonicSeconds()  // the read succeeded on the lease's session
             if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
+            if let failure = batch.batchedFailure {
+                // A statement timeout counts against the whole batch in one statement: stay key by
+                // key on this connection rather than pay the timeout on every batch.
+                if failure.sqlState == "57014" {
+                    session.batched = false
+                    logger.info("atomic data query: one statement per key from now on (the whole-batch statement timed out)", metadata: ["error": "\(failure)"])
+                } else {
+                    logger.debug("atomic data query: the whole-batch statement failed, the batch was queried key by key", metadata: ["error": "\(failure)"])
+                }
+            }
         } catch {
             try databaseFailed(error)
             return 0

@@ -46,3 +46,21 @@ final class KeyChangesTests: XCTestCase {
         XCTAssertEqual(KeyChanges(primaryKey: "a", rows: []).attempts, 0)
     }
 }
+
+final class JitterRandomTests: XCTestCase {
+    /// SplitMix64's published sequence for seed 0 (so the generator is the real one), and units
+    /// that spread over [0, 1) for jitter.
+    func testSplitMix64_knownSequence_andUnitsSpreadOverTheInterval() {
+        var g = JitterRandom(seed: 0)
+        XCTAssertEqual([g.next(), g.next(), g.next()], [0xE220_A839_7B1D_CDAF, 0x6E78_9E6A_A1B9_65F4, 0x06C4_5D18_8009_454F])
+        var r = JitterRandom(seed: 42)
+        let units = (0..<10_000).map { _ in Double.random(in: 0..<1, using: &r) }
+        XCTAssertTrue(units.allSatisfy { $0 >= 0 && $0 < 1 })
+        for decile in 0..<10 {
+            let n = units.filter { Int($0 * 10) == decile }.count
+            XCTAssertTrue((800...1200).contains(n), "decile \(decile): \(n) of 10,000")
+        }
+        var a = JitterRandom(), b = JitterRandom()
+        XCTAssertNotEqual(a.next(), b.next(), "seeded from the system, not a constant")
+    }
+}

@@ -412,6 +412,13 @@ public final class PostgresConnection: @unchecked Sendable {
         guard status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK || status == PGRES_EMPTY_QUERY else {
             throw error(from: r)
         }
+        let (columns, rows) = rowsOf(r)
+        let affected = Int(String(cString: PQcmdTuples(r))) ?? 0
+        return QueryResult(columns: columns, rows: rows, affectedRows: affected)
+    }
+
+    /// A result's column names and rows as text (NULL as nil).
+    private func rowsOf(_ r: OpaquePointer) -> (columns: [String], rows: [[String?]]) {
         let columnCount = Int(PQnfields(r))
         let rowCount = Int(PQntuples(r))
         var columns: [String] = []
@@ -431,8 +438,7 @@ public final class PostgresConnection: @unchecked Sendable {
             }
             rows.append(values)
         }
-        let affected = Int(String(cString: PQcmdTuples(r))) ?? 0
-        return QueryResult(columns: columns, rows: rows, affectedRows: affected)
+        return (columns, rows)
     }
 
     private func error(from r: OpaquePointer) -> PostgresError {
@@ -481,11 +487,17 @@ extension PostgresConnection {
     public enum PipelineCommand: Sendable {
         case sql(String)
         case prepared(name: String, parameters: [String?])
+        /// A prepared statement whose rows are taken one by one as the server sends them (libpq's
+        /// single-row mode), so when it fails midway the rows before the failure are kept
+        /// (`PipelineResult.failedAfter`).
+        case preparedStreaming(name: String, parameters: [String?])
     }
 
     public enum PipelineResult: Sendable {
         case success(QueryResult)
         case failure(PostgresError)
+        /// A `preparedStreaming` command that failed after the server had sent these rows.
+        case failedAfter(QueryResult, PostgresError)
         /// Skipped by the server because an earlier command of its segment failed.
         case aborted
     }
@@ -505,7 +517,7 @@ extension PostgresConnection {
                 switch command {
                 case .sql(let sql):
                     ok = PQsendQueryParams(conn, sql, 0, nil, nil, nil, nil, 0)
-                case .prepared(let name, let parameters):
+                case .prepared(let name, let parameters), .preparedStreaming(let name, let parameters):
                     ok = withCStrings(parameters) { pointers in
                         PQsendQueryPrepared(conn, name, Int32(parameters.count), pointers, nil, nil, 0)
                     }
@@ -517,7 +529,14 @@ extension PostgresConnection {
         // Each command yields one result then a NULL; each sync yields PGRES_PIPELINE_SYNC.
         var results: [[PipelineResult]] = segments.map { _ in [] }
         var segment = 0
+        var streamed: QueryResult?  // rows of the current streaming command so far
         while segment < segments.count {
+            // Single-row mode is chosen per command before its first result is read; a call at
+            // any other moment (between a result and its NULL, between rows) is refused and harmless.
+            let position = results[segment].count
+            if streamed == nil, position < segments[segment].count, case .preparedStreaming = segments[segment][position] {
+                _ = PQsetSingleRowMode(conn)
+            }
             awaitResult(conn)
             guard let r = PQgetResult(conn) else {
                 if PQstatus(conn) != CONNECTION_OK { throw connectionLost() }
@@ -530,13 +549,21 @@ extension PostgresConnection {
             case PGRES_PIPELINE_ABORTED:
                 PQclear(r)
                 results[segment].append(.aborted)
+            case PGRES_SINGLE_TUPLE:
+                let row = rowsOf(r)
+                PQclear(r)
+                if streamed == nil { streamed = QueryResult(columns: row.columns, rows: [], affectedRows: 0) }
+                streamed?.rows += row.rows
             default:
                 do throws(PostgresError) {
-                    results[segment].append(.success(try consumeOne(r)))
+                    var result = try consumeOne(r)
+                    if let earlier = streamed { result.rows = earlier.rows + result.rows }
+                    results[segment].append(.success(result))
                 } catch {
                     if error.kind == .connection { throw error }
-                    results[segment].append(.failure(error))
+                    results[segment].append(streamed.map { .failedAfter($0, error) } ?? .failure(error))
                 }
+                streamed = nil
             }
         }
         return results

@@ -177,7 +177,7 @@ extension TrackingSchema {
     }
 
     /// A text[] literal: every element double-quoted with \\ and \" escaped, so any key is just data.
-    static func textArray(_ values: [String]) -> String {
+    public static func textArray(_ values: [String]) -> String {
         var s = "{"
         for (i, v) in values.enumerated() {
             if i > 0 { s += "," }
