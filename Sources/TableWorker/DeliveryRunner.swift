@@ -3,8 +3,10 @@
 // so it is driven in unit tests by a fake transport, a fake store and a fake clock.
 //
 // Invariants:
-// - Acknowledgements are written as answers arrive, in small groups (`ackGroupSize`, or when the
-//   send wave ends), so progress survives a connection that drops more often than a batch takes.
+// - Acknowledgements are written as answers arrive, in small groups (`ackGroupSize`, at most one
+//   mid-wave write per `ackInterval`, and when the send wave ends), so progress survives a
+//   connection that drops more often than a batch takes, while a fast stream does not stall on a
+//   DELETE round trip every 32 answers (the worker sends nothing while it waits for one).
 // - A write that fails because the database connection was lost is kept, in order, and applied on
 //   the next connection (`flushPending`): an acknowledgement owed for a 2xx is never dropped.
 // - Stopping mid-round abandons what is in flight and acknowledges only what was answered 2xx.
@@ -78,6 +80,9 @@ final class DeliveryRunner {
     let host: DeliveryHost
     let maxConcurrent: Int
     let ackGroupSize: Int
+    /// The least time between two mid-wave acknowledgement writes (seconds).
+    let ackInterval: Double
+    private var lastAckWrite = -Double.infinity
     var log: (DeliveryLogEvent) -> Void = { _ in }
     /// Writes owed to the tracking table, oldest first.
     private(set) var pending: [Write] = []
@@ -93,12 +98,14 @@ final class DeliveryRunner {
     var stopDrainSeconds = 0.0
     private var lost: PostgresError?
 
-    init(transport: IngestTransport, store: ChangeStore, host: DeliveryHost, maxConcurrent: Int, ackGroupSize: Int = 32) {
+    init(transport: IngestTransport, store: ChangeStore, host: DeliveryHost, maxConcurrent: Int, ackGroupSize: Int = 32,
+         ackInterval: Double = 0.05) {
         self.transport = transport
         self.store = store
         self.host = host
         self.maxConcurrent = max(1, maxConcurrent)
         self.ackGroupSize = max(1, ackGroupSize)
+        self.ackInterval = max(0, ackInterval)
     }
 
     /// Deliver `requests` (one per plan item) until the plan is finished, a stop is requested or
@@ -192,7 +199,7 @@ final class DeliveryRunner {
                 counters.successes += 1
                 counters.changesPublished += ids.count
                 ackBuffer += ids
-                if ackBuffer.count >= ackGroupSize { flushAcks() }
+                if ackBuffer.count >= ackGroupSize && host.now - lastAckWrite >= ackInterval { flushAcks() }
             case let .reschedule(index, error, after, attempts, permanent):
                 pending.append(.reschedule(ids: plan.items[index].ids, error: error, afterSeconds: after, attemptsMade: attempts, permanentFailures: permanent ? 1 : 0))
                 flush()
@@ -207,6 +214,7 @@ final class DeliveryRunner {
 
     private func queueAcks() {
         if !ackBuffer.isEmpty {
+            lastAckWrite = host.now
             pending.append(.acknowledge(ackBuffer))
             ackBuffer = []
         }

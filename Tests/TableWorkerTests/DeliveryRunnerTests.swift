@@ -75,9 +75,9 @@ final class DeliveryRunnerTests: XCTestCase {
 
     private let policy = DeliveryPolicy(maxRetries: 2, backoff: Backoff(initial: 1, maximum: 30), deadLetterAfter: 3)
 
-    private func setUp(_ n: Int, ackGroup: Int = 32) -> (DeliveryRunner, FakeTransport, FakeStore, FakeHost, DeliveryPlan, [HTTPRequest]) {
+    private func setUp(_ n: Int, ackGroup: Int = 32, ackInterval: Double = 0) -> (DeliveryRunner, FakeTransport, FakeStore, FakeHost, DeliveryPlan, [HTTPRequest]) {
         let transport = FakeTransport(), store = FakeStore(), host = FakeHost()
-        let runner = DeliveryRunner(transport: transport, store: store, host: host, maxConcurrent: 4, ackGroupSize: ackGroup)
+        let runner = DeliveryRunner(transport: transport, store: store, host: host, maxConcurrent: 4, ackGroupSize: ackGroup, ackInterval: ackInterval)
         let items = (0..<n).map { DeliveryItem(ids: [Int64($0 + 1)]) }
         let requests = (0..<n).map { HTTPRequest(url: "http://127.0.0.1/x", body: Array("key\($0)".utf8)) }
         let plan = DeliveryPlan(items: items, policy: policy, breaker: CircuitBreaker(failureThreshold: 5, resetSeconds: 60))
@@ -89,6 +89,20 @@ final class DeliveryRunnerTests: XCTestCase {
         XCTAssertEqual(String(describing: runner.run(&plan, requests: requests)), "finished")
         XCTAssertEqual(store.acknowledged, [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]])
         XCTAssertEqual(runner.counters.successes, 10)
+    }
+
+    /// A fast stream writes its acknowledgements at most once per `ackInterval` mid-wave (each
+    /// write is a round trip during which nothing is sent), and everything left when the wave ends.
+    func testAcknowledgementsMidWave_areAtMostOneWritePerInterval() {
+        var (runner, transport, store, host, plan, requests) = setUp(10, ackGroup: 2, ackInterval: 0.05)
+        transport.answer = { _ in
+            host.now += 0.02  // an answer every 20 ms
+            return .success(HTTPResponse(status: 204, body: [], headers: [:], seconds: 0.02))
+        }
+        XCTAssertEqual(String(describing: runner.run(&plan, requests: requests)), "finished")
+        // Writes at 40 ms (the first group), 100 ms and 160 ms (60 ms apart: a group waits until
+        // 50 ms have passed), and the rest at the end of the wave.
+        XCTAssertEqual(store.acknowledged, [[1, 2], [3, 4, 5], [6, 7, 8], [9, 10]])
     }
 
     func testA4xxKey_isRescheduled_andTheOthersAreAcknowledged() {
