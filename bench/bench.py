@@ -138,6 +138,21 @@ def proc_cpu(pid):
         return 0.0
 
 
+def postgres_cpu():
+    """CPU seconds of every process named postgres (the servers, their backends and workers)."""
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                raw = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            if raw[raw.index("(") + 1:raw.rindex(")")] == "postgres":
+                f = raw.rsplit(")", 1)[1].split()
+                total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def children(pid):
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
@@ -293,18 +308,22 @@ http {{
         commit()
         assert self.backlog("adp", "items_changes") >= n * 0.99, "backlog not committed"
         off = self.log_offset()
+        pg0 = postgres_cpu()
         pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
         try:
-            worker = pub.workers(partitions)[0]
+            workers = pub.workers(partitions)
+            worker = workers[0]
             if measure_rss:
                 time.sleep(0.2)
-            wait_for(lambda: self.backlog("adp", "items_changes") == 0, 300, step=0.1, what=f"drain {label}")
+            wait_for(lambda: self.backlog("adp", "items_changes") == 0, 300, step=0.5, what=f"drain {label}")  # the rate comes from nginx's log; a rarer count(*) leaves PostgreSQL's CPU to the drain
             mem = proc_mem(pub.p.pid), proc_mem(worker)
+            # The workers started with the drain: their whole CPU is the drain's (and start-up's).
+            cpu = sum(proc_cpu(w) for w in workers) / n * 1e6, (postgres_cpu() - pg0) / n * 1e6
         finally:
             pub.stop()
         t = self.arrivals_since(off)
         rate = n / (max(t) - min(t)) if len(t) > 1 else 0
-        return rate, len(t), mem
+        return rate, len(t), mem, cpu
 
     # ---------- the PgQ peer ----------
     def start_pgqd(self):
@@ -345,12 +364,14 @@ pidfile = {self.work}/pgqd.pid
         try:
             commit()
             start = time.time()
+            cpu0, pg0 = proc_cpu(consumer.pid), postgres_cpu()
             # Done when nginx has seen n requests (pgq ticks lag the commit, so count arrivals).
             wait_for(lambda: len(self.arrivals_since(off)) >= n, 400, step=0.5, what=f"peer drain {label}")
+            cpu = (proc_cpu(consumer.pid) - cpu0) / n * 1e6, (postgres_cpu() - pg0) / n * 1e6
         finally:
             self.stop_proc(consumer)
         t = self.arrivals_since(off)
-        return n / (max(t) - min(t)), len(t)
+        return n / (max(t) - min(t)), len(t), None, cpu
 
     # ---------- latency ----------
     def paced_writer(self, db, seconds, rate, first_counter):
@@ -611,6 +632,16 @@ pidfile = {self.work}/pgqd.pid
                  part1, self.limit, "changes/s", note=f"runs {fmt(drains['part4'])}; peer column: the same drain with partitions = 1")
         self.add("drain", f"{n:,} distinct keys, batch 5000, 16 in flight", statistics.median(r[0] for r in drains["tuned"]),
                  peer, self.limit, "changes/s", note=f"runs {fmt(drains['tuned'])}")
+        cpu = lambda rs, i: statistics.median(r[3][i] for r in rs)
+        self.add("cpu", f"{n:,} distinct keys: the worker's CPU per change, defaults", cpu(drains["def"], 0), cpu(drains["peer"], 0),
+                 unit="us", higher_is_better=False,
+                 note="peer: its consumer; runs " + "/".join(f"{r[3][0]:.0f}" for r in drains["def"]) + ", peer " + "/".join(f"{r[3][0]:.0f}" for r in drains["peer"]))
+        self.add("cpu", f"{n:,} distinct keys: the worker's CPU per change, batch 5000, 16 in flight", cpu(drains["tuned"], 0),
+                 cpu(drains["peer"], 0), unit="us", higher_is_better=False,
+                 note="runs " + "/".join(f"{r[3][0]:.0f}" for r in drains["tuned"]))
+        self.add("cpu", f"{n:,} distinct keys: PostgreSQL's CPU per change (all its processes), defaults", cpu(drains["def"], 1),
+                 cpu(drains["peer"], 1), unit="us", higher_is_better=False,
+                 note="peer: PgQ's drain (pgqd's ticks and the consumer's reads); tuned " + "/".join(f"{r[3][1]:.0f}" for r in drains["tuned"]))
         self.add("drain", f"{a.changes:,} changes over {a.over_keys} keys, defaults", statistics.median(r[0] for r in drains["over"]),
                  peer_over, self.limit, "changes/s",
                  note=f"requests {'/'.join(str(r[1]) for r in drains['over'])} (ideal {a.over_keys}), peer {a.changes}")
