@@ -24,6 +24,24 @@ final class HTTPClientTests: IntegrationTestCase {
         XCTAssertEqual(try ingestor.requests().count, 1, "a GET must not delete the recorded requests")
     }
 
+    /// The client's handles keep their shared options between requests and reset what a request
+    /// sets: one request's headers and body never reach the next request on the same handle.
+    func testHeadersAndBodyOfOneRequest_neverReachTheNextOnTheSameHandle() throws {
+        let ingestor = try startIngestor()
+        let client = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)
+        let first = HTTPRequest(url: ingestor.baseURL + "/api/v1/a", headers: [("Content-Type", "application/json"), ("X-Only-First", "1")],
+                                body: Array(#"{"primary_key":"a","long":"\#(String(repeating: "x", count: 500))"}"#.utf8))
+        let second = HTTPRequest(url: ingestor.baseURL + "/api/v1/b", headers: [("Content-Type", "application/json")],
+                                 body: Array(#"{"primary_key":"b"}"#.utf8))
+        XCTAssertEqual(try client.perform(first).get().status, 200)
+        XCTAssertEqual(try client.perform(second).get().status, 200)
+        let received = try ingestor.requests()
+        XCTAssertEqual(received.map(\.path), ["/api/v1/a", "/api/v1/b"])
+        XCTAssertEqual(received.first?.header("X-Only-First"), "1")
+        XCTAssertNil(received.last?.header("X-Only-First"), "\(received.last?.headers ?? [:])")
+        XCTAssertEqual(received.last?.body, ["primary_key": "b"], "the second body whole, nothing of the first")
+    }
+
     func testPostAfterGetOnTheSameClient_sendsItsBody() throws {
         let ingestor = try startIngestor()
         let client = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)
