@@ -1,6 +1,6 @@
 // atomic-data-publisher-supervisor: the long-running supervisor. `atomic-data-publisher run`
 // loads and checks the configuration, checks the watched tables in the database, then execs this
-// binary with the same argv and ADP_WORKER_PATH set (SupervisorExec). This binary links neither
+// binary with the same argv, ADP_WORKER_PATH and the configuration path set (SupervisorExec). This binary links neither
 // libpq nor libcurl nor ArgumentParser: 8 MiB less resident for the life of the service (README
 // section 12).
 
@@ -23,11 +23,11 @@ enum SupervisorMain {
             exit(0)
         }
         let environment = ProcessInfo.processInfo.environment
-        guard environment[SupervisorExec.marker] != nil, let workerPath = environment["ADP_WORKER_PATH"] else {
+        guard let marker = environment[SupervisorExec.marker], let workerPath = environment["ADP_WORKER_PATH"] else {
             fail("start the service with `atomic-data-publisher run`: it checks the configuration and the database, then runs this binary", status: 64)
         }
         unsetenv(SupervisorExec.marker)
-        let configPath = SupervisorExec.configPath(in: Array(CommandLine.arguments.dropFirst()))
+        let configPath = SupervisorExec.configPath(markerValue: marker)
         let config: PublisherConfig
         do {
             // `run` logged the loader's warnings already.

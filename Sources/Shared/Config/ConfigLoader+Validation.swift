@@ -124,7 +124,7 @@ extension ConfigLoader {
     }
 
     /// The host of an http(s) URL is a loopback name or address: localhost, 127.0.0.0/8, ::1.
-    static func isLoopbackHost(ofURL url: String) -> Bool {
+    package static func isLoopbackHost(ofURL url: String) -> Bool {
         guard let schemeEnd = url.rangeOfScalars("://") else { return false }
         var authority = url[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }

@@ -25,7 +25,7 @@ struct Run: ParsableCommand {
         // PID (systemd's main PID), argv, environment and open descriptors stay the same.
         let supervisor = CommandSupport.supervisorPath()
         setenv("ADP_WORKER_PATH", CommandSupport.workerPath(), 1)
-        setenv(SupervisorExec.marker, "1", 1)
+        setenv(SupervisorExec.marker, SupervisorExec.markerValue(configPath: global.config), 1)
         let argv = CommandLine.arguments.map { strdup($0) } + [nil]
         execv(supervisor, argv)
         let reason = String(cString: strerror(errno))

@@ -7,7 +7,7 @@
 // publishes every iteration).
 //
 // One request per connection (`Connection: close`). A client gets `requestTimeoutSeconds` from
-// its connect to the end of the response; a request head over `maximumRequestBytes` is answered
+// its connect to the end of the response (5 s); a request head over `maximumRequestBytes` is answered
 // 431, a malformed one 400, then the connection is closed. At most `maximumConnections` are open
 // at once (more wait in the listen backlog); none of them can hold up another.
 
@@ -60,13 +60,18 @@ struct HealthServerError: Error, CustomStringConvertible {
 final class HealthServer: @unchecked Sendable {
     static let maximumConnections = 32
     static let maximumRequestBytes = 8192
-    static let requestTimeoutSeconds = 5.0
+    /// From a client's connect to the end of its response (a test shortens it).
+    let requestTimeoutSeconds: Double
 
     // Set in start() before the thread exists, read by the thread, closed in stop() after it ended.
     private var listenFD: Int32 = -1
     private var wakeFDs: [Int32] = [-1, -1]
     private var thread: pthread_t?
     private var store: SnapshotStore?
+
+    init(requestTimeoutSeconds: Double = 5) {
+        self.requestTimeoutSeconds = requestTimeoutSeconds
+    }
 
     /// Bind and start serving; returns the bound port (useful when `port` is 0).
     func start(host: String, port: Int, store: SnapshotStore) throws -> Int {
@@ -219,7 +224,7 @@ final class HealthServer: @unchecked Sendable {
             if fd < 0 { return }  // EAGAIN: none waiting; anything else: the client is gone
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             Pipes.setNonBlocking(fd)
-            connections.append(Connection(fd: fd, deadline: monotonicSeconds() + Self.requestTimeoutSeconds))
+            connections.append(Connection(fd: fd, deadline: monotonicSeconds() + requestTimeoutSeconds))
         }
     }
 
