@@ -199,7 +199,10 @@ final class HealthServer: @unchecked Sendable {
             }
             let nearest = connections.map(\.deadline).min().map { max(0, $0 - now) } ?? 60
             let ready = poll(&fds, nfds_t(fds.count), Int32(min(nearest, 60) * 1000) + 1)
-            if ready < 0 && errno != EINTR { return }
+            if ready < 0 {
+                if errno != EINTR { usleep(10_000) }  // (ENOMEM) try again, never stop serving
+                continue
+            }
             if fds[0].revents != 0 { return }
             for index in (0..<connections.count).reversed() {
                 let events = fds[first + index].revents
@@ -221,7 +224,12 @@ final class HealthServer: @unchecked Sendable {
             // FD_CLOEXEC could inherit the socket: every close is preceded by a shutdown, so the
             // client still sees the end of the connection.)
             let fd = accept(listenFD, nil, nil)
-            if fd < 0 { return }  // EAGAIN: none waiting; anything else: the client is gone
+            if fd < 0 {
+                // EAGAIN: none waiting. Out of descriptors or memory: the backlog keeps them, and
+                // a pause keeps poll from spinning on a listen socket that stays readable.
+                if [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(errno) { usleep(100_000) }
+                return
+            }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             Pipes.setNonBlocking(fd)
             connections.append(Connection(fd: fd, deadline: monotonicSeconds() + requestTimeoutSeconds))
