@@ -12,14 +12,17 @@ let package = Package(
     name: "atomic-data-publisher",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "atomic-data-publisher", targets: ["Supervisor"]),
+        .executable(name: "atomic-data-publisher", targets: ["PublisherCLI"]),
+        // The long-running supervisor: `atomic-data-publisher run` checks the configuration and
+        // the database, then execs this binary in its place (same PID, same argv). It links
+        // neither libpq nor libcurl (README section 12: 8 MiB of the supervisor's RSS).
+        .executable(name: "atomic-data-publisher-supervisor", targets: ["Supervisor"]),
         .executable(name: "atomic-data-table-worker", targets: ["TableWorker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
-        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // One system library target per C library; each is imported by exactly one Swift file.
@@ -28,25 +31,47 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd"),
         // pipe2, prctl, posix_spawn helpers: need _GNU_SOURCE, so they live in a tiny C target.
         .target(name: "CPosix"),
+        // Sources/Shared is two modules: SharedCore (configuration, logging, the worker protocol,
+        // POSIX and systemd helpers) and Shared (PostgreSQL, the HTTP client, the tracking schema),
+        // which re-exports SharedCore. The supervisor links only SharedCore.
         .target(
-            name: "Shared",
+            name: "SharedCore",
             dependencies: [
-                "CLibPQ", "CCurl", "CSystemd", "CPosix",
+                "CSystemd", "CPosix",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
+            path: "Sources/Shared",
+            exclude: ["Postgres", "HTTP", "Schema", "Exports.swift"],
+            swiftSettings: essentialsOnly
+        ),
+        .target(
+            name: "Shared",
+            dependencies: ["SharedCore", "CLibPQ", "CCurl"],
+            path: "Sources/Shared",
+            exclude: ["Backoff.swift", "Config", "JSON", "Logging", "Posix", "Protocol", "Signing", "Systemd", "Text", "Version.swift"],
+            sources: ["Postgres", "HTTP", "Schema", "Exports.swift"],
+            swiftSettings: essentialsOnly
+        ),
+        .executableTarget(
+            name: "PublisherCLI",
+            dependencies: [
+                "Shared",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Supervisor",
+            exclude: ["ChildProcess.swift", "HTTP", "StatsAggregator.swift", "Supervisor.swift", "SupervisorMain.swift", "WorkerStateMachine.swift"],
+            sources: ["Commands", "BackfillMeter.swift"],
             swiftSettings: essentialsOnly
         ),
         .executableTarget(
             name: "Supervisor",
             dependencies: [
-                "Shared",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "SharedCore",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
+            exclude: ["Commands", "BackfillMeter.swift"],
             swiftSettings: essentialsOnly
         ),
         .executableTarget(
@@ -59,7 +84,7 @@ let package = Package(
             swiftSettings: essentialsOnly
         ),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
-        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "Shared"]),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "PublisherCLI", "Shared"]),
         .testTarget(name: "TableWorkerTests", dependencies: ["TableWorker", "Shared"]),
         .testTarget(
             name: "IntegrationTests",

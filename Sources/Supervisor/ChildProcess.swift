@@ -12,7 +12,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import Shared
+import SharedCore
 
 final class ChildProcess {
     let pid: pid_t

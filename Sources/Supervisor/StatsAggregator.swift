@@ -9,7 +9,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import Shared
+import SharedCore
 
 struct TableStats: Sendable {
     var finished = WorkerStats()

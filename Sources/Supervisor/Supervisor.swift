@@ -19,7 +19,7 @@ import Foundation
 import Glibc
 #endif
 import Logging
-import Shared
+import SharedCore
 
 final class Supervisor {
     private struct Worker {

@@ -10,7 +10,7 @@
 //   never less than 1 s; the backoff resets once a worker has run for 60 s.
 // - A stop escalates from TERM to KILL after the shutdown timeout.
 
-import Shared
+import SharedCore
 
 public enum WorkerSignal: Equatable, Sendable {
     case term, kill

@@ -1,6 +1,6 @@
 import XCTest
 
-@testable import Supervisor
+@testable import PublisherCLI
 
 /// The backfill command's progress arithmetic and text (issue 11), one expectation per line.
 final class BackfillMeterTests: XCTestCase {

@@ -3,7 +3,7 @@
 // messages all read this table, so a key added here is known everywhere at once.
 // `service.watched_tables` is not scalar and is handled by the TOML walker alone.
 
-struct ConfigField: Sendable {
+package struct ConfigField: Sendable {
     enum Target: Sendable {
         case string(WritableKeyPath<PublisherConfig, String> & Sendable)
         case int(WritableKeyPath<PublisherConfig, Int> & Sendable)
@@ -29,13 +29,13 @@ struct ConfigField: Sendable {
     var path: String { "\(section).\(key)" }
 
     /// "ATOMIC_DATA_PUBLISHER_DATABASE_PORT".
-    var environmentName: String { ConfigField.environmentPrefix + "\(section)_\(key)".uppercased() }
+    package var environmentName: String { ConfigField.environmentPrefix + "\(section)_\(key)".uppercased() }
 
     static let environmentPrefix = "ATOMIC_DATA_PUBLISHER_"
 
     static let sections = ["database", "ingestor", "service", "logging"]
 
-    static let all: [ConfigField] = [
+    package static let all: [ConfigField] = [
         ConfigField("database", "host", .string(\.database.host)),
         ConfigField("database", "port", .int(\.database.port)),
         ConfigField("database", "username", .string(\.database.username)),

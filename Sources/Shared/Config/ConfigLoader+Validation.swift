@@ -124,7 +124,7 @@ extension ConfigLoader {
     }
 
     /// The host of an http(s) URL is a loopback name or address: localhost, 127.0.0.0/8, ::1.
-    static func isLoopbackHost(ofURL url: String) -> Bool {
+    package static func isLoopbackHost(ofURL url: String) -> Bool {
         guard let schemeEnd = url.rangeOfScalars("://") else { return false }
         var authority = url[schemeEnd.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
@@ -189,9 +189,9 @@ extension ConfigLoader {
             if let problem = identifierProblem(table.name) { throw fail("name", problem) }
             // The tracking objects are named after the table with a suffix; PostgreSQL would
             // truncate a longer name and two objects would collide.
-            let longestName = table.name + TrackingSchema.longestSuffix
+            let longestName = table.name + TrackingObjectNames.longestSuffix
             if longestName.utf8.count > maximumIdentifierBytes {
-                throw fail("name", "'\(table.name)' is \(table.name.utf8.count) bytes; the tracking objects add up to \(TrackingSchema.longestSuffix.utf8.count) bytes ('\(longestName)'), past PostgreSQL's \(maximumIdentifierBytes)-byte limit, so table names may have at most \(maximumIdentifierBytes - TrackingSchema.longestSuffix.utf8.count) bytes")
+                throw fail("name", "'\(table.name)' is \(table.name.utf8.count) bytes; the tracking objects add up to \(TrackingObjectNames.longestSuffix.utf8.count) bytes ('\(longestName)'), past PostgreSQL's \(maximumIdentifierBytes)-byte limit, so table names may have at most \(maximumIdentifierBytes - TrackingObjectNames.longestSuffix.utf8.count) bytes")
             }
             if let problem = identifierProblem(table.schema) { throw fail("schema", problem) }
             if let problem = identifierProblem(table.primaryKey) { throw fail("primary_key", problem) }
@@ -271,4 +271,11 @@ extension ConfigLoader {
     private static func positive(_ value: Double, _ key: String) throws(ConfigError) {
         guard value > 0, value.isFinite else { throw ConfigError(key: key, problem: "must be a positive number of seconds, found \(value)") }
     }
+}
+
+/// The longest suffix the tracking schema adds to a table's name (`TrackingSchema.retryIndexName`):
+/// validation keeps the result within PostgreSQL's 63 bytes, so no two objects collide after
+/// truncation. Here, not in TrackingSchema, because the configuration is in SharedCore.
+public enum TrackingObjectNames {
+    public static let longestSuffix = "_changes_retry_idx"
 }

@@ -45,7 +45,7 @@ public struct TrackingSchema: Sendable {
     public var keyIndexName: String { "\(table.name)_changes_key_idx" }
     /// The longest suffix added to a table's name (`retryIndexName`): validation keeps the result
     /// within PostgreSQL's 63 bytes, so no two objects collide after truncation.
-    public static let longestSuffix = "_changes_retry_idx"
+    public static let longestSuffix = TrackingObjectNames.longestSuffix
 
     /// Key for pg_advisory_xact_lock: stable for a table, distinct across tables (mostly).
     public var advisoryLockKey: Int64 {

@@ -57,15 +57,24 @@ enum CommandSupport {
 
     /// The worker binary: next to this one, or in the Debian libexec folder.
     static func workerPath() -> String {
-        if let override = ProcessInfo.processInfo.environment["ADP_WORKER_PATH"] { return override }
+        helperPath("atomic-data-table-worker", override: "ADP_WORKER_PATH")
+    }
+
+    /// The supervisor binary that `run` execs (next to this one, or in the libexec folder).
+    static func supervisorPath() -> String {
+        helperPath("atomic-data-publisher-supervisor", override: "ADP_SUPERVISOR_PATH")
+    }
+
+    private static func helperPath(_ name: String, override: String) -> String {
+        if let path = ProcessInfo.processInfo.environment[override] { return path }
         let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let dir = me.deletingLastPathComponent
-        for candidate in [dir + "/atomic-data-table-worker",
-                          dir.deletingLastPathComponent + "/libexec/atomic-data-publisher/atomic-data-table-worker",
-                          "/usr/libexec/atomic-data-publisher/atomic-data-table-worker"] where FileManager.default.isExecutableFile(atPath: candidate) {
+        for candidate in [dir + "/" + name,
+                          dir.deletingLastPathComponent + "/libexec/atomic-data-publisher/" + name,
+                          "/usr/libexec/atomic-data-publisher/" + name] where FileManager.default.isExecutableFile(atPath: candidate) {
             return candidate
         }
-        return dir + "/atomic-data-table-worker"
+        return dir + "/" + name
     }
 
     static func say(_ line: String) {

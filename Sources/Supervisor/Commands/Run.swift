@@ -15,20 +15,22 @@ struct Run: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        HTTPClient.globalInit()
         let (config, warnings) = CommandSupport.loadConfig(global)
         LogSetup.bootstrap(level: config.logging.level, format: config.logging.format, metadata: ["instance": "\(config.resolvedInstanceId)"])
         let logger = Logger(label: "atomic-data-publisher")
         for warning in warnings { logger.warning("\(warning)") }
         preflight(config, logger: logger)
-        let global = self.global
-        let supervisor = Supervisor(config: config, workerPath: CommandSupport.workerPath(), logger: logger) {
-            let loaded = try ConfigLoader.load(explicitPath: global.config, environment: ProcessInfo.processInfo.environment)
-            try loaded.validate()
-            return loaded.config
-        }
-        let status = supervisor.run()
-        if status != 0 { throw ExitCode(status) }
+        // The supervisor itself is another binary without libpq and libcurl (8 MiB less RSS for
+        // the life of the service, README section 12): exec it in this process's place, so the
+        // PID (systemd's main PID), argv, environment and open descriptors stay the same.
+        let supervisor = CommandSupport.supervisorPath()
+        setenv("ADP_WORKER_PATH", CommandSupport.workerPath(), 1)
+        setenv(SupervisorExec.marker, SupervisorExec.markerValue(configPath: global.config), 1)
+        let argv = CommandLine.arguments.map { strdup($0) } + [nil]
+        execv(supervisor, argv)
+        let reason = String(cString: strerror(errno))
+        CommandSupport.fail("cannot start the supervisor \(supervisor): \(reason.lowercased()); reinstall the package or set ADP_SUPERVISOR_PATH",
+                            status: ExitStatus.transient)
     }
 
     /// Refuse to start (exit 78, database untouched) when a watched table or column is missing.

@@ -1,12 +1,25 @@
 // GET /health, /livez, /readyz, /metrics and /metrics/prometheus on
-// health_check_address:health_check_port, served by SwiftNIO on its own event loop thread. The
-// supervisor loop publishes a snapshot; the HTTP thread only reads it, so a slow scrape never
-// delays supervision. The store also remembers when the snapshot was published: /livez is the
-// age of that moment (the loop publishes every iteration).
+// health_check_address:health_check_port, served by a small HTTP/1.1 server on a thread of its
+// own (poll(2), non-blocking sockets; it replaced SwiftNIO, which cost the supervisor about
+// 2 MiB of resident code and an event loop: README section 12). The supervisor loop publishes a
+// snapshot; the HTTP thread only reads it, so a slow scrape never delays supervision. The store
+// also remembers when the snapshot was published: /livez is the age of that moment (the loop
+// publishes every iteration).
+//
+// One request per connection (`Connection: close`). A client gets `requestTimeoutSeconds` from
+// its connect to the end of the response (5 s); a request head over `maximumRequestBytes` is answered
+// 431, a malformed one 400, then the connection is closed. At most `maximumConnections` are open
+// at once (more wait in the listen backlog); none of them can hold up another.
 
-import NIOCore
-import NIOHTTP1
-import NIOPosix
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import SharedCore
 import Synchronization
 
 final class SnapshotStore: Sendable {
@@ -38,106 +51,300 @@ final class SnapshotStore: Sendable {
     }
 }
 
-final class HealthServer {
-    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    private var channel: Channel?
+/// Why the server could not start, in words (a system call's errno as text).
+struct HealthServerError: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { reason }
+}
+
+final class HealthServer: @unchecked Sendable {
+    static let maximumConnections = 32
+    static let maximumRequestBytes = 8192
+    /// From a client's connect to the end of its response (a test shortens it).
+    let requestTimeoutSeconds: Double
+
+    // Set in start() before the thread exists, read by the thread, closed in stop() after it ended.
+    private var listenFD: Int32 = -1
+    private var wakeFDs: [Int32] = [-1, -1]
+    private var thread: pthread_t?
+    private var store: SnapshotStore?
+
+    init(requestTimeoutSeconds: Double = 5) {
+        self.requestTimeoutSeconds = requestTimeoutSeconds
+    }
 
     /// Bind and start serving; returns the bound port (useful when `port` is 0).
     func start(host: String, port: Int, store: SnapshotStore) throws -> Int {
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.backlog, value: 64)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HealthHandler(store: store))
-                }
-            }
-            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-        let channel = try bootstrap.bind(host: host, port: port).wait()
-        self.channel = channel
-        return channel.localAddress?.port ?? port
+        self.store = store
+        listenFD = try Self.listen(host: host, port: port)
+        var address = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listenFD, $0, &length) } }
+        let boundPort = bound == 0 ? Self.port(of: address) : port
+        do {
+            let pipe = try Pipes.make()
+            wakeFDs = [pipe.read, pipe.write]
+        } catch {
+            close(listenFD)
+            throw HealthServerError(reason: "\(error)")
+        }
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setstacksize(&attributes, 256 * 1024)
+        var created = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let status = pthread_create(&created, &attributes, { context in
+            let server = Unmanaged<HealthServer>.fromOpaque(context!).takeRetainedValue()
+            server.serve()
+            return nil
+        }, context)
+        guard status == 0 else {
+            Unmanaged<HealthServer>.fromOpaque(context).release()
+            close(listenFD)
+            throw HealthServerError(reason: String(cString: strerror(status)).lowercased())
+        }
+        thread = created
+        return boundPort
     }
 
-    /// Why `start` failed, in words (a system call's errno as text, not NIO's error dump).
+    /// Why `start` failed, in words.
     static func reason(_ error: any Error) -> String {
-        (error as? IOError).map { String(cString: strerror($0.errnoCode)).lowercased() } ?? "\(error)"
+        (error as? HealthServerError)?.reason ?? "\(error)"
     }
 
     func stop() {
-        try? channel?.close().wait()
-        try? group.syncShutdownGracefully()
-    }
-}
-
-private final class HealthHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private let store: SnapshotStore
-    private var head: HTTPRequestHead?
-
-    init(store: SnapshotStore) {
-        self.store = store
+        guard let thread else { return }
+        var byte: UInt8 = 1
+        _ = write(wakeFDs[1], &byte, 1)
+        pthread_join(thread, nil)
+        self.thread = nil
+        close(listenFD)
+        close(wakeFDs[0])
+        close(wakeFDs[1])
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-        case .body:
-            break
-        case .end:
-            guard let head else { return }
-            self.head = nil
-            respond(context: context, head: head)
+    // MARK: listening
+
+    private static func listen(host: String, port: Int) throws -> Int32 {
+        guard (0...65535).contains(port) else { throw HealthServerError(reason: "port \(port) is out of range") }
+        var hints = addrinfo()
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let resolved = getaddrinfo(host, String(port), &hints, &list)
+        guard resolved == 0, let first = list else {
+            throw HealthServerError(reason: String(cString: gai_strerror(resolved)).lowercased())
         }
+        defer { freeaddrinfo(list) }
+        let info = first.pointee
+        let fd = socket(info.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw HealthServerError(reason: errnoText()) }
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        guard bind(fd, info.ai_addr, info.ai_addrlen) == 0, Glibc.listen(fd, 64) == 0 else {
+            let reason = errnoText()
+            close(fd)
+            throw HealthServerError(reason: reason)
+        }
+        return fd
     }
 
-    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        let status: HTTPResponseStatus
-        let contentType: String
-        let body: String
-        if head.method != .GET && head.method != .HEAD {
-            (status, contentType, body) = (.methodNotAllowed, "application/json", "{\"error\":\"method not allowed\"}")
-        } else {
-            let snapshot = store.read()
-            switch path {
-            case "/health", "/healthz":
-                status = snapshot.health == .unhealthy ? .serviceUnavailable : .ok
-                (contentType, body) = ("application/json", snapshot.healthJSON)
-            case "/livez":
-                let live = Liveness.decide(snapshotAgeSeconds: store.secondsSincePublished())
-                status = live.ok ? .ok : .serviceUnavailable
-                (contentType, body) = ("application/json", probeJSON(live, okStatus: "alive", failStatus: "stalled"))
-            case "/readyz":
-                let ready = snapshot.readiness
-                status = ready.ok ? .ok : .serviceUnavailable
-                (contentType, body) = ("application/json", probeJSON(ready, okStatus: "ready", failStatus: "not_ready"))
-            case "/metrics":
-                (status, contentType, body) = (.ok, "application/json", snapshot.metricsJSON)
-            case "/metrics/prometheus":
-                (status, contentType, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", snapshot.prometheusText)
-            default:
-                (status, contentType, body) = (.notFound, "application/json", "{\"error\":\"not found\",\"paths\":[\"/health\",\"/livez\",\"/readyz\",\"/metrics\",\"/metrics/prometheus\"]}")
+    private static func port(of address: sockaddr_storage) -> Int {
+        let family = Int32(address.ss_family)
+        var address = address
+        return withUnsafePointer(to: &address) { pointer in
+            switch family {
+            case AF_INET: return pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+            case AF_INET6: return pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+            default: return 0
             }
         }
-        var buffer = context.channel.allocator.buffer(capacity: body.utf8.count + 1)
-        buffer.writeString(body)
-        buffer.writeString("\n")
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: contentType)
-        headers.add(name: "Content-Length", value: String(buffer.readableBytes))
-        let keepAlive = head.isKeepAlive
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        if head.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    private static func errnoText() -> String {
+        String(cString: strerror(errno)).lowercased()
+    }
+
+    // MARK: the server thread
+
+    private struct Connection {
+        let fd: Int32
+        let deadline: Double
+        var request: [UInt8] = []
+        /// The response once decided, and how much of it is sent.
+        var response: [UInt8]?
+        var sent = 0
+    }
+
+    private func serve() {
+        var connections: [Connection] = []
+        var readable = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let now = monotonicSeconds()
+            // Expired connections are dropped: a slow or silent client only ever costs itself.
+            connections.removeAll { connection in
+                guard connection.deadline <= now else { return false }
+                Self.finish(connection.fd)
+                return true
+            }
+            var fds = [pollfd(fd: wakeFDs[0], events: Int16(POLLIN), revents: 0)]
+            if connections.count < Self.maximumConnections {
+                fds.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))
+            }
+            let first = fds.count
+            for connection in connections {
+                fds.append(pollfd(fd: connection.fd, events: Int16(connection.response == nil ? POLLIN : POLLOUT), revents: 0))
+            }
+            let nearest = connections.map(\.deadline).min().map { max(0, $0 - now) } ?? 60
+            let ready = poll(&fds, nfds_t(fds.count), Int32(min(nearest, 60) * 1000) + 1)
+            if ready < 0 {
+                if errno != EINTR { usleep(10_000) }  // (ENOMEM) try again, never stop serving
+                continue
+            }
+            if fds[0].revents != 0 { return }
+            for index in (0..<connections.count).reversed() {
+                let events = fds[first + index].revents
+                guard events != 0 else { continue }
+                if !advance(&connections[index], events: events, buffer: &readable) {
+                    Self.finish(connections[index].fd)
+                    connections.remove(at: index)
+                }
+            }
+            if first == 2 && fds[1].revents != 0 {
+                acceptConnections(into: &connections)
+            }
         }
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if !keepAlive {
-            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
+    private func acceptConnections(into connections: inout [Connection]) {
+        while connections.count < Self.maximumConnections {
+            // (accept4 is not in Swift's Glibc module. A worker spawned between accept and
+            // FD_CLOEXEC could inherit the socket: every close is preceded by a shutdown, so the
+            // client still sees the end of the connection.)
+            let fd = accept(listenFD, nil, nil)
+            if fd < 0 {
+                // EAGAIN: none waiting. Out of descriptors or memory: the backlog keeps them, and
+                // a pause keeps poll from spinning on a listen socket that stays readable.
+                if [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(errno) { usleep(100_000) }
+                return
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            Pipes.setNonBlocking(fd)
+            connections.append(Connection(fd: fd, deadline: monotonicSeconds() + requestTimeoutSeconds))
         }
+    }
+
+    /// Read or write what the socket allows; false when the connection is done (or broken).
+    private func advance(_ connection: inout Connection, events: Int16, buffer: inout [UInt8]) -> Bool {
+        if connection.response == nil {
+            let count = recv(connection.fd, &buffer, buffer.count, 0)
+            if count < 0 { return errno == EAGAIN || errno == EINTR }
+            if count == 0 { return false }  // the client closed before a whole request
+            connection.request += buffer[0..<count]
+            guard let response = Self.response(to: connection.request, store: store!) else { return true }
+            connection.response = response
+        }
+        guard let response = connection.response else { return true }
+        let count = response[connection.sent...].withUnsafeBytes { send(connection.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if count < 0 { return errno == EAGAIN || errno == EINTR }
+        connection.sent += count
+        return connection.sent < response.count
+    }
+
+    private static func finish(_ fd: Int32) {
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+
+    // MARK: HTTP
+
+    /// The whole response to the bytes received so far, or nil while the request head is incomplete.
+    static func response(to request: [UInt8], store: SnapshotStore) -> [UInt8]? {
+        guard let headEnd = headEnd(request) else {
+            if request.count > maximumRequestBytes {
+                return render(status: "431 Request Header Fields Too Large", contentType: "application/json",
+                              body: "{\"error\":\"request header fields too large\"}", includeBody: true)
+            }
+            return nil
+        }
+        guard headEnd <= maximumRequestBytes else {
+            return render(status: "431 Request Header Fields Too Large", contentType: "application/json",
+                          body: "{\"error\":\"request header fields too large\"}", includeBody: true)
+        }
+        guard let head = RequestHead(request[0..<headEnd]) else {
+            return render(status: "400 Bad Request", contentType: "application/json", body: "{\"error\":\"bad request\"}", includeBody: true)
+        }
+        let (status, contentType, body) = route(head, store: store)
+        return render(status: status, contentType: contentType, body: body, includeBody: head.method != "HEAD", version: head.version)
+    }
+
+    /// Index just past the blank line that ends the head (CRLF CRLF, or bare LF LF).
+    private static func headEnd(_ bytes: [UInt8]) -> Int? {
+        var index = 0
+        while index < bytes.count {
+            if bytes[index] == 10 {
+                if index + 1 < bytes.count, bytes[index + 1] == 10 { return index + 2 }
+                if index + 2 < bytes.count, bytes[index + 1] == 13, bytes[index + 2] == 10 { return index + 3 }
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    struct RequestHead {
+        let method: String
+        let uri: String
+        let version: String
+
+        /// The request line and header lines (bytes: a String would read CR LF as one
+        /// character), or nil when malformed.
+        init?(_ bytes: ArraySlice<UInt8>) {
+            let lines = bytes.split(separator: 10, omittingEmptySubsequences: false).map { $0.last == 13 ? $0.dropLast() : $0 }
+            let parts = lines.first?.split(separator: 32, omittingEmptySubsequences: false) ?? []
+            guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty,
+                  parts[0].allSatisfy({ (65...90).contains($0) || $0 == 45 || $0 == 95 }),
+                  parts[1].allSatisfy({ $0 > 32 && $0 < 127 }),
+                  parts[2].elementsEqual("HTTP/1.1".utf8) || parts[2].elementsEqual("HTTP/1.0".utf8) else { return nil }
+            for line in lines.dropFirst() where !line.isEmpty {
+                guard let colon = line.firstIndex(of: 58), colon != line.startIndex,
+                      line[..<colon].allSatisfy({ $0 > 32 && $0 < 127 }) else { return nil }
+            }
+            method = String(decoding: parts[0], as: UTF8.self)
+            uri = String(decoding: parts[1], as: UTF8.self)
+            version = String(decoding: parts[2], as: UTF8.self)
+        }
+    }
+
+    private static func route(_ head: RequestHead, store: SnapshotStore) -> (status: String, contentType: String, body: String) {
+        guard head.method == "GET" || head.method == "HEAD" else {
+            return ("405 Method Not Allowed", "application/json", "{\"error\":\"method not allowed\"}")
+        }
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        let snapshot = store.read()
+        switch path {
+        case "/health", "/healthz":
+            return (snapshot.health == .unhealthy ? "503 Service Unavailable" : "200 OK", "application/json", snapshot.healthJSON)
+        case "/livez":
+            let live = Liveness.decide(snapshotAgeSeconds: store.secondsSincePublished())
+            return (live.ok ? "200 OK" : "503 Service Unavailable", "application/json", probeJSON(live, okStatus: "alive", failStatus: "stalled"))
+        case "/readyz":
+            let ready = snapshot.readiness
+            return (ready.ok ? "200 OK" : "503 Service Unavailable", "application/json", probeJSON(ready, okStatus: "ready", failStatus: "not_ready"))
+        case "/metrics":
+            return ("200 OK", "application/json", snapshot.metricsJSON)
+        case "/metrics/prometheus":
+            return ("200 OK", "text/plain; version=0.0.4; charset=utf-8", snapshot.prometheusText)
+        default:
+            return ("404 Not Found", "application/json", "{\"error\":\"not found\",\"paths\":[\"/health\",\"/livez\",\"/readyz\",\"/metrics\",\"/metrics/prometheus\"]}")
+        }
+    }
+
+    private static func render(status: String, contentType: String, body: String, includeBody: Bool, version: String = "HTTP/1.1") -> [UInt8] {
+        let content = body + "\n"
+        var out = Array("\(version) \(status)\r\nContent-Type: \(contentType)\r\nContent-Length: \(content.utf8.count)\r\nConnection: close\r\n\r\n".utf8)
+        if includeBody { out += Array(content.utf8) }
+        return out
     }
 }

@@ -14,7 +14,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import Shared
+import SharedCore
 #if canImport(Glibc)
 import Glibc
 #endif

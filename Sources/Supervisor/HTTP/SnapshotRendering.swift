@@ -8,7 +8,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import Shared
+import SharedCore
 
 extension ServiceSnapshot.Table {
     /// Prometheus labels: `table`, and `partition` for a partition's worker.

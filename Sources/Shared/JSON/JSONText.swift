@@ -10,14 +10,15 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import Shared
 
 /// JSON's null in a `[String: Any]` body (what NSNull() was).
-struct JSONNull: Sendable {}
+package struct JSONNull: Sendable {
+    package init() {}
+}
 
-enum JSONText {
+package enum JSONText {
     /// `value`: a String, Bool, integer, Double, JSONNull, nil, [Any] or [String: Any].
-    static func render(_ value: Any) -> String {
+    package static func render(_ value: Any) -> String {
         var out = ""
         write(value, to: &out)
         return out
@@ -65,7 +66,7 @@ enum JSONText {
     /// their value, then letters ignoring case; a tie goes, at the first position that differs, to
     /// fewer leading zeros or to lower case), reproduced for identifier-like keys: table names are SQL identifiers. Other
     /// characters sort by their scalar value after letters.
-    static func keyOrder(_ a: String, _ b: String) -> Bool {
+    package static func keyOrder(_ a: String, _ b: String) -> Bool {
         let (x, y) = (tokens(a), tokens(b))
         for (p, q) in zip(x, y) where p.primary != q.primary { return p.primary.lexicographicallyPrecedes(q.primary) }
         if x.count != y.count { return x.count < y.count }
@@ -116,7 +117,7 @@ enum JSONText {
     }
 
     /// JSONSerialization's number text: Swift's shortest round-trip form, "3" for 3.0.
-    static func number(_ value: Double) -> String {
+    package static func number(_ value: Double) -> String {
         guard value.isFinite else { return "null" }
         var text = "\(value)"
         if text.hasSuffix(".0") { text.removeLast(2) }
@@ -143,7 +144,7 @@ enum JSONText {
 }
 
 /// A parsed JSON document (the `status` command reads /health with it).
-enum JSONValue: Decodable, CustomStringConvertible, Equatable {
+package enum JSONValue: Decodable, CustomStringConvertible, Equatable {
     case null
     case bool(Bool)
     case number(Double)
@@ -151,7 +152,7 @@ enum JSONValue: Decodable, CustomStringConvertible, Equatable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if container.decodeNil() {
             self = .null
@@ -168,33 +169,33 @@ enum JSONValue: Decodable, CustomStringConvertible, Equatable {
         }
     }
 
-    static func parse(_ bytes: [UInt8]) -> JSONValue? {
+    package static func parse(_ bytes: [UInt8]) -> JSONValue? {
         try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
     }
 
-    subscript(key: String) -> JSONValue? {
+    package subscript(key: String) -> JSONValue? {
         if case .object(let object) = self { return object[key] }
         return nil
     }
 
-    var object: [String: JSONValue]? {
+    package var object: [String: JSONValue]? {
         if case .object(let object) = self { return object }
         return nil
     }
 
-    var string: String? {
+    package var string: String? {
         if case .string(let string) = self { return string }
         return nil
     }
 
     /// An integral number as an Int (what `as? Int` gave on a JSONSerialization number).
-    var int: Int? {
+    package var int: Int? {
         if case .number(let number) = self, number == number.rounded(), abs(number) < 9e18 { return Int(number) }
         return nil
     }
 
     /// As the old `"\(any)"` printed a JSONSerialization value: strings bare, numbers as Swift prints them.
-    var description: String {
+    package var description: String {
         switch self {
         case .null: "<null>"
         case .bool(let bool): "\(bool)"
