@@ -13,10 +13,11 @@
 
 import Shared
 
-/// Sends requests, at most `maxConcurrent` at once; results in request order. `onComplete` sees each
-/// answer as it arrives and returns false to stop launching the rest; `shouldAbort` abandons all.
+/// Sends `count` requests, at most `maxConcurrent` at once, asking `request(i)` for each just before
+/// sending it; results in request order. `onComplete` sees each answer as it arrives and returns
+/// false to stop launching the rest; `shouldAbort` abandons all.
 protocol IngestTransport: AnyObject {
-    func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
+    func perform(count: Int, request: (Int) -> HTTPRequest, maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
                  onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>]
 }
 
@@ -111,6 +112,13 @@ final class DeliveryRunner {
     /// Deliver `requests` (one per plan item) until the plan is finished, a stop is requested or
     /// the database is lost. Returns the plan (with its breaker) and how it ended.
     func run(_ plan: inout DeliveryPlan, requests: [HTTPRequest]) -> DeliveryEnd {
+        run(&plan, request: { requests[$0] })
+    }
+
+    /// The same, with item `i`'s request made by `request(i)` each time it is sent, so only the
+    /// requests in flight exist (issue 10). `request` must give the same request every time it
+    /// is asked for the same item (a retry resends the same body under the same Idempotency-Key).
+    func run(_ plan: inout DeliveryPlan, request: (Int) -> HTTPRequest) -> DeliveryEnd {
         lost = nil
         abandonedInFlight = false
         var stop = false
@@ -121,11 +129,10 @@ final class DeliveryRunner {
             for action in actions {
                 guard case .send(let indices) = action else { continue }
                 counters.retries += indices.filter { plan.tries[$0] > 1 }.count
-                let wave = indices.map { requests[$0] }
-                inFlight = min(wave.count, maxConcurrent)
+                inFlight = min(indices.count, maxConcurrent)
                 var answered = 0
                 var stopAt: Double?
-                let results = transport.perform(wave, maxConcurrent: maxConcurrent, shouldAbort: { [self] in
+                let results = transport.perform(count: indices.count, request: { request(indices[$0]) }, maxConcurrent: maxConcurrent, shouldAbort: { [self] in
                     if lost != nil { return true }
                     switch host.tick(inFlight: inFlight) {
                     case .go: break

@@ -391,7 +391,7 @@ final class TableWorker {
 
     private func processBatch() throws -> Int {
         let started = monotonicSeconds()
-        let batch: Batch
+        var batch: Batch
         do {
             let queryStarted = monotonicSeconds()
             batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
@@ -417,13 +417,12 @@ final class TableWorker {
         }
 
         var items: [DeliveryItem] = []
-        var requests: [HTTPRequest] = []
-        let unixNow = Date().timeIntervalSince1970
+        items.reserveCapacity(batch.groups.count)
         for (group, data) in zip(batch.groups, batch.atomicData) {
             var item = DeliveryItem(ids: group.ids, primaryKey: group.primaryKey, attempts: group.attempts, permanentFailures: group.permanentFailures)
             switch data {
-            case .success(let json):
-                requests.append(builder.request(for: Payload.build(table: table, epoch: session.epoch, changes: group, atomicData: json, unixNow: unixNow, retryCount: group.attempts), unixNow: unixNow))
+            case .success:
+                break  // its request is built when it is sent (below)
             case .failure(let error):
                 if error.isConnectionLost {
                     try databaseFailed(error)
@@ -441,19 +440,33 @@ final class TableWorker {
                 stats.queryErrors += 1
                 logger.warning("atomic data query failed", metadata: ["primary_key": "\(group.primaryKey)", "change_id": "\(group.latest.id)", "error": "\(error)"])
                 if let detail = error.detail { logger.debug("atomic data query failed: detail", metadata: ["primary_key": "\(group.primaryKey)", "detail": "\(detail)"]) }
-                requests.append(HTTPRequest(url: builder.url))  // never sent: the item is settled before sending
             }
             items.append(item)
         }
         clearTableProblem()
-        stats.changesProcessed += batch.rows.count
+        let changeCount = batch.rows.count
+        stats.changesProcessed += changeCount
+        batch.rows = []  // the groups hold the same rows: keep one copy while the batch is sent
 
         let policy = DeliveryPolicy(maxRetries: config.ingestor.maxRetries,
                                     backoff: Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds),
                                     deadLetterAfter: config.service.deadLetterAfterAttempts)
         var plan = DeliveryPlan(items: items, policy: policy, breaker: breaker)
+        // Each request is built as it is sent (issue 10: 5,000 bodies built up front held ~5 MB
+        // for the whole batch), from inputs fixed for the batch (the time and the epoch read
+        // once), so a retry within the batch sends the same bytes under the same Idempotency-Key.
+        let unixNow = Date().timeIntervalSince1970
+        let epoch = session.epoch
+        let request: (Int) -> HTTPRequest = { [builder, table] index in
+            guard case .success(let json) = batch.atomicData[index] else {
+                return HTTPRequest(url: builder.url)  // never sent: the item is settled before sending
+            }
+            let group = batch.groups[index]
+            return builder.request(for: Payload.build(table: table, epoch: epoch, changes: group, atomicData: json, unixNow: unixNow,
+                                                      retryCount: group.attempts), unixNow: unixNow)
+        }
         lastSendAt = monotonicSeconds()
-        let end = runner.run(&plan, requests: requests)
+        let end = runner.run(&plan, request: request)
         lastSendAt = monotonicSeconds()
         breaker = plan.breaker
         noteBreaker()
@@ -469,7 +482,7 @@ final class TableWorker {
         case .storeFailed(let error):
             try databaseFailed(error)
         }
-        return batch.rows.count
+        return changeCount
     }
 
     private func reportTableProblem(_ error: PostgresError) {

@@ -25,6 +25,23 @@ final class PostgresConnectionTests: IntegrationTestCase {
         XCTAssertEqual(try show(connection, "tcp_user_timeout"), "30000", "milliseconds")
     }
 
+    /// Results are kept flat (one buffer of bytes, one of value ends): NULL, the empty string,
+    /// multi-byte text and rows after a NULL all read back as sent.
+    func testResultValues_nullEmptyAndMultiByte_readBackExactly() throws {
+        let connection = try connect(server)
+        defer { connection.close() }
+        let r = try connection.execute("""
+            SELECT g::text, CASE WHEN g % 3 = 0 THEN NULL ELSE repeat('é', g) END, '', NULL::text
+            FROM generate_series(0, 4) g ORDER BY g
+            """)
+        XCTAssertEqual(r.rows.count, 5)
+        XCTAssertEqual(r.rows, [["0", nil, "", nil], ["1", "é", "", nil], ["2", "éé", "", nil], ["3", nil, "", nil], ["4", "éééé", "", nil]])
+        XCTAssertEqual(r[4, 1], "éééé")
+        XCTAssertNil(r[3, 1])
+        XCTAssertEqual(try connection.execute("SELECT 1 WHERE false").rows.count, 0)
+        XCTAssertEqual(try connection.execute("SELECT").rows.count, 1, "a row without columns")
+    }
+
     func testServerNotices_reachTheNoticeHandler() throws {
         let connection = try connect(server)
         defer { connection.close() }

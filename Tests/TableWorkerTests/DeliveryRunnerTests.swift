@@ -14,18 +14,18 @@ final class DeliveryRunnerTests: XCTestCase {
         private(set) var sent: [String] = []
         var maxSeenConcurrency = 0
 
-        func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
+        func perform(count: Int, request: (Int) -> HTTPRequest, maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
                      onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>] {
-            maxSeenConcurrency = max(maxSeenConcurrency, min(maxConcurrent, requests.count))
+            maxSeenConcurrency = max(maxSeenConcurrency, min(maxConcurrent, count))
             var results: [Result<HTTPResponse, HTTPTransportError>] = []
             var launching = true
-            for (i, request) in requests.enumerated() {
+            for i in 0..<count {
                 if !launching || shouldAbort() || !keepLaunching() || (abortAfter.map { sent.count >= $0 } ?? false) {
                     _ = shouldAbort()
                     results.append(.failure(HTTPTransportError(code: HTTPClient.notSentCode, message: "not sent", isTimeout: false)))
                     continue
                 }
-                let body = String(decoding: request.body, as: UTF8.self)
+                let body = String(decoding: request(i).body, as: UTF8.self)
                 sent.append(body)
                 let r = answer(body)
                 results.append(r)

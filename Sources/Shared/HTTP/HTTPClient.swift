@@ -216,16 +216,27 @@ public final class HTTPClient: @unchecked Sendable {
     public func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool = { false },
                         keepLaunching: () -> Bool = { true },
                         onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool = { _, _ in true }) -> [Result<HTTPResponse, HTTPTransportError>] {
-        var results: [Result<HTTPResponse, HTTPTransportError>?] = Array(repeating: nil, count: requests.count)
+        perform(count: requests.count, request: { requests[$0] }, maxConcurrent: maxConcurrent, shouldAbort: shouldAbort,
+                keepLaunching: keepLaunching, onComplete: onComplete)
+    }
+
+    /// The same, with request `i` made by `request(i)` just before it is sent (each at most once):
+    /// only the requests in flight exist at any time, however many are performed (issue 10: a
+    /// worker at batch 5000 held 5,000 bodies and header lists for the whole batch).
+    public func perform(count: Int, request: (Int) -> HTTPRequest, maxConcurrent: Int, shouldAbort: () -> Bool = { false },
+                        keepLaunching: () -> Bool = { true },
+                        onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool = { _, _ in true }) -> [Result<HTTPResponse, HTTPTransportError>] {
+        let requestCount = max(0, count)
+        var results: [Result<HTTPResponse, HTTPTransportError>?] = Array(repeating: nil, count: requestCount)
         var next = 0
         var active: [UnsafeMutableRawPointer: Transfer] = [:]
         let limit = max(1, maxConcurrent)
 
         func stopLaunching() {
-            for index in next..<requests.count {
+            for index in next..<requestCount {
                 results[index] = .failure(HTTPTransportError(code: Self.notSentCode, message: "not sent", isTimeout: false))
             }
-            next = requests.count
+            next = requestCount
         }
 
         // The one place a request ends.
@@ -243,14 +254,14 @@ public final class HTTPClient: @unchecked Sendable {
 
         func launch() {
             // Stopping gracefully: what is in flight finishes, nothing new starts.
-            if next < requests.count && !keepLaunching() { stopLaunching() }
-            while active.count < limit && next < requests.count {
+            if next < requestCount && !keepLaunching() { stopLaunching() }
+            while active.count < limit && next < requestCount {
                 let index = next
                 next += 1
                 let transfer = checkout()
                 transfer.index = index
                 do {
-                    try configure(transfer, requests[index])
+                    try configure(transfer, request(index))
                 } catch {
                     checkin(transfer)
                     finish(index, .failure(error))
@@ -295,7 +306,7 @@ public final class HTTPClient: @unchecked Sendable {
                     checkin(transfer)
                 }
                 active.removeAll()
-                next = requests.count
+                next = requestCount
                 break
             }
             launch()

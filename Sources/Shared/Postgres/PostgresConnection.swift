@@ -166,10 +166,81 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
 
 public struct QueryResult: Sendable {
     public var columns: [String]
-    public var rows: [[String?]]
+    public var rows: QueryRows
     public var affectedRows: Int
 
-    public subscript(row: Int, column: Int) -> String? { rows[row][column] }
+    public subscript(row: Int, column: Int) -> String? { rows.value(row, column) }
+}
+
+/// A result's rows, kept flat: every value's bytes in one buffer and where each ends in another, so a result of 20,000 rows is two allocations rather than 20,000 row arrays and
+/// 140,000 Strings (issue 10: a worker's batch at 5,000 held 4 MB in that form). A row is made
+/// into `[String?]` when it is read; `value(_:_:)` reads one value.
+public struct QueryRows: RandomAccessCollection, Equatable, ExpressibleByArrayLiteral, Sendable {
+    public let columnCount: Int
+    private let rowCount: Int
+    /// The values' UTF-8 bytes, row after row.
+    private var bytes: [UInt8]
+    /// Per value, where its bytes end in `bytes` (they start where the previous value's end);
+    /// SQL NULL is stored as `-1 - end` (no bytes).
+    private var ends: [Int]
+
+    init(rowCount: Int, columnCount: Int, bytes: [UInt8], ends: [Int]) {
+        self.rowCount = rowCount
+        self.columnCount = columnCount
+        self.bytes = bytes
+        self.ends = ends
+    }
+
+    public init(arrayLiteral rows: [String?]...) {
+        self.init(rows)
+    }
+
+    /// Rows as arrays (for tests); every row must have the same number of values.
+    public init(_ rows: [[String?]]) {
+        rowCount = rows.count
+        columnCount = rows.first?.count ?? 0
+        bytes = []
+        ends = []
+        for row in rows {
+            precondition(row.count == columnCount, "QueryRows: every row has \(columnCount) values")
+            for value in row { append(value.map { Array($0.utf8) }) }
+        }
+    }
+
+    private mutating func append(_ value: [UInt8]?) {
+        guard let value else {
+            ends.append(-1 - bytes.count)
+            return
+        }
+        bytes += value
+        ends.append(bytes.count)
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { rowCount }
+
+    public subscript(row: Int) -> [String?] {
+        var values: [String?] = []
+        values.reserveCapacity(columnCount)
+        for column in 0..<columnCount { values.append(value(row, column)) }
+        return values
+    }
+
+    public func value(_ row: Int, _ column: Int) -> String? {
+        precondition(row >= 0 && row < endIndex && column >= 0 && column < columnCount, "QueryRows: no value at (\(row), \(column))")
+        let slot = row * columnCount + column
+        let end = ends[slot]
+        if end < 0 { return nil }
+        let start = slot == 0 ? 0 : Self.end(ends[slot - 1])
+        return bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[start..<end]), as: UTF8.self) }
+    }
+
+    @inline(__always)
+    private static func end(_ stored: Int) -> Int { stored < 0 ? -1 - stored : stored }
+
+    public static func == (a: QueryRows, b: QueryRows) -> Bool {
+        a.count == b.count && zip(a, b).allSatisfy { $0 == $1 }
+    }
 }
 
 public final class PostgresConnection: @unchecked Sendable {
@@ -418,27 +489,35 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     /// A result's column names and rows as text (NULL as nil).
-    private func rowsOf(_ r: OpaquePointer) -> (columns: [String], rows: [[String?]]) {
+    private func rowsOf(_ r: OpaquePointer) -> (columns: [String], rows: QueryRows) {
         let columnCount = Int(PQnfields(r))
         let rowCount = Int(PQntuples(r))
         var columns: [String] = []
         columns.reserveCapacity(columnCount)
         for c in 0..<columnCount { columns.append(String(cString: PQfname(r, Int32(c)))) }
-        var rows: [[String?]] = []
-        rows.reserveCapacity(rowCount)
-        for row in 0..<rowCount {
-            var values: [String?] = []
-            values.reserveCapacity(columnCount)
-            for c in 0..<columnCount {
-                if PQgetisnull(r, Int32(row), Int32(c)) == 1 {
-                    values.append(nil)
+        // Two passes: the exact size first, so each buffer is one allocation.
+        var total = 0
+        for row in 0..<Int32(rowCount) {
+            for c in 0..<Int32(columnCount) { total += Int(PQgetlength(r, row, c)) }
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(total)
+        var ends: [Int] = []
+        ends.reserveCapacity(rowCount * columnCount)
+        for row in 0..<Int32(rowCount) {
+            for c in 0..<Int32(columnCount) {
+                if PQgetisnull(r, row, c) == 1 {
+                    ends.append(-1 - bytes.count)
                 } else {
-                    values.append(String(cString: PQgetvalue(r, Int32(row), Int32(c))))
+                    let length = Int(PQgetlength(r, row, c))
+                    if length > 0, let value = PQgetvalue(r, row, c) {
+                        value.withMemoryRebound(to: UInt8.self, capacity: length) { bytes.append(contentsOf: UnsafeBufferPointer(start: $0, count: length)) }
+                    }
+                    ends.append(bytes.count)
                 }
             }
-            rows.append(values)
         }
-        return (columns, rows)
+        return (columns, QueryRows(rowCount: rowCount, columnCount: columnCount, bytes: bytes, ends: ends))
     }
 
     private func error(from r: OpaquePointer) -> PostgresError {
@@ -529,12 +608,13 @@ extension PostgresConnection {
         // Each command yields one result then a NULL; each sync yields PGRES_PIPELINE_SYNC.
         var results: [[PipelineResult]] = segments.map { _ in [] }
         var segment = 0
-        var streamed: QueryResult?  // rows of the current streaming command so far
+        var streamedColumns: [String]?  // the current streaming command's columns, once a row came
+        var streamedRows: [[String?]] = []  // and its rows so far
         while segment < segments.count {
             // Single-row mode is chosen per command before its first result is read; a call at
             // any other moment (between a result and its NULL, between rows) is refused and harmless.
             let position = results[segment].count
-            if streamed == nil, position < segments[segment].count, case .preparedStreaming = segments[segment][position] {
+            if streamedColumns == nil, position < segments[segment].count, case .preparedStreaming = segments[segment][position] {
                 _ = PQsetSingleRowMode(conn)
             }
             awaitResult(conn)
@@ -552,18 +632,20 @@ extension PostgresConnection {
             case PGRES_SINGLE_TUPLE:
                 let row = rowsOf(r)
                 PQclear(r)
-                if streamed == nil { streamed = QueryResult(columns: row.columns, rows: [], affectedRows: 0) }
-                streamed?.rows += row.rows
+                if streamedColumns == nil { streamedColumns = row.columns }
+                streamedRows.append(contentsOf: row.rows)
             default:
                 do throws(PostgresError) {
                     var result = try consumeOne(r)
-                    if let earlier = streamed { result.rows = earlier.rows + result.rows }
+                    if streamedColumns != nil { result.rows = QueryRows(streamedRows + Array(result.rows)) }
                     results[segment].append(.success(result))
                 } catch {
                     if error.kind == .connection { throw error }
-                    results[segment].append(streamed.map { .failedAfter($0, error) } ?? .failure(error))
+                    results[segment].append(streamedColumns.map { .failedAfter(QueryResult(columns: $0, rows: QueryRows(streamedRows), affectedRows: 0), error) }
+                                            ?? .failure(error))
                 }
-                streamed = nil
+                streamedColumns = nil
+                streamedRows = []
             }
         }
         return results
