@@ -17,7 +17,9 @@ struct Batch {
     /// Why the whole-batch atomic data statement failed, when it did (the keys were then queried
     /// one by one, which tells which key failed).
     var batchedFailure: PostgresError?
-    var isEmpty: Bool { rows.isEmpty }
+    /// How many tracking rows the batch covers (`rows` is let go once they are grouped).
+    var changeCount = 0
+    var isEmpty: Bool { rows.isEmpty && changeCount == 0 }
 }
 
 /// How an atomic data query's error is handled.
@@ -67,6 +69,8 @@ struct BatchReader {
             for row in batch.rows where seen.insert(row.primaryKey).inserted { keys.append(row.primaryKey) }
             batch.rows += try schema.fetchCovered(db, keys: keys, excluding: batch.rows.map(\.id), limit: batchSize * 4)
             batch.groups = KeyChanges.coalesce(batch.rows)
+            batch.changeCount = batch.rows.count
+            batch.rows = []  // the groups hold what is needed of them: one copy while the batch is sent
             let queried = batch.groups.indices.filter { batch.groups[$0].latest.operation != .delete }
             let results = try queryAtomicData(db, keys: queried.map { batch.groups[$0].primaryKey }, batched: batched,
                                               failure: &batch.batchedFailure)

@@ -391,7 +391,7 @@ final class TableWorker {
 
     private func processBatch() throws -> Int {
         let started = monotonicSeconds()
-        var batch: Batch
+        let batch: Batch
         do {
             let queryStarted = monotonicSeconds()
             batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
@@ -444,9 +444,8 @@ final class TableWorker {
             items.append(item)
         }
         clearTableProblem()
-        let changeCount = batch.rows.count
+        let changeCount = batch.changeCount
         stats.changesProcessed += changeCount
-        batch.rows = []  // the groups hold the same rows: keep one copy while the batch is sent
 
         let policy = DeliveryPolicy(maxRetries: config.ingestor.maxRetries,
                                     backoff: Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds),
