@@ -67,20 +67,10 @@ struct BatchReader {
             var keys: [String] = []
             var seen = Set<String>()
             for row in batch.rows where seen.insert(row.primaryKey).inserted { keys.append(row.primaryKey) }
-            let covered = try schema.fetchCovered(db, keys: keys, excluding: batch.rows.map(\.id), limit: batchSize * 4)
+            batch.rows += try schema.fetchCovered(db, keys: keys, excluding: batch.rows.map(\.id), limit: batchSize * 4)
             batch.groups = KeyChanges.coalesce(batch.rows)
             batch.changeCount = batch.rows.count
             batch.rows = []  // the groups hold what is needed of them: one copy while the batch is sent
-            if !covered.isEmpty {
-                var position: [String: Int] = [:]
-                position.reserveCapacity(batch.groups.count)
-                for (index, group) in batch.groups.enumerated() { position[group.primaryKey] = index }
-                for changes in covered {
-                    guard let index = position[changes.primaryKey] else { continue }  // only the batch's keys are read
-                    batch.groups[index].absorb(changes)
-                    batch.changeCount += changes.ids.count
-                }
-            }
             let queried = batch.groups.indices.filter { batch.groups[$0].latest.operation != .delete }
             let results = try queryAtomicData(db, keys: queried.map { batch.groups[$0].primaryKey }, batched: batched,
                                               failure: &batch.batchedFailure)

@@ -64,35 +64,3 @@ final class JitterRandomTests: XCTestCase {
         XCTAssertNotEqual(a.next(), b.next(), "seeded from the system, not a constant")
     }
 }
-
-final class CoveredChangesTests: XCTestCase {
-    private func row(_ id: Int64, _ key: String = "k", attempts: Int = 0, permanent: Int = 0) -> ChangeRow {
-        ChangeRow(id: id, primaryKey: key, operation: .update, changeColumnValue: "\(id)", changedAt: "t\(id)", attempts: attempts, permanentFailures: permanent)
-    }
-
-    /// The covered rows of a key, read per key, fold into its group exactly as if every row had been
-    /// grouped one by one: same ids, same newest row, same maxima.
-    func testAbsorbingCoveredRows_equalsGroupingEveryRow() {
-        let due = [row(3, attempts: 2), row(5, "other"), row(7)]
-        let coveredRows = [row(9, permanent: 1), row(12, attempts: 1)]
-        var groups = KeyChanges.coalesce(due)
-        groups[0].absorb(CoveredChanges(primaryKey: "k", ids: [9, 12], latest: coveredRows[1], attempts: 1, permanentFailures: 1))
-        XCTAssertEqual(groups, KeyChanges.coalesce(due + coveredRows))
-        XCTAssertEqual(groups[0].ids, [3, 7, 9, 12])
-        XCTAssertEqual(groups[0].latest.id, 12)
-        XCTAssertEqual(groups[0].attempts, 2)
-        XCTAssertEqual(groups[0].permanentFailures, 1)
-
-        // Covered ids below the group's (a late commit of a smaller id): still ascending, the newest kept.
-        var late = KeyChanges.coalesce([row(20), row(30)])
-        late[0].absorb(CoveredChanges(primaryKey: "k", ids: [10, 25], latest: row(25), attempts: 0, permanentFailures: 0))
-        XCTAssertEqual(late[0].ids, [10, 20, 25, 30])
-        XCTAssertEqual(late[0].latest.id, 30)
-    }
-
-    func testIdsAsPostgreSQLPrintsThem() {
-        XCTAssertEqual(TrackingSchema.parseIDs("{1,22,333}"), [1, 22, 333])
-        XCTAssertEqual(TrackingSchema.parseIDs("{9223372036854775807}"), [Int64.max])
-        XCTAssertEqual(TrackingSchema.parseIDs("{}"), [])
-    }
-}

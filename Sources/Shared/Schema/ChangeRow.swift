@@ -25,24 +25,6 @@ public struct ChangeRow: Equatable, Sendable {
     }
 }
 
-/// A key's covered rows (beyond a batch's LIMIT) as the tracking table's read returns them: their
-/// ids, the newest row and the counters' maxima (`TrackingSchema.fetchCovered`).
-public struct CoveredChanges: Equatable, Sendable {
-    public var primaryKey: String
-    public var ids: [Int64]
-    public var latest: ChangeRow
-    public var attempts: Int
-    public var permanentFailures: Int
-
-    public init(primaryKey: String, ids: [Int64], latest: ChangeRow, attempts: Int, permanentFailures: Int) {
-        self.primaryKey = primaryKey
-        self.ids = ids
-        self.latest = latest
-        self.attempts = attempts
-        self.permanentFailures = permanentFailures
-    }
-}
-
 /// Every tracking row of one key in a batch: one publish covers them all. Kept compact (issue 10:
 /// a batch of 5,000 keys with 20,000 covered rows held every row of every key, 3.4 MB at peak):
 /// the ids of the rows, the newest row, and the counters' maxima are all a publish needs.
@@ -120,18 +102,6 @@ public struct KeyChanges: Equatable, Sendable {
         self.latest = latest
         attempts = latest.attempts
         permanentFailures = latest.permanentFailures
-    }
-
-    /// Take the key's covered rows in: their ids (kept ascending), the newer of the two newest
-    /// rows, the counters' maxima.
-    public mutating func absorb(_ covered: CoveredChanges) {
-        guard let first = covered.ids.first else { return }
-        let ordered = (ids.last.map { $0 < first } ?? true)
-        ids += covered.ids
-        if !ordered || !Self.isSorted(covered.ids) { ids.sort() }
-        if covered.latest.id > latest.id { latest = covered.latest }
-        attempts = max(attempts, covered.attempts)
-        permanentFailures = max(permanentFailures, covered.permanentFailures)
     }
 
     private mutating func add(_ row: ChangeRow) {

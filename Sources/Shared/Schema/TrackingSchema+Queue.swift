@@ -40,11 +40,8 @@ extension TrackingSchema {
         Self.rows(try db.execute(fetchDueSQL, [String(limit)]))
     }
 
-    /// The other rows of these keys visible now (beyond the batch's LIMIT), up to `limit` rows,
-    /// oldest first: read in the batch's snapshot, their changes are in the state read for the
-    /// key, so one publish covers them too. Returned per key (their ids, the newest row, the
-    /// counters' maxima: all a publish needs), so a batch of 5,000 keys with 20,000 covered rows
-    /// reads 5,000 rows, not 20,000 (issue 10: the worker's memory and CPU while draining).
+    /// The other rows of these keys visible now (beyond the batch's LIMIT): read in the batch's
+    /// snapshot, their changes are in the state read for the key, so one publish covers them too.
     ///
     /// One index probe per key (`T_changes_key_idx`, each key's oldest rows first), whatever the
     /// statistics say. The plain `primary_key = ANY(...) ORDER BY id LIMIT n` lets the planner walk
@@ -52,41 +49,19 @@ extension TrackingSchema {
     /// no further rows (the common case) and the statistics are missing or stale (a freshly created
     /// or freshly filled tracking table): measured 5.5 ms per batch of 100 over a 50,000-row
     /// backlog, half of PostgreSQL's time in the drain, against 0.8 ms this way.
-    public func fetchCovered(_ db: PostgresConnection, keys: [String], excluding ids: [Int64], limit: Int) throws(PostgresError) -> [CoveredChanges] {
+    public func fetchCovered(_ db: PostgresConnection, keys: [String], excluding ids: [Int64], limit: Int) throws(PostgresError) -> [ChangeRow] {
         if keys.isEmpty { return [] }
         let result = try db.execute("""
-            WITH c AS (
-                SELECT r.* FROM unnest($1::text[]) k(primary_key)
-                CROSS JOIN LATERAL (SELECT * FROM \(changesTable) t
-                                    WHERE t.primary_key = k.primary_key AND NOT t.id = ANY($2::bigint[])
-                                    ORDER BY t.id
-                                    LIMIT $3) r
-                ORDER BY r.id
-                LIMIT $3
-            ), g AS (
-                SELECT primary_key, array_agg(id ORDER BY id)::text AS ids, max(id) AS newest,
-                       max(attempts) AS attempts, max(permanent_failures) AS permanent_failures
-                FROM c GROUP BY primary_key
-            )
-            SELECT \(Self.rowColumns), g.ids, g.attempts, g.permanent_failures
-            FROM g JOIN c ON c.id = g.newest
+            SELECT \(Self.rowColumns)
+            FROM unnest($1::text[]) k(primary_key)
+            CROSS JOIN LATERAL (SELECT * FROM \(changesTable) t
+                                WHERE t.primary_key = k.primary_key AND NOT t.id = ANY($2::bigint[])
+                                ORDER BY t.id
+                                LIMIT $3) c
             ORDER BY c.id
+            LIMIT $3
             """, [Self.textArray(keys), Self.array(ids), String(limit)])
-        var out: [CoveredChanges] = []
-        out.reserveCapacity(result.rows.count)
-        for (index, latest) in Self.rows(result).enumerated() {
-            let r = result.rows[index]
-            out.append(CoveredChanges(primaryKey: latest.primaryKey, ids: Self.parseIDs(r[7] ?? "{}"), latest: latest,
-                                      attempts: Int(r[8] ?? "0") ?? 0, permanentFailures: Int(r[9] ?? "0") ?? 0))
-        }
-        return out
-    }
-
-    /// A bigint[] as PostgreSQL prints it, `{1,2,3}`.
-    static func parseIDs(_ text: String) -> [Int64] {
-        text.utf8.split(separator: UInt8(ascii: ",")).compactMap { part in
-            Int64(String(decoding: part.filter { $0 != UInt8(ascii: "{") && $0 != UInt8(ascii: "}") }, as: UTF8.self))
-        }
+        return Self.rows(result)
     }
 
     /// Acknowledge: delete exactly these tracking rows.
