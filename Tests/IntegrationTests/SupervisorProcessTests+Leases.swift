@@ -130,6 +130,38 @@ extension SupervisorProcessTests {
 }
 
 extension DeliveryReliabilityTests {
+    /// Two instances ("host-a", "host-b") on `items`: once one leads and the other stands by, the
+    /// instances and which is which.
+    func startLeaderAndStandby(_ database: TestDatabase, _ ingestor: Ingestor, ingestorTimeoutSeconds: Int) throws
+        -> (instances: [String: SupervisorProcess], leader: String, standby: String) {
+        var instances: [String: SupervisorProcess] = [:]
+        for name in ["host-a", "host-b"] {
+            instances[name] = try startInstance(database, ingestor, table: items, instance: name, ingestorTimeoutSeconds: ingestorTimeoutSeconds)
+        }
+        var leaderName = ""
+        try waitUntil(timeout: 30, "one instance leads") {
+            for (name, s) in instances where try s.health().body["components"]?["tables"]?["items"]?["lease"] == "leader" { leaderName = name }
+            return !leaderName.isEmpty
+        }
+        let standbyName = leaderName == "host-a" ? "host-b" : "host-a"
+        try waitUntil("the standby stands by") { try instances[standbyName]!.health().body["components"]?["tables"]?["items"]?["lease"] == "standby" }
+        return (instances, leaderName, standbyName)
+    }
+
+    /// After the leader went away at `since`: the standby publishes (the seconds that took), the
+    /// writer finishes, every key's final state arrives and none went backwards (the payloads).
+    func waitForTakeover(by standby: String, since: Date, _ database: TestDatabase, _ ingestor: Ingestor,
+                         _ writer: BackgroundWriter) throws -> (seconds: Double, payloads: Int) {
+        try waitUntil(timeout: 30, "the standby publishes") {
+            try ingestor.requests().contains { $0.header("X-Publisher-Instance") == standby }
+        }
+        let seconds = Date().timeIntervalSince(since)
+        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
+        XCTAssertNil(writer.error)
+        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
+        return (seconds, try assertNoKeyWentBackwards(ingestor).payloads)
+    }
+
     /// kill -9 of the leading instance (supervisor and workers, as a dying host) during a write
     /// stream: a standby takes over after the fence; every key's final state arrives and no key
     /// goes backwards.
@@ -139,17 +171,8 @@ extension DeliveryReliabilityTests {
         try database.executeScript(itemsSQL(keys: keys))
         let ingestor = try startIngestor()
         addDiagnostics { Self.trackingTableSummary(database, self.items) }
-        var instances: [String: SupervisorProcess] = [:]
-        for name in ["host-a", "host-b"] {
-            instances[name] = try startInstance(database, ingestor, table: items, instance: name)  // fence 4 s
-        }
-        var leaderName = ""
-        try waitUntil(timeout: 30, "one instance leads") {
-            for (name, s) in instances where try s.health().body["components"]?["tables"]?["items"]?["lease"] == "leader" { leaderName = name }
-            return !leaderName.isEmpty
-        }
+        let (instances, leaderName, standbyName) = try startLeaderAndStandby(database, ingestor, ingestorTimeoutSeconds: 2)  // fence 4 s
         let leader = instances[leaderName]!
-        let standbyName = leaderName == "host-a" ? "host-b" : "host-a"
 
         let writer = BackgroundWriter(database: database.config, name: "lease-test-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 2_000)
         try waitUntil("the leader publishes part of the stream") { try ingestor.requests().count >= 200 }
@@ -159,14 +182,7 @@ extension DeliveryReliabilityTests {
         if let workerPID { kill(workerPID, SIGKILL) }
         let killedAt = Date()
         let beforeKill = try ingestor.requests().count
-        try waitUntil(timeout: 30, "the standby publishes") {
-            try ingestor.requests().contains { $0.header("X-Publisher-Instance") == standbyName }
-        }
-        let failover = Date().timeIntervalSince(killedAt)
-        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
-        XCTAssertNil(writer.error)
-        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
-        let (payloads, _) = try assertNoKeyWentBackwards(ingestor)
+        let (failover, payloads) = try waitForTakeover(by: standbyName, since: killedAt, database, ingestor, writer)
         var seen: [String: Int] = [:]
         for request in try ingestor.requests() where request.status == 200 { seen[request.body["id"]?.string ?? "", default: 0] += 1 }
         let duplicates = seen.values.reduce(0) { $0 + $1 - 1 }
@@ -186,29 +202,12 @@ extension DeliveryReliabilityTests {
         try database.executeScript(itemsSQL(keys: keys))
         let ingestor = try startIngestor()
         addDiagnostics { Self.trackingTableSummary(database, self.items) }
-        var instances: [String: SupervisorProcess] = [:]
-        for name in ["host-a", "host-b"] {
-            instances[name] = try startInstance(database, ingestor, table: items, instance: name, ingestorTimeoutSeconds: 5)  // fence 7 s
-        }
-        var leaderName = ""
-        try waitUntil(timeout: 30, "one instance leads") {
-            for (name, s) in instances where try s.health().body["components"]?["tables"]?["items"]?["lease"] == "leader" { leaderName = name }
-            return !leaderName.isEmpty
-        }
-        let standbyName = leaderName == "host-a" ? "host-b" : "host-a"
-        try waitUntil("the standby stands by") { try instances[standbyName]!.health().body["components"]?["tables"]?["items"]?["lease"] == "standby" }
+        let (instances, leaderName, standbyName) = try startLeaderAndStandby(database, ingestor, ingestorTimeoutSeconds: 5)  // fence 7 s
         let writer = BackgroundWriter(database: database.config, name: "handoff-writer", rounds: 400, perRound: 10, keys: keys, pauseMicroseconds: 2_000)
         try waitUntil("the leader publishes part of the stream") { try ingestor.requests().count >= 200 }
         let stoppedAt = Date()
         instances[leaderName]!.process.send(SIGTERM)
-        try waitUntil(timeout: 30, "the standby publishes") {
-            try ingestor.requests().contains { $0.header("X-Publisher-Instance") == standbyName }
-        }
-        let handover = Date().timeIntervalSince(stoppedAt)
-        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
-        XCTAssertNil(writer.error)
-        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
-        let (payloads, _) = try assertNoKeyWentBackwards(ingestor)
+        let (handover, payloads) = try waitForTakeover(by: standbyName, since: stoppedAt, database, ingestor, writer)
         XCTAssertEqual(try publishingOrder(ingestor), [leaderName, standbyName], "the old leader sent nothing after the handover")
         let log = instances[standbyName]!.process.stderrText()
         XCTAssertTrue(log.contains("\"clean_handoff\":\"true\""), "the standby took over from a clean handoff:\n\(log.suffix(3000))")
