@@ -42,6 +42,47 @@ final class HTTPClientTests: IntegrationTestCase {
         XCTAssertEqual(received.last?.body, ["primary_key": "b"], "the second body whole, nothing of the first")
     }
 
+    /// The proxy variables are read once (ProxySettings), the way libcurl reads them per transfer:
+    /// http_proxy is used, no_proxy exempts a host, and HTTP_PROXY is ignored as libcurl ignores it.
+    func testProxyVariables_readOnce_areHonouredLikeLibcurlDoes() throws {
+        let ingestor = try startIngestor()
+        let port = ingestor.baseURL.split(separator: ":").last.map(String.init) ?? ""
+        let body = Array(#"{"primary_key":"p"}"#.utf8)
+
+        // Through the proxy: a host that does not resolve (.invalid) is only reachable through it.
+        let proxied = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000,
+                                 proxy: ProxySettings(environment: ["http_proxy": "http://127.0.0.1:\(port)"]))
+        let viaProxy = proxied.perform(HTTPRequest(url: "http://adp-proxied.invalid/api/v1/p", headers: [("Content-Type", "application/json")], body: body))
+        XCTAssertEqual(try viaProxy.get().status, 200, "\(viaProxy)")
+        let received = try ingestor.requests()
+        XCTAssertEqual(received.count, 1)
+        XCTAssertEqual(received.first?.header("Host"), "adp-proxied.invalid", "\(received.first?.headers ?? [:])")
+        XCTAssertTrue(received.first?.path.hasSuffix("/api/v1/p") ?? false, received.first?.path ?? "")
+
+        // A dead proxy, exempted by no_proxy; and HTTP_PROXY, never used for http: direct.
+        for environment in [["http_proxy": "http://127.0.0.1:1", "no_proxy": "127.0.0.1"], ["HTTP_PROXY": "http://127.0.0.1:1"]] {
+            let direct = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000, proxy: ProxySettings(environment: environment))
+            let result = direct.perform(HTTPRequest(url: ingestor.baseURL + "/api/v1/d", headers: [("Content-Type", "application/json")], body: body))
+            XCTAssertEqual(try result.get().status, 200, "\(environment): \(result)")
+        }
+        // The dead proxy when nothing exempts the host: the request fails, it is not sent directly.
+        let dead = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000,
+                              proxy: ProxySettings(environment: ["all_proxy": "http://127.0.0.1:1"]))
+        XCTAssertThrowsError(try dead.perform(HTTPRequest(url: ingestor.baseURL + "/api/v1/x", body: body)).get())
+        XCTAssertEqual(try ingestor.requests().map(\.path).filter { $0.hasSuffix("/api/v1/d") }.count, 2)
+        XCTAssertFalse(try ingestor.requests().contains { $0.path.hasSuffix("/api/v1/x") })
+    }
+
+    func testProxySettings_followLibcurlsOrderOfVariables() {
+        XCTAssertEqual(ProxySettings(environment: [:]), ProxySettings(environment: ["HTTP_PROXY": "http://p:1"]))
+        let all = ProxySettings(environment: ["ALL_PROXY": "http://a:1", "HTTPS_PROXY": "http://s:1", "NO_PROXY": "x"])
+        XCTAssertEqual([all.http, all.https, all.noProxy], ["http://a:1", "http://s:1", "x"])
+        let lower = ProxySettings(environment: ["all_proxy": "http://a:2", "ALL_PROXY": "http://a:1", "https_proxy": "", "HTTPS_PROXY": "http://s:1",
+                                                "no_proxy": "y", "NO_PROXY": "x"])
+        // An empty variable is set: https_proxy= turns the proxy off for https.
+        XCTAssertEqual([lower.http, lower.https, lower.noProxy], ["http://a:2", "", "y"])
+    }
+
     func testPostAfterGetOnTheSameClient_sendsItsBody() throws {
         let ingestor = try startIngestor()
         let client = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)

@@ -112,6 +112,38 @@ public struct HTTPTLSOptions: Sendable, Equatable {
     }
 }
 
+/// The proxy settings of the environment, read the way libcurl reads them. libcurl looks them up
+/// on every transfer (five `getenv` scans of the whole environment per request, issue 10); a
+/// daemon's environment does not change while it runs, so HTTPClient reads them once and hands
+/// libcurl the result (CURLOPT_PROXY, CURLOPT_NOPROXY), which turns libcurl's lookup off.
+public struct ProxySettings: Sendable, Equatable {
+    /// `no_proxy`, else `NO_PROXY`; "" excludes no host.
+    public var noProxy: String
+    /// For http URLs: `http_proxy`, else `all_proxy`, else `ALL_PROXY`; never `HTTP_PROXY`, which
+    /// libcurl ignores on purpose (a CGI program gets it from a request's `Proxy:` header). "": none.
+    public var http: String
+    /// For https URLs: `https_proxy`, else `HTTPS_PROXY`, else `all_proxy`, else `ALL_PROXY`. "": none.
+    public var https: String
+
+    /// An empty variable counts as set, as in libcurl: `http_proxy=` turns the proxy off and
+    /// hides `all_proxy`.
+    public init(environment: [String: String]) {
+        let all = environment["all_proxy"] ?? environment["ALL_PROXY"]
+        noProxy = environment["no_proxy"] ?? environment["NO_PROXY"] ?? ""
+        http = environment["http_proxy"] ?? all ?? ""
+        https = environment["https_proxy"] ?? environment["HTTPS_PROXY"] ?? all ?? ""
+    }
+
+    /// This process's environment.
+    public static func fromProcessEnvironment() -> ProxySettings {
+        var environment: [String: String] = [:]
+        for name in ["no_proxy", "NO_PROXY", "http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+            if let value = getenv(name) { environment[name] = String(cString: value) }
+        }
+        return ProxySettings(environment: environment)
+    }
+}
+
 public final class HTTPClient: @unchecked Sendable {
     private final class Transfer {
         var handle: UnsafeMutableRawPointer?
@@ -128,6 +160,8 @@ public final class HTTPClient: @unchecked Sendable {
         var keptHeaders: [[UInt8]]?
         /// The options that are the same for every request of this client are set (once per handle).
         var configured = false
+        /// The proxy set on the handle is the https one (nil: none set yet).
+        var proxyIsHTTPS: Bool?
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
 
         init() { errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1) }
@@ -162,6 +196,7 @@ public final class HTTPClient: @unchecked Sendable {
     /// Lower-case names of the response headers kept in `HTTPResponse.headers`; nil: every header.
     public let keptResponseHeaders: Set<String>?
     private let keptHeaderBytes: [[UInt8]]?
+    public let proxy: ProxySettings
 
     /// The ingestor's answers are small; a runaway one must not grow a worker's memory.
     public static let defaultMaximumBodyBytes = 64 * 1024
@@ -188,8 +223,9 @@ public final class HTTPClient: @unchecked Sendable {
 
     public init(timeoutMilliseconds: Int, connectTimeoutMilliseconds: Int = 10_000, maxConnections: Int = 32,
                 tls: HTTPTLSOptions = HTTPTLSOptions(), maximumBodyBytes: Int = HTTPClient.defaultMaximumBodyBytes,
-                keptResponseHeaders: Set<String>? = nil) {
+                keptResponseHeaders: Set<String>? = nil, proxy: ProxySettings = .fromProcessEnvironment()) {
         Self.globalInit()
+        self.proxy = proxy
         multi = curl_multi_init()
         self.timeoutMilliseconds = timeoutMilliseconds
         self.connectTimeoutMilliseconds = min(connectTimeoutMilliseconds, timeoutMilliseconds)
@@ -446,6 +482,11 @@ public final class HTTPClient: @unchecked Sendable {
             transfer.configured = true
         }
         try check(curlx_setopt_ptr(h, CURLOPT_URL, request.url), "CURLOPT_URL")
+        if transfer.proxyIsHTTPS != transfer.isTLS {
+            transfer.proxyIsHTTPS = nil
+            try check(curlx_setopt_ptr(h, CURLOPT_PROXY, transfer.isTLS ? proxy.https : proxy.http), "CURLOPT_PROXY")
+            transfer.proxyIsHTTPS = transfer.isTLS
+        }
         try setRequestOptions(h, transfer, request, check)
     }
 
@@ -458,6 +499,7 @@ public final class HTTPClient: @unchecked Sendable {
         try check(curlx_setopt_long(h, CURLOPT_NOSIGNAL, 1), "CURLOPT_NOSIGNAL")
         try check(curlx_setopt_long(h, CURLOPT_TIMEOUT_MS, timeoutMilliseconds), "CURLOPT_TIMEOUT_MS")
         try check(curlx_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, connectTimeoutMilliseconds), "CURLOPT_CONNECTTIMEOUT_MS")
+        try check(curlx_setopt_ptr(h, CURLOPT_NOPROXY, proxy.noProxy), "CURLOPT_NOPROXY")
         // Performance only: a failure here changes no request.
         _ = curlx_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
         _ = curlx_setopt_long(h, CURLOPT_TCP_NODELAY, 1)

@@ -176,20 +176,13 @@ public struct QueryResult: Sendable {
 /// 140,000 Strings (issue 10: a worker's batch at 5,000 held 4 MB in that form). A row is made
 /// into `[String?]` when it is read; `value(_:_:)` reads one value.
 public struct QueryRows: RandomAccessCollection, Equatable, ExpressibleByArrayLiteral, Sendable {
-    public let columnCount: Int
-    private let rowCount: Int
+    public private(set) var columnCount: Int
+    private var rowCount: Int
     /// The values' UTF-8 bytes, row after row.
     private var bytes: [UInt8]
     /// Per value, where its bytes end in `bytes` (they start where the previous value's end);
     /// SQL NULL is stored as `-1 - end` (no bytes).
     private var ends: [Int]
-
-    init(rowCount: Int, columnCount: Int, bytes: [UInt8], ends: [Int]) {
-        self.rowCount = rowCount
-        self.columnCount = columnCount
-        self.bytes = bytes
-        self.ends = ends
-    }
 
     public init(arrayLiteral rows: [String?]...) {
         self.init(rows)
@@ -205,6 +198,41 @@ public struct QueryRows: RandomAccessCollection, Equatable, ExpressibleByArrayLi
             precondition(row.count == columnCount, "QueryRows: every row has \(columnCount) values")
             for value in row { append(value.map { Array($0.utf8) }) }
         }
+    }
+
+    /// Appends the rows of a libpq result (single-row mode: one row per result), reserving the
+    /// exact room first. A result's columns must match the rows already held (the first result
+    /// sets them).
+    fileprivate mutating func appendRows(of r: OpaquePointer) {
+        let columns = Int(PQnfields(r))
+        let newRows = Int(PQntuples(r))
+        if rowCount == 0 { columnCount = columns }
+        guard newRows > 0 else { return }
+        precondition(columns == columnCount, "QueryRows: every result has \(columnCount) columns")
+        var total = 0
+        for row in 0..<Int32(newRows) {
+            for c in 0..<Int32(columns) { total += Int(PQgetlength(r, row, c)) }
+        }
+        // Exact room for a whole result; rows streamed one by one grow the buffers geometrically
+        // (an exact reserve per row would copy them each time).
+        if rowCount == 0 {
+            bytes.reserveCapacity(total)
+            ends.reserveCapacity(newRows * columns)
+        }
+        for row in 0..<Int32(newRows) {
+            for c in 0..<Int32(columns) {
+                if PQgetisnull(r, row, c) == 1 {
+                    ends.append(-1 - bytes.count)
+                } else {
+                    let length = Int(PQgetlength(r, row, c))
+                    if length > 0, let value = PQgetvalue(r, row, c) {
+                        value.withMemoryRebound(to: UInt8.self, capacity: length) { bytes.append(contentsOf: UnsafeBufferPointer(start: $0, count: length)) }
+                    }
+                    ends.append(bytes.count)
+                }
+            }
+        }
+        rowCount += newRows
     }
 
     private mutating func append(_ value: [UInt8]?) {
@@ -477,47 +505,26 @@ public final class PostgresConnection: @unchecked Sendable {
         return try consumeOne(result)
     }
 
-    private func consumeOne(_ r: OpaquePointer) throws(PostgresError) -> QueryResult {
+    /// `streamed`: the rows of the same command that came before, in single-row mode.
+    private func consumeOne(_ r: OpaquePointer, streamed: QueryRows = []) throws(PostgresError) -> QueryResult {
         defer { PQclear(r) }
         let status = PQresultStatus(r)
         guard status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK || status == PGRES_EMPTY_QUERY else {
             throw error(from: r)
         }
-        let (columns, rows) = rowsOf(r)
+        let (columns, rows) = rowsOf(r, into: streamed)
         let affected = Int(String(cString: PQcmdTuples(r))) ?? 0
         return QueryResult(columns: columns, rows: rows, affectedRows: affected)
     }
 
-    /// A result's column names and rows as text (NULL as nil).
-    private func rowsOf(_ r: OpaquePointer) -> (columns: [String], rows: QueryRows) {
-        let columnCount = Int(PQnfields(r))
-        let rowCount = Int(PQntuples(r))
+    /// A result's column names and rows as text (NULL as nil); `into`: rows streamed before it.
+    private func rowsOf(_ r: OpaquePointer, into earlier: QueryRows = []) -> (columns: [String], rows: QueryRows) {
         var columns: [String] = []
-        columns.reserveCapacity(columnCount)
-        for c in 0..<columnCount { columns.append(String(cString: PQfname(r, Int32(c)))) }
-        // Two passes: the exact size first, so each buffer is one allocation.
-        var total = 0
-        for row in 0..<Int32(rowCount) {
-            for c in 0..<Int32(columnCount) { total += Int(PQgetlength(r, row, c)) }
-        }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(total)
-        var ends: [Int] = []
-        ends.reserveCapacity(rowCount * columnCount)
-        for row in 0..<Int32(rowCount) {
-            for c in 0..<Int32(columnCount) {
-                if PQgetisnull(r, row, c) == 1 {
-                    ends.append(-1 - bytes.count)
-                } else {
-                    let length = Int(PQgetlength(r, row, c))
-                    if length > 0, let value = PQgetvalue(r, row, c) {
-                        value.withMemoryRebound(to: UInt8.self, capacity: length) { bytes.append(contentsOf: UnsafeBufferPointer(start: $0, count: length)) }
-                    }
-                    ends.append(bytes.count)
-                }
-            }
-        }
-        return (columns, QueryRows(rowCount: rowCount, columnCount: columnCount, bytes: bytes, ends: ends))
+        columns.reserveCapacity(Int(PQnfields(r)))
+        for c in 0..<PQnfields(r) { columns.append(String(cString: PQfname(r, c))) }
+        var rows = earlier
+        rows.appendRows(of: r)
+        return (columns, rows)
     }
 
     private func error(from r: OpaquePointer) -> PostgresError {
@@ -609,7 +616,7 @@ extension PostgresConnection {
         var results: [[PipelineResult]] = segments.map { _ in [] }
         var segment = 0
         var streamedColumns: [String]?  // the current streaming command's columns, once a row came
-        var streamedRows: [[String?]] = []  // and its rows so far
+        var streamedRows: QueryRows = []  // and its rows so far, in one buffer
         while segment < segments.count {
             // Single-row mode is chosen per command before its first result is read; a call at
             // any other moment (between a result and its NULL, between rows) is refused and harmless.
@@ -630,18 +637,20 @@ extension PostgresConnection {
                 PQclear(r)
                 results[segment].append(.aborted)
             case PGRES_SINGLE_TUPLE:
-                let row = rowsOf(r)
+                // Column names once per command, not per row.
+                if streamedColumns == nil {
+                    streamedColumns = (0..<PQnfields(r)).map { String(cString: PQfname(r, $0)) }
+                }
+                streamedRows.appendRows(of: r)
                 PQclear(r)
-                if streamedColumns == nil { streamedColumns = row.columns }
-                streamedRows.append(contentsOf: row.rows)
             default:
                 do throws(PostgresError) {
-                    var result = try consumeOne(r)
-                    if streamedColumns != nil { result.rows = QueryRows(streamedRows + Array(result.rows)) }
+                    // The final result (no row of its own in single-row mode) closes the command.
+                    let result = try consumeOne(r, streamed: streamedRows)
                     results[segment].append(.success(result))
                 } catch {
                     if error.kind == .connection { throw error }
-                    results[segment].append(streamedColumns.map { .failedAfter(QueryResult(columns: $0, rows: QueryRows(streamedRows), affectedRows: 0), error) }
+                    results[segment].append(streamedColumns.map { .failedAfter(QueryResult(columns: $0, rows: streamedRows, affectedRows: 0), error) }
                                             ?? .failure(error))
                 }
                 streamedColumns = nil
