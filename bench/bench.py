@@ -287,6 +287,19 @@ http {{
         self.query_rate = float(re.search(r"tps = ([\d.]+)", out).group(1)) * 100
         self.add("limits", "atomic query alone, 1 connection pipelined 100 deep", self.query_rate, unit="/s")
         self.limit = min(self.wrk, self.query_rate)
+        # libcurl alone: the same POSTs through curl_multi from a C loop, its CPU per request (the
+        # floor under the worker's CPU per change while it uses libcurl).
+        floor = os.path.join(self.work, "libcurl-floor")
+        cc = shutil.which("clang") or shutil.which("cc") or "gcc"
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libcurl"], capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run([cc, "-O2", "-o", floor, os.path.join(BENCH, "libcurl-floor.c")] + flags, check=True)
+        self.curl_floor = {}
+        for inflight in (5, 16):
+            out = subprocess.run([floor, f"http://127.0.0.1:{self.nginx_port}/items", str(20000 if self.quick else 100000), str(inflight)],
+                                 capture_output=True, text=True, timeout=300, check=True).stdout
+            self.curl_floor[inflight] = float(re.search(r"total ([\d.]+)", out).group(1))
+            self.add("limits", f"libcurl alone: CPU per request (user + sys), {inflight} in flight, C loop", self.curl_floor[inflight],
+                     unit="us", higher_is_better=False, note=out.strip())
 
     # ---------- our drains ----------
     def setup_ours(self):
@@ -546,46 +559,47 @@ pidfile = {self.work}/pgqd.pid
 
     def memory(self):
         a = self.a
-        """Memory: idle, then after a large drain at batch 5000 (and the drain's time)."""
-        log("memory: supervisor and worker idle, then after a large drain (batch 5000, 16 in flight)")
-        cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port,
-                               service={"batch_size": 5000, "max_concurrent_publishes": 16})
-        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
-        try:
-            worker = pub.workers(1)[0]
-            time.sleep(2)
-            idle_sup, idle_w = proc_mem(pub.p.pid), proc_mem(worker)
-        finally:
-            pub.stop()
-        big = a.big
-        # `big` changes, committed while the service is stopped: whole-table UPDATE rounds of the
-        # watched table, one transaction each; then the service starts and drains them.
-        rounds = max(1, -(-big // a.keys))
-        for _ in range(rounds):
-            self.fast.sql("adp", f"UPDATE items SET counter = counter + 1 WHERE id <= {min(big, a.keys)}")
-        committed = self.backlog("adp", "items_changes")
-        started = time.time()
-        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
-        try:
-            worker = pub.workers(1)[0]
-            samples = []
-            def drained():
-                samples.append(proc_mem(worker)[0])
-                return self.backlog("adp", "items_changes") == 0
-            wait_for(drained, 1800, step=0.5, what="large drain")
-            drain_s = time.time() - started
-            after_sup, after_w = proc_mem(pub.p.pid), proc_mem(worker)
-        finally:
-            pub.stop()
-        self.add("memory", "supervisor RSS after the drain", after_sup[0], unit="MiB", higher_is_better=False,
-                 note=f"idle {idle_sup[0]:.1f}, peak {after_sup[1]:.1f}")
-        third = max(1, len(samples) // 3)
-        self.add("memory", f"worker RSS after a {committed:,}-change drain at batch 5000", after_w[0], unit="MiB",
-                 higher_is_better=False,
-                 note=f"idle {idle_w[0]:.1f}, peak {after_w[1]:.1f}; mean in the drain's thirds "
-                      + "/".join(f"{statistics.mean(samples[i:i + third]):.1f}" for i in range(0, third * 3, third)))
-        self.add("drain", f"backlog of {committed:,} changes ({rounds} updates of {min(big, a.keys):,} keys), batch 5000, 16 in flight",
-                 committed / drain_s if drain_s > 0 else 0, unit="changes/s", note=f"{drain_s:.1f} s")
+        """Memory: idle, then while and after draining a large backlog, at batch 5000 and at the defaults (and the drains' times)."""
+        for label, service in (("batch 5000, 16 in flight", {"batch_size": 5000, "max_concurrent_publishes": 16}),
+                               ("defaults (batch 100, 5 in flight)", {})):
+            log(f"memory: supervisor and worker idle, then during and after a large drain ({label})")
+            cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port, service=service)
+            pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
+            try:
+                worker = pub.workers(1)[0]
+                time.sleep(2)
+                idle_sup, idle_w = proc_mem(pub.p.pid), proc_mem(worker)
+            finally:
+                pub.stop()
+            big = a.big
+            # `big` changes, committed while the service is stopped: whole-table UPDATE rounds of the
+            # watched table, one transaction each; then the service starts and drains them.
+            rounds = max(1, -(-big // a.keys))
+            for _ in range(rounds):
+                self.fast.sql("adp", f"UPDATE items SET counter = counter + 1 WHERE id <= {min(big, a.keys)}")
+            committed = self.backlog("adp", "items_changes")
+            started = time.time()
+            pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
+            try:
+                worker = pub.workers(1)[0]
+                samples = []
+                def drained():
+                    samples.append(proc_mem(worker)[0])
+                    return self.backlog("adp", "items_changes") == 0
+                wait_for(drained, 1800, step=0.5, what="large drain")
+                drain_s = time.time() - started
+                after_sup, after_w = proc_mem(pub.p.pid), proc_mem(worker)
+            finally:
+                pub.stop()
+            self.add("memory", f"supervisor RSS after the drain, {label}", after_sup[0], unit="MiB", higher_is_better=False,
+                     note=f"idle {idle_sup[0]:.1f}, peak {after_sup[1]:.1f}")
+            third = max(1, len(samples) // 3)
+            self.add("memory", f"worker RSS after a {committed:,}-change drain, {label}", after_w[0], unit="MiB",
+                     higher_is_better=False,
+                     note=f"idle {idle_w[0]:.1f}, peak {after_w[1]:.1f}; mean in the drain's thirds "
+                          + "/".join(f"{statistics.mean(samples[i:i + third]):.1f}" for i in range(0, third * 3, third)))
+            self.add("drain", f"backlog of {committed:,} changes ({rounds} updates of {min(big, a.keys):,} keys), {label}",
+                     committed / drain_s if drain_s > 0 else 0, unit="changes/s", note=f"{drain_s:.1f} s")
 
 
     # ---------- the run ----------
@@ -634,10 +648,10 @@ pidfile = {self.work}/pgqd.pid
                  peer, self.limit, "changes/s", note=f"runs {fmt(drains['tuned'])}")
         cpu = lambda rs, i: statistics.median(r[3][i] for r in rs)
         self.add("cpu", f"{n:,} distinct keys: the worker's CPU per change, defaults", cpu(drains["def"], 0), cpu(drains["peer"], 0),
-                 unit="us", higher_is_better=False,
+                 self.curl_floor[5], unit="us", higher_is_better=False,
                  note="peer: its consumer; runs " + "/".join(f"{r[3][0]:.0f}" for r in drains["def"]) + ", peer " + "/".join(f"{r[3][0]:.0f}" for r in drains["peer"]))
         self.add("cpu", f"{n:,} distinct keys: the worker's CPU per change, batch 5000, 16 in flight", cpu(drains["tuned"], 0),
-                 cpu(drains["peer"], 0), unit="us", higher_is_better=False,
+                 cpu(drains["peer"], 0), self.curl_floor[16], unit="us", higher_is_better=False,
                  note="runs " + "/".join(f"{r[3][0]:.0f}" for r in drains["tuned"]))
         self.add("cpu", f"{n:,} distinct keys: PostgreSQL's CPU per change (all its processes), defaults", cpu(drains["def"], 1),
                  cpu(drains["peer"], 1), unit="us", higher_is_better=False,

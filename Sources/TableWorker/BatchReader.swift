@@ -10,16 +10,15 @@
 import Shared
 
 struct Batch {
-    var rows: [ChangeRow] = []
     var groups: [KeyChanges] = []
     /// Each group's atomic data (JSON text), or the error of its query. Deletes are not queried.
     var atomicData: [Result<String, PostgresError>] = []
     /// Why the whole-batch atomic data statement failed, when it did (the keys were then queried
     /// one by one, which tells which key failed).
     var batchedFailure: PostgresError?
-    /// How many tracking rows the batch covers (`rows` is let go once they are grouped).
+    /// How many tracking rows the batch covers.
     var changeCount = 0
-    var isEmpty: Bool { rows.isEmpty && changeCount == 0 }
+    var isEmpty: Bool { changeCount == 0 }
 }
 
 /// How an atomic data query's error is handled.
@@ -57,20 +56,22 @@ struct BatchReader {
         try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         do {
             var batch = Batch()
-            batch.rows = try schema.fetchDue(db, limit: batchSize)
-            if batch.rows.isEmpty {
+            // Rows are grouped as libpq hands them over: no read holds its rows (issue 10).
+            var grouping = KeyChanges.Grouping(expectedKeys: min(batchSize, 1024))
+            var dueIds: [Int64] = []
+            try schema.fetchDue(db, limit: batchSize) { row in
+                dueIds.append(row.id)
+                grouping.add(row)
+            }
+            if dueIds.isEmpty {
                 try db.execute("COMMIT")
                 return batch
             }
             // The keys' later changes beyond the LIMIT are in the state read below too: cover
             // them now rather than publish the same state once per slice of a backlog.
-            var keys: [String] = []
-            var seen = Set<String>()
-            for row in batch.rows where seen.insert(row.primaryKey).inserted { keys.append(row.primaryKey) }
-            batch.rows += try schema.fetchCovered(db, keys: keys, excluding: batch.rows.map(\.id), limit: batchSize * 4)
-            batch.groups = KeyChanges.coalesce(batch.rows)
-            batch.changeCount = batch.rows.count
-            batch.rows = []  // the groups hold what is needed of them: one copy while the batch is sent
+            try schema.fetchCovered(db, keys: grouping.groups.map(\.primaryKey), excluding: dueIds, limit: batchSize * 4) { grouping.add($0) }
+            batch.changeCount = grouping.rowCount
+            batch.groups = grouping.finish()
             let queried = batch.groups.indices.filter { batch.groups[$0].latest.operation != .delete }
             let results = try queryAtomicData(db, keys: queried.map { batch.groups[$0].primaryKey }, batched: batched,
                                               failure: &batch.batchedFailure)

@@ -42,6 +42,41 @@ final class PostgresConnectionTests: IntegrationTestCase {
         XCTAssertEqual(try connection.execute("SELECT").rows.count, 1, "a row without columns")
     }
 
+    /// Rows handed over as libpq holds them (the tracking rows' reads), whole or in single-row
+    /// mode, are exactly the rows of `execute`; an error after some rows were sent is the
+    /// statement's error, and the connection stays usable.
+    func testForEachRow_wholeOrSingleRow_givesTheRowsOfExecute_andAnErrorMidStreamFailsIt() throws {
+        let connection = try connect(server)
+        defer { connection.close() }
+        let sql = """
+            SELECT g::text, CASE WHEN g % 3 = 0 THEN NULL ELSE repeat('é', g % 7) END, '', (g * 1000000000000)::text, (-g)::text
+            FROM generate_series(1, $1::int) AS s(g) ORDER BY s.g
+            """
+        let whole = try connection.execute(sql, ["5000"])
+        for singleRow in [false, true] {
+            var rows: [[String?]] = []
+            var numbers: [Int64?] = []
+            let count = try connection.forEachRow(sql, ["5000"], singleRow: singleRow) { row in
+                rows.append((0..<row.columnCount).map { row.string($0) })
+                numbers.append(row.int64(3))
+                XCTAssertEqual(row.int64(4), -Int64(rows.count))
+                XCTAssertNil(row.int64(1), "not a number")
+                XCTAssertEqual(row.isNull(1), rows.count % 3 == 0)
+            }
+            XCTAssertEqual(count, 5000)
+            XCTAssertEqual(QueryRows(rows), whole.rows, "singleRow \(singleRow)")
+            XCTAssertEqual(numbers.last, 5_000_000_000_000_000)
+            XCTAssertEqual(try connection.forEachRow(sql, ["0"], singleRow: singleRow) { _ in XCTFail("no row") }, 0)
+
+            var before = 0
+            XCTAssertThrowsError(try connection.forEachRow("SELECT g, 1 / (g - 3000) FROM generate_series(1, 5000) g", singleRow: singleRow) { _ in before += 1 }) { error in
+                XCTAssertEqual((error as? PostgresError)?.sqlState, "22012", "\(error)")
+            }
+            XCTAssertLessThan(before, 3000)
+            XCTAssertEqual(try connection.execute("SELECT 42")[0, 0], "42", "usable after the error")
+        }
+    }
+
     func testServerNotices_reachTheNoticeHandler() throws {
         let connection = try connect(server)
         defer { connection.close() }

@@ -51,49 +51,50 @@ public struct KeyChanges: Equatable, Sendable {
     /// Group rows by key, keeping the order in which keys first appear (oldest first) and each
     /// key's ids in ascending order.
     public static func coalesce(_ rows: [ChangeRow]) -> [KeyChanges] {
-        // First pass: one dictionary lookup per row gives its group and each group's size; the
-        // second builds every group and its ids at their exact sizes. (Reserving for one key per
-        // row, or growing by doubling, held several times the groups' size at batch 5000 with
-        // 20,000 covered rows: issue 10.) A group's ids are sorted only when its rows did not
-        // arrive in id order (the due rows and the covered rows are each read in id order, so
-        // most groups are).
-        var groupOf: [Int32] = []
-        groupOf.reserveCapacity(rows.count)
-        var sizes: [Int32] = []
-        do {
-            var position: [String: Int32] = [:]
-            position.reserveCapacity(min(rows.count, 1024))
-            for row in rows {
-                if let index = position[row.primaryKey] {
-                    groupOf.append(index)
-                    sizes[Int(index)] += 1
-                } else {
-                    let index = Int32(sizes.count)
-                    position[row.primaryKey] = index
-                    groupOf.append(index)
-                    sizes.append(1)
-                }
-            }
+        var grouping = Grouping(expectedKeys: min(rows.count, 1024))
+        for row in rows { grouping.add(row) }
+        return grouping.finish()
+    }
+
+    /// Groups rows by key as they are read, one at a time (the batch's reads hand libpq's rows over
+    /// as they come: issue 10, a batch of 5,000 keys with 20,000 covered rows held every row as a
+    /// `ChangeRow` before grouping, 3.5 MB at peak). Only each key's ids, newest row and counters'
+    /// maxima are kept; keys stay in the order they first appear.
+    public struct Grouping {
+        private var position: [String: Int32] = [:]
+        public private(set) var groups: [KeyChanges] = []
+        /// Rows added so far.
+        public private(set) var rowCount = 0
+        private var unordered: [Int] = []
+
+        public init(expectedKeys: Int) {
+            position.reserveCapacity(expectedKeys)
+            groups.reserveCapacity(expectedKeys)
         }
-        var groups: [KeyChanges] = []
-        groups.reserveCapacity(sizes.count)
-        var unordered: [Int] = []
-        for (row, group) in zip(rows, groupOf) {
-            let index = Int(group)
-            if index == groups.count {  // groups are numbered in order of first appearance
-                var ids: [Int64] = []
-                ids.reserveCapacity(Int(sizes[index]))
-                ids.append(row.id)
-                groups.append(KeyChanges(primaryKey: row.primaryKey, ids: ids, latest: row))
+
+        public mutating func add(_ row: ChangeRow) {
+            rowCount += 1
+            if let index = position[row.primaryKey] {
+                let i = Int(index)
+                if let last = groups[i].ids.last, last > row.id { unordered.append(i) }
+                groups[i].add(row)
             } else {
-                if let last = groups[index].ids.last, last > row.id { unordered.append(index) }
-                groups[index].add(row)
+                position[row.primaryKey] = Int32(groups.count)
+                groups.append(KeyChanges(primaryKey: row.primaryKey, ids: [row.id], latest: row))
             }
         }
-        for index in unordered where !isSorted(groups[index].ids) {
-            groups[index].ids.sort()
+
+        /// The groups, each key's ids ascending. A group's ids are sorted only when its rows did
+        /// not arrive in id order (the due rows and the covered rows are each read in id order,
+        /// so most groups are).
+        public mutating func finish() -> [KeyChanges] {
+            for index in Set(unordered) where !KeyChanges.isSorted(groups[index].ids) {
+                groups[index].ids.sort()
+            }
+            position = [:]
+            unordered = []
+            return groups
         }
-        return groups
     }
 
     private init(primaryKey: String, ids: [Int64], latest: ChangeRow) {
