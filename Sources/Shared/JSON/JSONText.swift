@@ -124,6 +124,9 @@ package enum JSONText {
         return text
     }
 
+    /// Escapes as JSONSerialization does (`\b`, `\f`; JSONTextTests compares them), unlike the
+    /// payloads' and logs' `JSONBytes.appendString` (`\u0008`, `\u000c`): the documents the
+    /// supervisor serves keep the form they always had.
     private static func writeString(_ string: String, to out: inout String) {
         out += "\""
         for scalar in string.unicodeScalars {

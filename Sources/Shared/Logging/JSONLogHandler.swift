@@ -201,24 +201,12 @@ public enum Redactor {
     }
 }
 
-/// JSON string literal for `s`.
+/// JSON string literal for `s` (`JSONBytes.appendString`: the one escaping of the project).
 public func jsonString(_ s: String) -> String {
-    var out = "\""
+    var out: [UInt8] = []
     out.reserveCapacity(s.utf8.count + 2)
-    for scalar in s.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where scalar.value < 0x20:
-            out += "\\u" + hexPadded(scalar.value, width: 4)
-        default:
-            out.unicodeScalars.append(scalar)
-        }
-    }
-    return out + "\""
+    JSONBytes.appendString(s, to: &out)
+    return String(decoding: out, as: UTF8.self)
 }
 
 /// write(2) until every byte is out (or the descriptor is gone).
