@@ -139,7 +139,9 @@ def proc_cpu(pid):
 
 
 def postgres_cpu():
-    """CPU seconds of every process named postgres (the servers, their backends and workers)."""
+    """CPU seconds of every process named postgres (the servers, their backends and workers),
+    with the backends that exited meanwhile: a postmaster's reaped children's time (cutime, cstime)
+    counts too (the worker's read-ahead connection closes before the drain ends)."""
     total = 0.0
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -149,7 +151,7 @@ def postgres_cpu():
                 continue
             if raw[raw.index("(") + 1:raw.rindex(")")] == "postgres":
                 f = raw.rsplit(")", 1)[1].split()
-                total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+                total += (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / os.sysconf("SC_CLK_TCK")
     return total
 
 

@@ -9,7 +9,7 @@
 
 import Shared
 
-struct Batch {
+struct Batch: Sendable {
     var groups: [KeyChanges] = []
     /// Each group's atomic data (JSON text), or the error of its query. Deletes are not queried.
     var atomicData: [Result<String, PostgresError>] = []
@@ -18,6 +18,9 @@ struct Batch {
     var batchedFailure: PostgresError?
     /// How many tracking rows the batch covers.
     var changeCount = 0
+    /// How many of them were due rows (at most the batch size; the rest were covered rows): a
+    /// full batch says more is probably due.
+    var dueCount = 0
     var isEmpty: Bool { changeCount == 0 }
 }
 
@@ -42,7 +45,7 @@ enum QueryFailure: Equatable, Sendable {
     }
 }
 
-struct BatchReader {
+struct BatchReader: Sendable {
     let schema: TrackingSchema
     let batchSize: Int
     static let statementName = "adp_atomic_data"
@@ -51,7 +54,9 @@ struct BatchReader {
     /// `probeFirst` (when the last poll found nothing): one cheap statement decides whether a
     /// snapshot is worth opening, so an idle table costs one statement per poll, not three.
     /// `batched`: the whole-batch atomic data statement is prepared (`DatabaseSession.batched`).
-    func read(_ db: PostgresConnection, probeFirst: Bool = false, batched: Bool = false) throws(PostgresError) -> Batch {
+    /// `excludingKeys`: keys left out of the due rows (those of a batch still being sent, when
+    /// this one is read ahead of its turn: BatchPrefetcher).
+    func read(_ db: PostgresConnection, probeFirst: Bool = false, batched: Bool = false, excludingKeys: [String] = []) throws(PostgresError) -> Batch {
         if probeFirst, try db.execute(schema.anyDueSQL)[0, 0] != "t" { return Batch() }
         try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         do {
@@ -59,7 +64,7 @@ struct BatchReader {
             // Rows are grouped as libpq hands them over: no read holds its rows (issue 10).
             var grouping = KeyChanges.Grouping(expectedKeys: min(batchSize, 1024))
             var dueIds: [Int64] = []
-            try schema.fetchDue(db, limit: batchSize) { row in
+            try schema.fetchDue(db, limit: batchSize, excludingKeys: excludingKeys) { row in
                 dueIds.append(row.id)
                 grouping.add(row)
             }
@@ -71,6 +76,7 @@ struct BatchReader {
             // them now rather than publish the same state once per slice of a backlog.
             try schema.fetchCovered(db, keys: grouping.groups.map(\.primaryKey), excluding: dueIds, limit: batchSize * 4) { grouping.add($0) }
             batch.changeCount = grouping.rowCount
+            batch.dueCount = dueIds.count
             batch.groups = grouping.finish()
             let queried = batch.groups.indices.filter { batch.groups[$0].latest.operation != .delete }
             let results = try queryAtomicData(db, keys: queried.map { batch.groups[$0].primaryKey }, batched: batched,

@@ -56,6 +56,16 @@ final class DatabaseSession: ChangeStore {
             }
             setUp = true
         }
+        batched = try Self.prepareReads(on: connection, query: query, logger: logger)
+        try connection.execute(schema.listenSQL)  // wake-up from idle (TableWorker.sleepUntilChange)
+        twoPhaseCommit = try connection.execute("SELECT current_setting('max_prepared_transactions') <> '0'")[0, 0] == "t"
+        epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
+        db = connection
+    }
+
+    /// What every connection that reads batches needs: no JIT, the atomic data statement, and its
+    /// whole-batch form when PostgreSQL takes it (the result: whether it did).
+    private static func prepareReads(on connection: PostgresConnection, query: AtomicDataQuery, logger: Logger) throws -> Bool {
         // No JIT in this session: every statement the worker runs is short (one key's atomic data,
         // one batch of tracking rows), and a JIT compile costs 8 to 12 ms each time a plan's
         // estimate crosses jit_above_cost, which a stale estimate on the tracking table does
@@ -63,11 +73,25 @@ final class DatabaseSession: ChangeStore {
         // `pg_settings`: a server without the setting (before PostgreSQL 11) is left alone.
         try connection.execute("SELECT set_config('jit', 'off', false) FROM pg_settings WHERE name = 'jit'")
         try connection.prepare(name: BatchReader.statementName, sql: query.wrapped)
-        batched = prepareBatched(on: connection)
-        try connection.execute(schema.listenSQL)  // wake-up from idle (TableWorker.sleepUntilChange)
-        twoPhaseCommit = try connection.execute("SELECT current_setting('max_prepared_transactions') <> '0'")[0, 0] == "t"
-        epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
-        db = connection
+        return prepareBatched(on: connection, query: query, logger: logger)
+    }
+
+    /// A second connection that only reads batches ahead of their turn (BatchPrefetcher): the
+    /// same settings and statements, but no setup, no LISTEN, no lock, and a name of its own
+    /// (`atomic-data-publisher-reader/<table>@<instance>`), so nothing takes it for a lease
+    /// holder. Safe to call from another thread: it reads only constants.
+    static func openReader(config: PublisherConfig, schema: TrackingSchema, logger: Logger) throws -> (connection: PostgresConnection, batched: Bool) {
+        let name = String(decoding: Array("atomic-data-publisher-reader/\(schema.partition.workerName(table: schema.table.name))@\(config.resolvedInstanceId)".utf8.prefix(63)), as: UTF8.self)
+        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: name))
+        connection.heartbeats = false  // the heartbeat reports from the worker's own thread only
+        connection.noticeHandler = { [logger] notice in logger.notice("\(notice)") }
+        do {
+            let batched = try prepareReads(on: connection, query: AtomicDataQuery(schema.table.atomicDataQuery), logger: logger)
+            return (connection, batched)
+        } catch {
+            connection.close()
+            throw error
+        }
     }
 
     /// Prepare the atomic data statement afresh (after a table problem: a dropped column leaves a
@@ -77,7 +101,7 @@ final class DatabaseSession: ChangeStore {
         try db.deallocate(name: BatchReader.statementName)
         try db.deallocate(name: BatchReader.batchedStatementName)
         try db.prepare(name: BatchReader.statementName, sql: query.wrapped)
-        batched = prepareBatched(on: db)
+        batched = Self.prepareBatched(on: db, query: query, logger: logger)
     }
 
     /// Whether the whole-batch form of the atomic data query is prepared on this connection
@@ -86,7 +110,7 @@ final class DatabaseSession: ChangeStore {
 
     /// Prepare the whole-batch form, typed like `$PRIMARY_KEY` in the single-key statement. False
     /// (key by key) when PostgreSQL refuses it; a lost connection surfaces on the next command.
-    private func prepareBatched(on db: PostgresConnection) -> Bool {
+    private static func prepareBatched(on db: PostgresConnection, query: AtomicDataQuery, logger: Logger) -> Bool {
         do throws(PostgresError) {
             guard let keyType = try db.execute("SELECT parameter_types[1]::text FROM pg_prepared_statements WHERE name = $1",
                                                [BatchReader.statementName]).rows.first?.first ?? nil,

@@ -35,6 +35,12 @@ final class TableWorker {
     let schema: TrackingSchema
     private let session: DatabaseSession
     private let reader: BatchReader
+    /// Reads the next batch on a second connection while the current one is sent.
+    private let prefetcher: BatchPrefetcher
+    /// Counted up each time this worker takes the lease, and each time its session connects: a
+    /// batch read ahead is only sent under the grant and session it was read under.
+    private var leaseGrants = 0
+    private var sessionGeneration = 0
     private let builder: RequestBuilder
     private let http: HTTPClient
     private var runner: DeliveryRunner!
@@ -78,6 +84,7 @@ final class TableWorker {
         schema = TrackingSchema(table: table, partition: partition)
         session = DatabaseSession(config: config, schema: schema, logger: logger)
         reader = BatchReader(schema: schema, batchSize: config.service.batchSize)
+        prefetcher = BatchPrefetcher(config: config, schema: schema, reader: reader, logger: logger)
         builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
                                  resetSeconds: config.ingestor.circuitBreakerResetSeconds)
@@ -144,7 +151,9 @@ final class TableWorker {
                     // Fresh figures for /metrics soon after work, without a line per batch.
                     if monotonicSeconds() - lastStatsAt >= 0.1 { try emitStats() }
                 } else {
-                    // The backlog is drained: hand the batches' freed heap back (issue 10).
+                    // The backlog is drained: hand the batches' freed heap back (issue 10), and the
+                    // second connection (it reads ahead only while batches come full).
+                    prefetcher.close()
                     if heapDirty {
                         HeapMemory.releaseFreePages()
                         heapDirty = false
@@ -184,6 +193,7 @@ final class TableWorker {
             try checkStop()
             do {
                 try session.open()
+                sessionGeneration += 1
                 stats.database = .up
                 if attempt > 0 || reconnecting { logger.notice("database connection restored") }
                 return
@@ -255,6 +265,7 @@ final class TableWorker {
             return
         }
         lastHolderLogged = nil
+        leaseGrants += 1
         stats.leaseHolder = config.resolvedInstanceId
         lastLeaseConfirmAt = now
         let fence = lease.fenceRemaining(now: now) ?? 0
@@ -394,9 +405,14 @@ final class TableWorker {
         let batch: Batch
         do {
             let queryStarted = monotonicSeconds()
-            batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
-            lastLeaseConfirmAt = monotonicSeconds()  // the read succeeded on the lease's session
-            if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
+            if let ahead = prefetcher.take(token: prefetchToken) {
+                batch = ahead.batch
+                stats.query.record(ahead.seconds)
+            } else {
+                batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
+                lastLeaseConfirmAt = monotonicSeconds()  // the read succeeded on the lease's session
+                if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
+            }
             if let failure = batch.batchedFailure {
                 // A statement timeout counts against the whole batch in one statement: stay key by
                 // key on this connection rather than pay the timeout on every batch.
@@ -464,6 +480,11 @@ final class TableWorker {
             return builder.request(for: Payload.build(table: table, epoch: epoch, changes: group, atomicData: json, unixNow: unixNow,
                                                       retryCount: group.attempts), unixNow: unixNow)
         }
+        // A full batch: more is probably due. Read the next batch (without this one's keys) on the
+        // second connection while this one is sent (BatchPrefetcher says why that is safe).
+        if batch.dueCount >= config.service.batchSize {
+            prefetcher.start(token: prefetchToken, excludingKeys: batch.groups.map(\.primaryKey), batched: session.batched)
+        }
         lastSendAt = monotonicSeconds()
         let end = runner.run(&plan, request: request)
         lastSendAt = monotonicSeconds()
@@ -482,6 +503,11 @@ final class TableWorker {
             try databaseFailed(error)
         }
         return changeCount
+    }
+
+    /// What a batch read ahead must still match to be sent.
+    private var prefetchToken: BatchPrefetcher.Token {
+        BatchPrefetcher.Token(leaseGrant: leaseGrants, sessionGeneration: sessionGeneration, epoch: session.epoch)
     }
 
     private func reportTableProblem(_ error: PostgresError) {

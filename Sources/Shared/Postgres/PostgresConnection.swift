@@ -529,8 +529,12 @@ public final class PostgresConnection: @unchecked Sendable {
     nonisolated(unsafe) public static var heartbeat: (() -> Void)?
 
     /// Wait until a result can be read without blocking, calling `heartbeat` every second.
+    /// Whether this connection's long statements call `heartbeat` (only the thread that set it
+    /// may: a connection used from another thread turns this off).
+    public var heartbeats = true
+
     private func awaitResult(_ conn: OpaquePointer) {
-        guard Self.heartbeat != nil else { return }  // PQgetResult blocks by itself
+        guard heartbeats, Self.heartbeat != nil else { return }  // PQgetResult blocks by itself
         while PQisBusy(conn) == 1 {
             var fd = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
             let ready = poll(&fd, 1, 1000)

@@ -18,13 +18,18 @@ extension TrackingSchema {
         to_char(c.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), c.attempts, c.permanent_failures
         """
 
-    public var fetchDueSQL: String {
+    public var fetchDueSQL: String { fetchDueSQL(excludingKeys: false) }
+
+    /// `excludingKeys`: also skip the keys of `$2` (text[]): the keys of a batch still being sent
+    /// when the next one is read ahead (BatchPrefetcher). `<> ALL` of a bound array is hashed by
+    /// PostgreSQL 15 and later.
+    public func fetchDueSQL(excludingKeys: Bool) -> String {
         """
         SELECT \(Self.rowColumns)
         FROM \(changesTable) c
         WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())\(partitionFilter("c."))
           AND NOT EXISTS (SELECT 1 FROM \(changesTable) b
-                          WHERE b.primary_key = c.primary_key AND b.next_attempt_at > clock_timestamp() AND b.id < c.id)
+                          WHERE b.primary_key = c.primary_key AND b.next_attempt_at > clock_timestamp() AND b.id < c.id)\(excludingKeys ? "\n  AND c.primary_key <> ALL($2::text[])" : "")
         ORDER BY c.id
         LIMIT $1
         """
@@ -47,9 +52,14 @@ extension TrackingSchema {
         return rows
     }
 
-    /// The same, each row handed to `row` as it is read (nothing else holds the rows).
-    public func fetchDue(_ db: PostgresConnection, limit: Int, _ row: (ChangeRow) -> Void) throws(PostgresError) {
-        try Self.rows(db, fetchDueSQL, [String(limit)], limit: limit, row)
+    /// The same, each row handed to `row` as it is read (nothing else holds the rows), without
+    /// the rows of `excludingKeys`.
+    public func fetchDue(_ db: PostgresConnection, limit: Int, excludingKeys: [String] = [], _ row: (ChangeRow) -> Void) throws(PostgresError) {
+        if excludingKeys.isEmpty {
+            try Self.rows(db, fetchDueSQL, [String(limit)], limit: limit, row)
+        } else {
+            try Self.rows(db, fetchDueSQL(excludingKeys: true), [String(limit), Self.textArray(excludingKeys)], limit: limit, row)
+        }
     }
 
     /// The other rows of these keys visible now (beyond the batch's LIMIT): read in the batch's
