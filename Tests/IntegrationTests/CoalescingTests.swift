@@ -55,16 +55,7 @@ final class CoalescingTests: IntegrationTestCase {
             XCTAssertEqual(request.path, counters.publishEndpoint)
             assertIdempotencyKey(request)
         }
-        // A key's payloads arrive in commit order: its counter and its tracking id never go back.
-        let byKey = Dictionary(grouping: requests) { $0.body["primary_key"]?.string ?? "" }
-        for (key, payloads) in byKey {
-            let counts = payloads.compactMap { $0.body["atomic_data"]?[0]?["n"]?.int }
-            XCTAssertEqual(counts, counts.sorted(), "payloads of \(key) out of commit order")
-            let trackingIDs = payloads.compactMap { $0.body["id"]?.string?.split(separator: ":").last.flatMap { Int($0) } }
-            XCTAssertEqual(trackingIDs.count, payloads.count, "unparsable ids for \(key)")
-            XCTAssertEqual(trackingIDs, trackingIDs.sorted(), "payload ids of \(key) out of order")
-            XCTAssertEqual(Set(trackingIDs).count, trackingIDs.count, "\(key) published the same changes twice without a failure")
-        }
+        assertEachKeysPayloadsInCommitOrder(requests)
         // Every tracking row was covered by exactly one acknowledged payload.
         try waitUntil("the worker's stats report 1,000 changes published") {
             p.worker.latestStats()?["changes_published"] == 1_000

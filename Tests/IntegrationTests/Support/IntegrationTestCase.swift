@@ -203,6 +203,20 @@ class IntegrationTestCase: XCTestCase {
                       "Idempotency-Key must be the body's id, a dot and 16 hex digits, found '\(key)' in \(request)", file: file, line: line)
     }
 
+    /// A key's payloads arrive in commit order: the counter `n` of its atomic data and its tracking
+    /// id never go back, and no tracking id is published twice (nothing failed in between).
+    func assertEachKeysPayloadsInCommitOrder(_ requests: [RecordedRequest], file: StaticString = #filePath, line: UInt = #line) {
+        let byKey = Dictionary(grouping: requests) { $0.body["primary_key"]?.string ?? "" }
+        for (key, payloads) in byKey {
+            let counts = payloads.compactMap { $0.body["atomic_data"]?[0]?["n"]?.int }
+            XCTAssertEqual(counts, counts.sorted(), "payloads of \(key) out of commit order", file: file, line: line)
+            let trackingIDs = payloads.compactMap { $0.body["id"]?.string?.split(separator: ":").last.flatMap { Int($0) } }
+            XCTAssertEqual(trackingIDs.count, payloads.count, "unparsable ids for \(key)", file: file, line: line)
+            XCTAssertEqual(trackingIDs, trackingIDs.sorted(), "payload ids of \(key) out of order", file: file, line: line)
+            XCTAssertEqual(Set(trackingIDs).count, trackingIDs.count, "\(key) published the same changes twice without a failure", file: file, line: line)
+        }
+    }
+
     /// Assert every field of the request and its payload: path, headers, body, metadata.
     func assertPayload(_ request: RecordedRequest, _ expected: ExpectedPayload, file: StaticString = #filePath, line: UInt = #line) {
         let body = request.body
