@@ -60,6 +60,8 @@ final class BatchPrefetcher: @unchecked Sendable {
     /// runs, no other starts: none queues behind a stuck one).
     private var pending: Read?
     private var last: Read?
+    /// A read ahead was started since the last `close()`: the second connection may be open.
+    private var opened = false
     /// The reader's thread only.
     private var connection: PostgresConnection?
     private var batched = false
@@ -78,6 +80,7 @@ final class BatchPrefetcher: @unchecked Sendable {
         let read = Read(token: token)
         pending = read
         last = read
+        opened = true
         queue.async { [self] in
             let started = monotonicSeconds()
             do {
@@ -109,14 +112,12 @@ final class BatchPrefetcher: @unchecked Sendable {
         return (batch, read.seconds)
     }
 
-    /// Forget any batch read ahead (its rows stay in the table).
-    func discard() {
-        pending = nil
-    }
-
-    /// Let the second connection go (the table is idle); the next read ahead opens it again.
+    /// Let the second connection go (the table is idle; a batch read ahead is forgotten, its rows
+    /// stay in the table); the next read ahead opens it again.
     func close() {
         pending = nil
+        guard opened else { return }  // every empty poll of an idle table comes here
+        opened = false
         queue.async { [self] in closeOnQueue() }
     }
 
