@@ -250,22 +250,21 @@ public struct QueryRows: RandomAccessCollection, Equatable, ExpressibleByArrayLi
         }
     }
 
-    /// Appends the rows of a libpq result (single-row mode: one row per result), reserving the
-    /// exact room first. A result's columns must match the rows already held (the first result
-    /// sets them).
+    /// Appends the rows of a libpq result (single-row mode: one row per result). The first result
+    /// reserves its exact room; rows streamed after it grow the buffers geometrically (an exact
+    /// reserve per row would copy them each time). A result's columns must match the rows already
+    /// held (the first result sets them).
     fileprivate mutating func appendRows(of r: OpaquePointer) {
         let columns = Int(PQnfields(r))
         let newRows = Int(PQntuples(r))
         if rowCount == 0 { columnCount = columns }
         guard newRows > 0 else { return }
         precondition(columns == columnCount, "QueryRows: every result has \(columnCount) columns")
-        var total = 0
-        for row in 0..<Int32(newRows) {
-            for c in 0..<Int32(columns) { total += Int(PQgetlength(r, row, c)) }
-        }
-        // Exact room for a whole result; rows streamed one by one grow the buffers geometrically
-        // (an exact reserve per row would copy them each time).
         if rowCount == 0 {
+            var total = 0
+            for row in 0..<Int32(newRows) {
+                for c in 0..<Int32(columns) { total += Int(PQgetlength(r, row, c)) }
+            }
             bytes.reserveCapacity(total)
             ends.reserveCapacity(newRows * columns)
         }

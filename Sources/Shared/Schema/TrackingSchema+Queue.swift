@@ -40,12 +40,12 @@ extension TrackingSchema {
         "SELECT EXISTS (SELECT 1 FROM \(changesTable) c WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())\(partitionFilter("c.")))"
     }
 
-    /// Up to `limit` due rows, oldest first.
     /// Reads of this many rows or more are streamed (libpq's single-row mode): at batch 5,000 the
     /// covered-rows read's `PGresult` alone was 3.4 MiB of the worker's peak (issue 10). Smaller
     /// reads take the whole result at once: a result per row costs more CPU than it saves there.
     static let streamedReadRows = 1000
 
+    /// Up to `limit` due rows, oldest first.
     public func fetchDue(_ db: PostgresConnection, limit: Int) throws(PostgresError) -> [ChangeRow] {
         var rows: [ChangeRow] = []
         try fetchDue(db, limit: limit) { rows.append($0) }
