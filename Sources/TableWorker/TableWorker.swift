@@ -1,4 +1,5 @@
-// One table's worker: the loop of DESIGN.md section 5, single-threaded.
+// One table's worker: the loop of DESIGN.md section 5, on one thread (BatchPrefetcher reads the next
+// batch on a thread and connection of its own while a backlog drains, and hands it over to this one).
 //
 // Invariants:
 // - The loop never blocks longer than one batch (bounded by the statement and HTTP timeouts);
