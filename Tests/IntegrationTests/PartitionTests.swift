@@ -77,6 +77,14 @@ extension DeliveryReliabilityTests {
             return balanced && partitions.allSatisfy { p in Set([seen.0[p], seen.1[p]]) == ["leader", "standby"] }
         }
         print("partitions spread two and two across two instances \(String(format: "%.1f", Date().timeIntervalSince(spreadStarted))) s after both stood")
+        // Spreading moves one partition at a time: a two-and-two split can be a passing moment.
+        // The leaders checked below are the ones that have held for a whole balance interval.
+        var split = seen, since = Date()
+        try waitUntil(timeout: 60, "the same leaders for 12 s, longer than a balance interval (last seen: \(seen))") {
+            seen = (try self.leases(a), try self.leases(b))
+            if seen != split { split = seen; since = Date() }
+            return Date().timeIntervalSince(since) >= 12
+        }
         for s in [a, b] {
             let (status, body) = try s.health()
             XCTAssertEqual(status, 200, "a standby partition is healthy: \(body)")
