@@ -130,6 +130,21 @@ def proc_mem(pid):
     return rss, hwm
 
 
+def proc_private(pid):
+    """(anonymous, PSS) in MiB: RSS also counts the binary's and the libraries' file pages, which
+    every worker and the supervisor share; the anonymous pages are what one more worker costs."""
+    anon = pss = 0
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Anonymous:"):
+                anon = int(line.split()[1]) / 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return anon, pss
+
+
 def proc_cpu(pid):
     try:
         f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -571,6 +586,7 @@ pidfile = {self.work}/pgqd.pid
                 worker = pub.workers(1)[0]
                 time.sleep(2)
                 idle_sup, idle_w = proc_mem(pub.p.pid), proc_mem(worker)
+                idle_private = proc_private(worker)
             finally:
                 pub.stop()
             big = a.big
@@ -584,9 +600,10 @@ pidfile = {self.work}/pgqd.pid
             pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
             try:
                 worker = pub.workers(1)[0]
-                samples = []
+                samples, anon = [], []
                 def drained():
                     samples.append(proc_mem(worker)[0])
+                    anon.append(proc_private(worker)[0])
                     return self.backlog("adp", "items_changes") == 0
                 wait_for(drained, 1800, step=0.5, what="large drain")
                 drain_s = time.time() - started
@@ -599,7 +616,10 @@ pidfile = {self.work}/pgqd.pid
             self.add("memory", f"worker RSS after a {committed:,}-change drain, {label}", after_w[0], unit="MiB",
                      higher_is_better=False,
                      note=f"idle {idle_w[0]:.1f}, peak {after_w[1]:.1f}; mean in the drain's thirds "
-                          + "/".join(f"{statistics.mean(samples[i:i + third]):.1f}" for i in range(0, third * 3, third)))
+                          + "/".join(f"{statistics.mean(samples[i:i + third]):.1f}" for i in range(0, third * 3, third))
+                          + f"; anonymous: idle {idle_private[0]:.1f}, thirds "
+                          + "/".join(f"{statistics.mean(anon[i:i + third]):.1f}" for i in range(0, third * 3, third))
+                          + f", peak {max(anon):.1f}; PSS idle {idle_private[1]:.1f}")
             self.add("drain", f"backlog of {committed:,} changes ({rounds} updates of {min(big, a.keys):,} keys), {label}",
                      committed / drain_s if drain_s > 0 else 0, unit="changes/s", note=f"{drain_s:.1f} s")
 
