@@ -117,32 +117,28 @@ def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=Non
     return path
 
 
-def proc_mem(pid):
-    rss = hwm = 0
+def proc_fields(path, names):
+    """The named "Name:   N kB" fields of a /proc file, in MiB (0 when absent or the process is gone)."""
+    values = dict.fromkeys(names, 0.0)
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
+        for line in open(path):
+            name = line.split(":", 1)[0]
+            if name in values:
+                values[name] = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return rss, hwm
+    return tuple(values[n] for n in names)
+
+
+def proc_mem(pid):
+    """(RSS, peak RSS) in MiB."""
+    return proc_fields(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
 
 
 def proc_private(pid):
     """(anonymous, PSS) in MiB: RSS also counts the binary's and the libraries' file pages, which
     every worker and the supervisor share; the anonymous pages are what one more worker costs."""
-    anon = pss = 0
-    try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Anonymous:"):
-                anon = int(line.split()[1]) / 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return anon, pss
+    return proc_fields(f"/proc/{pid}/smaps_rollup", ("Anonymous", "Pss"))
 
 
 def proc_cpu(pid):
