@@ -487,9 +487,13 @@ pidfile = {self.work}/pgqd.pid
                 o = statistics.median(r for r, _ in ours) if ours else float("nan")
                 p = statistics.median(r for r, _ in peer) if peer else float("nan")
                 bb = statistics.median(base) if base else float("nan")
+                # Rounds in order (trigger-variants reverses the variants every other round):
+                # ours against PgQ's in the same round, a few seconds apart, is steadier than
+                # either against its own no-trigger run.
                 self.add("writers", f"pgbench {label}, 4 clients, {mlabel} (no trigger = limit)", o, p, bb, "tps",
                          note="ratios per round: ours " + "/".join(f"{r/b:.2f}" for r, b in ours) +
-                              ", pgq " + "/".join(f"{r/b:.2f}" for r, b in peer))
+                              ", pgq " + "/".join(f"{r/b:.2f}" for r, b in peer) +
+                              "; ours/pgq " + "/".join(f"{a/b:.2f}" for (a, _), (b, _) in zip(ours, peer)))
 
     # ---------- idle cost ----------
     def idle_tables(self, n=10):
