@@ -435,12 +435,10 @@ final class TableWorker {
 
         var items: [DeliveryItem] = []
         items.reserveCapacity(batch.groups.count)
-        for (group, data) in zip(batch.groups, batch.atomicData) {
+        for (index, group) in batch.groups.enumerated() {
             var item = DeliveryItem(ids: group.ids, primaryKey: group.primaryKey, attempts: group.attempts, permanentFailures: group.permanentFailures)
-            switch data {
-            case .success:
-                break  // its request is built when it is sent (below)
-            case .failure(let error):
+            // Without an error, its request is built when it is sent (below).
+            if !batch.queryErrors.isEmpty, let error = batch.queryErrors[index] {
                 if error.isConnectionLost {
                     try databaseFailed(error)
                     return 0
@@ -474,11 +472,11 @@ final class TableWorker {
         let unixNow = Date().timeIntervalSince1970
         let epoch = session.epoch
         let request: (Int) -> HTTPRequest = { [builder, table] index in
-            guard case .success(let json) = batch.atomicData[index] else {
+            guard batch.queryErrors.isEmpty || batch.queryErrors[index] == nil else {
                 return HTTPRequest(url: builder.url)  // never sent: the item is settled before sending
             }
             let group = batch.groups[index]
-            return builder.request(for: Payload.build(table: table, epoch: epoch, changes: group, atomicData: json, unixNow: unixNow,
+            return builder.request(for: Payload.build(table: table, epoch: epoch, changes: group, atomicData: batch.atomicData[index], unixNow: unixNow,
                                                       retryCount: group.attempts), unixNow: unixNow)
         }
         // A full batch: more is probably due. Read the next batch (without this one's keys) on the
