@@ -17,6 +17,11 @@ struct Batch: Sendable {
     /// The error of the atomic data query, by group index, for each key it failed for. Kept apart
     /// from the data (issue 10): a `Result` per key took 64 bytes where a `String` takes 16.
     var queryErrors: [Int: PostgresError] = [:]
+    /// The query error of group `index`, if its query failed (no hashing when none did: the
+    /// usual batch, asked once per key).
+    func queryError(_ index: Int) -> PostgresError? {
+        queryErrors.isEmpty ? nil : queryErrors[index]
+    }
     /// Why the whole-batch atomic data statement failed, when it did (the keys were then queried
     /// one by one, which tells which key failed).
     var batchedFailure: PostgresError?

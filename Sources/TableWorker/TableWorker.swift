@@ -438,7 +438,7 @@ final class TableWorker {
         for (index, group) in batch.groups.enumerated() {
             var item = DeliveryItem(ids: group.ids, primaryKey: group.primaryKey, attempts: group.attempts, permanentFailures: group.permanentFailures)
             // Without an error, its request is built when it is sent (below).
-            if !batch.queryErrors.isEmpty, let error = batch.queryErrors[index] {
+            if let error = batch.queryError(index) {
                 if error.isConnectionLost {
                     try databaseFailed(error)
                     return 0
@@ -472,7 +472,7 @@ final class TableWorker {
         let unixNow = Date().timeIntervalSince1970
         let epoch = session.epoch
         let request: (Int) -> HTTPRequest = { [builder, table] index in
-            guard batch.queryErrors.isEmpty || batch.queryErrors[index] == nil else {
+            guard batch.queryError(index) == nil else {
                 return HTTPRequest(url: builder.url)  // never sent: the item is settled before sending
             }
             let group = batch.groups[index]

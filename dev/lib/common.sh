@@ -68,11 +68,16 @@ adp_pg_stop() {
 ADP_RELEASE_BUILD=(swift build -c release --static-swift-stdlib --scratch-path .build-release
     -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now)
 
+# The folder of the release binaries (built or not).
+adp_release_bindir() {
+    (cd "$ADP_ROOT" && swift build -c release --scratch-path .build-release --show-bin-path)
+}
+
 # Build (incremental) and print the folder of the release binaries. Build output goes to stderr.
 # A hung optimiser must fail the caller, not stall CI (SWIFT-LINUX-NOTES: swiftc -O once hung).
 adp_release_build() {
     (cd "$ADP_ROOT" && timeout 1500 "${ADP_RELEASE_BUILD[@]}" >&2) || return 1
-    (cd "$ADP_ROOT" && swift build -c release --scratch-path .build-release --show-bin-path)
+    adp_release_bindir
 }
 
 adp_free_port() {
