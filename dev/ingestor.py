@@ -12,6 +12,9 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                      {"delay": 1.5}             wait this long before answering (then answer normally)
                      {"keep": ["primary_key"]}  record only these body fields and no headers (large
                                                 runs, e.g. a 200,000-row backfill); null: everything
+                     {"enforce_epoch": true}    the fencing rule (also --enforce-epoch): remember the
+                                                highest X-Publisher-Epoch per X-Publisher-Lease and
+                                                answer 409 to a request with a lower one
   GET    /_requests  every publish received, in order: {"path", "headers", "body", "status"}
                      (plus "verified" when --webhook-secret is given)
   DELETE /_requests  forget them
@@ -38,7 +41,8 @@ from urllib.parse import parse_qs, urlparse
 
 lock = threading.Lock()
 requests = []
-control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None}
+control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None, "enforce_epoch": False}
+epochs = {}  # X-Publisher-Lease -> the highest X-Publisher-Epoch accepted
 args = None
 verifiers = []  # standardwebhooks.Webhook, one per --webhook-secret
 
@@ -117,6 +121,16 @@ class Handler(BaseHTTPRequestHandler):
             delay = control["delay"]
             if verified is False:
                 status = 401
+            stale = False
+            if control["enforce_epoch"]:
+                # The fencing rule an ingestor applies: a grant older than one already seen for the
+                # same lease is refused (requests of a release without epochs carry none: accepted).
+                lease, epoch = self.headers.get("X-Publisher-Lease"), self.headers.get("X-Publisher-Epoch")
+                if lease is not None and epoch is not None:
+                    if int(epoch) < epochs.get(lease, 0):
+                        status, stale = 409, True
+                    else:
+                        epochs[lease] = int(epoch)
             keep = control["keep"]
             if keep is not None and isinstance(body, dict):
                 record = {"path": self.path, "headers": {}, "body": {k: body.get(k) for k in keep},
@@ -126,7 +140,12 @@ class Handler(BaseHTTPRequestHandler):
                           "status": 0 if stall else status, "at": time.time()}
             if verified is not None:
                 record["verified"] = verified
+            if stale:
+                record["stale_epoch"] = True
             requests.append(record)
+        if stale:
+            self._reply(409, {"error": "stale epoch for this lease"})
+            return
         if stall:
             while True:
                 time.sleep(0.05)
@@ -185,7 +204,9 @@ def main():
     p.add_argument("--tls-key")
     p.add_argument("--tls-client-ca")
     p.add_argument("--webhook-secret", action="append", default=[])
+    p.add_argument("--enforce-epoch", action="store_true", help="refuse (409) a request whose X-Publisher-Epoch is below the highest seen for its X-Publisher-Lease")
     args = p.parse_args()
+    control["enforce_epoch"] = args.enforce_epoch
     if args.webhook_secret:
         try:
             from standardwebhooks.webhooks import Webhook

@@ -82,8 +82,8 @@ final class DatabaseSession: ChangeStore {
     /// holder. Safe to call from another thread: it reads only constants.
     static func openReader(config: PublisherConfig, schema: TrackingSchema, logger: Logger) throws -> (connection: PostgresConnection, batched: Bool) {
         let name = String(decoding: Array("atomic-data-publisher-reader/\(schema.partition.workerName(table: schema.table.name))@\(config.resolvedInstanceId)".utf8.prefix(63)), as: UTF8.self)
-        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: name))
-        connection.heartbeats = false  // the heartbeat reports from the worker's own thread only
+        // The heartbeat reports from the worker's own thread only.
+        let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: name), heartbeats: false)
         connection.noticeHandler = { [logger] notice in logger.notice("\(notice)") }
         do {
             let batched = try prepareReads(on: connection, query: AtomicDataQuery(schema.table.atomicDataQuery), logger: logger)

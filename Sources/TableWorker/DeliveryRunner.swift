@@ -10,15 +10,21 @@
 // - A write that fails because the database connection was lost is kept, in order, and applied on
 //   the next connection (`flushPending`): an acknowledgement owed for a 2xx is never dropped.
 // - Stopping mid-round abandons what is in flight and acknowledges only what was answered 2xx.
+// - No request starts without the host's gate (`mayLaunch`), asked by the transport before every
+//   request, retries included. When the lease is lost (the gate says so, a wait or a tick finds
+//   it, or the ingestor answers 409: this grant's epoch is stale), nothing more is sent, and the
+//   owed reschedules and dead letters are dropped: the rows may belong to another instance now.
+//   Acknowledgements of 2xx answers are still owed: they are true whoever leads.
 
 import Shared
 
 /// Sends `count` requests, at most `maxConcurrent` at once, asking `request(i)` for each just before
 /// sending it; results in request order. `onComplete` sees each answer as it arrives and returns
-/// false to stop launching the rest; `shouldAbort` abandons all.
+/// false to stop launching the rest; `shouldAbort` abandons all. `mayLaunch` is asked right before
+/// each request starts (HTTPClient.perform says how the real one orders these calls).
 protocol IngestTransport: AnyObject {
     func perform(count: Int, request: (Int) -> HTTPRequest, maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
-                 onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>]
+                 mayLaunch: () -> Bool, onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>]
 }
 
 extension HTTPClient: IngestTransport {}
@@ -37,10 +43,13 @@ protocol DeliveryHost: AnyObject {
     /// Unix seconds (for HTTP-date Retry-After values).
     var unixNow: Double { get }
     func randomUnit() -> Double
-    /// Sleep up to `seconds`, keeping stats flowing; true when asked to stop.
-    func wait(_ seconds: Double) -> Bool
+    /// Sleep up to `seconds`, keeping stats flowing (and the lease renewed); `.go` when the time
+    /// is up, else why the wait ended early.
+    func wait(_ seconds: Double) -> TickVerdict
     /// Called while requests are in flight (at least every 100 ms).
     func tick(inFlight: Int) -> TickVerdict
+    /// The gate before every request: `.go` to start it (LeaseMachine.launch).
+    func mayLaunch() -> TickVerdict
     /// The breaker after each event, so every state change is logged as it happens.
     func observe(_ breaker: CircuitBreaker)
 }
@@ -49,9 +58,13 @@ enum TickVerdict: Equatable {
     case go
     /// Asked to stop (SIGTERM, the supervisor is gone).
     case stop
-    /// The table's lease could not be confirmed (the session is gone): send nothing more.
+    /// The table's lease could not be confirmed (the session is gone, or another grant is newer):
+    /// send nothing more.
     case leaseLost
 }
+
+/// The ingestor's answer when a request's epoch is older than one it has seen for the lease.
+let staleEpochStatus = 409
 
 enum DeliveryEnd {
     case finished
@@ -59,6 +72,8 @@ enum DeliveryEnd {
     /// A write to the tracking table failed (usually the connection was lost: reconnect, then
     /// `flushPending`). What is owed stays in `pending`.
     case storeFailed(PostgresError)
+    /// The lease is gone (why): what is owed to the tracking table is down to acknowledgements.
+    case leaseLost(String)
 }
 
 final class DeliveryRunner {
@@ -97,7 +112,11 @@ final class DeliveryRunner {
     /// answered (nothing new starts meanwhile); their answers are applied, so a graceful stop
     /// leaves nothing in flight. 0: abandon them at once.
     var stopDrainSeconds = 0.0
-    private var lost: PostgresError?
+    private enum Lost {
+        case store(PostgresError)
+        case lease(String)
+    }
+    private var lost: Lost?
 
     init(transport: IngestTransport, store: ChangeStore, host: DeliveryHost, maxConcurrent: Int, ackGroupSize: Int = 32,
          ackInterval: Double = 0.05) {
@@ -137,14 +156,28 @@ final class DeliveryRunner {
                     switch host.tick(inFlight: inFlight) {
                     case .go: break
                     case .stop: if stopAt == nil { stopAt = host.now }
-                    case .leaseLost: lost = PostgresError(kind: .connection, sqlState: nil, message: "the table's lease could not be confirmed")
+                    case .leaseLost: leaseLost("the table's lease could not be confirmed")
                     }
                     if let stopAt, host.now - stopAt >= stopDrainSeconds { stop = true }
                     if (stop || lost != nil) && inFlight > 0 { abandonedInFlight = true }
                     return stop || lost != nil
-                }, keepLaunching: { [self] in stopAt == nil && lost == nil }, onComplete: { [self] position, response in
+                }, keepLaunching: { [self] in stopAt == nil && lost == nil }, mayLaunch: { [self] in
+                    guard lost == nil else { return false }
+                    switch host.mayLaunch() {
+                    case .go: return true
+                    case .stop: if stopAt == nil { stopAt = host.now }
+                    case .leaseLost: leaseLost("the table's lease could not be confirmed before sending")
+                    }
+                    return false
+                }, onComplete: { [self] position, response in
                     answered += 1
                     let index = indices[position]
+                    if case .success(let r) = response, r.status == staleEpochStatus {
+                        // Not this key's failure: another grant of the lease is newer than ours.
+                        leaseLost("the ingestor refused this grant's epoch as stale (HTTP 409)")
+                        inFlight = max(0, min(indices.count - answered, maxConcurrent))
+                        return false
+                    }
                     let outcome = ResponseClassifier.outcome(response, unixNow: host.unixNow)
                     note(outcome, response: response, item: plan.items[index])
                     execute(plan.responded(index, outcome, now: host.now, unit: host.randomUnit()), plan: plan)
@@ -154,6 +187,9 @@ final class DeliveryRunner {
                     return plan.breaker.waitTime(now: host.now) == nil && lost == nil
                 })
                 inFlight = 0
+                if lost != nil && results.contains(where: { if case .failure(let e) = $0 { e.code == HTTPClient.abortedCode } else { false } }) {
+                    abandonedInFlight = true
+                }
                 if stopAt != nil { stop = true }  // drained (or abandoned): stop after this wave
                 // Requests that were not answered: never started, or abandoned in flight.
                 for (position, index) in indices.enumerated() where plan.states[index] == .inFlight {
@@ -167,7 +203,12 @@ final class DeliveryRunner {
             actions = plan.due(now: host.now)
             if actions.isEmpty {
                 guard let wake = plan.nextWake else { break }
-                if host.wait(max(0, wake - host.now)) { stop = true; break }
+                switch host.wait(max(0, wake - host.now)) {
+                case .go: break
+                case .stop: stop = true
+                case .leaseLost: leaseLost("the table's lease was lost while a retry waited")
+                }
+                if stop || lost != nil { break }
                 actions = plan.due(now: host.now)
             }
         }
@@ -175,8 +216,28 @@ final class DeliveryRunner {
             execute(plan.stopped(unit: host.randomUnit()), plan: plan)
             flushAcks()
         }
-        if let lost { return .storeFailed(lost) }
-        return stop ? .stopRequested : .finished
+        switch lost {
+        case .store(let error): return .storeFailed(error)
+        case .lease(let why): return .leaseLost(why)
+        case nil: return stop ? .stopRequested : .finished
+        }
+    }
+
+    /// The lease is gone: send nothing more, and owe only acknowledgements from now on.
+    private func leaseLost(_ why: String) {
+        if case .lease = lost { return }
+        lost = .lease(why)
+        dropOwedExceptAcknowledgements()
+    }
+
+    /// Drop the owed reschedules and dead letters (the lease was lost: the rows may be another
+    /// instance's to retry now, and a write onto them would undo its progress); acknowledgements
+    /// of 2xx answers stay owed. Returns how many writes were dropped.
+    @discardableResult
+    func dropOwedExceptAcknowledgements() -> Int {
+        let before = pending.count
+        pending.removeAll { if case .acknowledge = $0 { false } else { true } }
+        return before - pending.count
     }
 
     /// Apply what is owed to the tracking table (after a reconnect). Throws what the store throws.
@@ -208,9 +269,11 @@ final class DeliveryRunner {
                 ackBuffer += ids
                 if ackBuffer.count >= ackGroupSize && host.now - lastAckWrite >= ackInterval { flushAcks() }
             case let .reschedule(index, error, after, attempts, permanent):
+                if case .lease = lost { continue }  // owed only under the lease
                 pending.append(.reschedule(ids: plan.items[index].ids, error: error, afterSeconds: after, attemptsMade: attempts, permanentFailures: permanent ? 1 : 0))
                 flush()
             case let .deadLetter(index, error, attempts):
+                if case .lease = lost { continue }
                 counters.deadLettered += plan.items[index].ids.count
                 log(.deadLettered(item: plan.items[index], error: error))
                 pending.append(.deadLetter(ids: plan.items[index].ids, error: error, attemptsMade: attempts))
@@ -233,11 +296,11 @@ final class DeliveryRunner {
     }
 
     private func flush() {
-        guard lost == nil else { return }
+        if case .store = lost { return }
         do throws(PostgresError) {
             try flushPending()
         } catch {
-            lost = error
+            if lost == nil { lost = .store(error) }
             if !error.isConnectionLost { log(.storeFailed(error)) }
         }
     }

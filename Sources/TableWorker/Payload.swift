@@ -31,7 +31,9 @@ struct Payload: Equatable {
     ///
     /// Written straight into one byte buffer, sized up front (one allocation for the body): no
     /// intermediate Strings per field, no String(format:), no JSON round trip.
-    static func build(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int) -> Payload {
+    /// `leaseEpoch`: the epoch of the lease grant it is sent under (`metadata.publisher_epoch`).
+    static func build(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int,
+                      leaseEpoch: Int64 = 0) -> Payload {
         let latest = changes.latest
         // <schema>.<table>:<epoch>:<highest tracking id>, written once as bytes.
         var idBytes: [UInt8] = []
@@ -73,6 +75,8 @@ struct Payload: Equatable {
         Timestamp.appendISO8601(unixSeconds: unixNow, to: &b)
         JSONBytes.appendLiteral("\",\"retry_count\":", to: &b)
         JSONBytes.appendInteger(Int64(retryCount), to: &b)
+        JSONBytes.appendLiteral(",\"publisher_epoch\":", to: &b)
+        JSONBytes.appendInteger(leaseEpoch, to: &b)
         JSONBytes.appendLiteral("}}", to: &b)
         return Payload(id: String(decoding: idBytes, as: UTF8.self), body: b)
     }
@@ -105,14 +109,20 @@ struct RequestBuilder {
         signer = WebhookSigner.forIngestor(config.ingestor)
     }
 
-    /// `unixNow`: the webhook-timestamp of a signed request (Standard Webhooks).
-    func request(for payload: Payload, unixNow: Double) -> HTTPRequest {
+    /// `unixNow`: the webhook-timestamp of a signed request (Standard Webhooks): the time it is
+    /// sent, not the batch's, so a retry late in a long batch is not refused as too old.
+    /// `lease`: the lease's name and this grant's epoch (X-Publisher-Lease, X-Publisher-Epoch).
+    func request(for payload: Payload, unixNow: Double, lease: (name: String, epoch: Int64)? = nil) -> HTTPRequest {
         var headers = [
             ("Content-Type", "application/json"),
             ("Idempotency-Key", payload.idempotencyKey),
             ("User-Agent", PublisherVersion.userAgent),
             ("X-Publisher-Instance", instance),
         ]
+        if let lease {
+            headers.append(("X-Publisher-Epoch", String(lease.epoch)))
+            headers.append(("X-Publisher-Lease", lease.name))
+        }
         if !authorization.isEmpty {
             headers.append(("Authorization", authorization))
         }

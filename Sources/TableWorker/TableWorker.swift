@@ -53,9 +53,13 @@ final class TableWorker {
     private var idleDelay = 0.0
     private var breaker: CircuitBreaker
     private var lease: LeaseMachine
-    private var lastLeaseConfirmAt = 0.0
-    /// The last time this worker had requests going out (monotonic): see LeaseMachine's fence.
-    private var lastSendAt: Double?
+    /// The last time this worker gave up on requests in flight (monotonic): see LeaseMachine's fence.
+    private var abandonedAt: Double?
+    /// An error met where the delivery runner cannot throw (its waits and ticks): thrown once the
+    /// runner returns, so a permanent problem still ends the worker with 78, not a clean stop.
+    private var deferredError: Error?
+    /// The standby last asked a silent holder's backend to end (logged once per holder).
+    private var lastExpiredHolderPid: Int32?
     private var lastHolderLogged: String?
     /// Whether this session holds the table's generation lock (TrackingSchema+Partition).
     private var generationHeld = false
@@ -67,8 +71,6 @@ final class TableWorker {
     private var nextBalanceAt = 0.0
     private var leaseCooldownUntil = 0.0
     static let balanceIntervalSeconds = 10.0
-    /// While requests go out, the lease is confirmed at least this often.
-    static let leaseConfirmSeconds = 2.0
     private var random = JitterRandom()
     /// Seconds between tries while the table cannot be published.
     static let tableProblemRetrySeconds = 5.0
@@ -89,7 +91,8 @@ final class TableWorker {
         builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
                                  resetSeconds: config.ingestor.circuitBreakerResetSeconds)
-        lease = LeaseMachine(fenceSeconds: config.resolvedLeaseFenceSeconds, retrySeconds: config.service.leaseRetrySeconds)
+        lease = LeaseMachine(fenceSeconds: config.resolvedLeaseFenceSeconds, retrySeconds: config.service.leaseRetrySeconds,
+                             requestTimeoutSeconds: Double(config.ingestor.timeoutSeconds))
         http = HTTPClient(timeoutMilliseconds: config.ingestor.timeoutSeconds * 1000,
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
                           maxConnections: max(8, config.service.maxConcurrentPublishes * 2),
@@ -235,14 +238,23 @@ final class TableWorker {
                     generationHeld = false
                 }
             }
-            acquired = otherGenerations.isEmpty ? try schema.tryLease(db) : false
+            var taken = otherGenerations.isEmpty ? try schema.tryLease(db) : false
+            if !taken && otherGenerations.isEmpty && endSilentHolder(db) {
+                // Its locks go as its backend exits: try again for a moment.
+                let deadline = monotonicSeconds() + 2
+                while !taken && monotonicSeconds() < deadline {
+                    _ = Poll.wait(readable: [], timeout: 0.05)
+                    taken = try schema.tryLease(db)
+                }
+            }
+            acquired = taken
         } catch {
             try databaseFailed(error)
             return
         }
         let clean = acquired && lease.reported != .none && awaitCleanHandoff()
         let now = monotonicSeconds()
-        if var retryAt = lease.tried(acquired: acquired, now: now, lastSendAt: lastSendAt, cleanHandoff: clean) {
+        if var retryAt = lease.tried(acquired: acquired, now: now, abandonedAt: abandonedAt, cleanHandoff: clean) {
             let holder: String?
             let note: String
             if !otherGenerations.isEmpty {
@@ -266,11 +278,25 @@ final class TableWorker {
             return
         }
         lastHolderLogged = nil
+        lastExpiredHolderPid = nil
+        // The grant's epoch, written on the session that holds the lock. Without it nothing is sent
+        // (LeaseMachine.launch): give the lock back with the session and try again.
+        let grant: (epoch: Int64, previous: Int64?)
+        do {
+            grant = try schema.grantEpoch(session.connection(), holder: config.resolvedInstanceId)
+        } catch {
+            logger.warning("took the lease of this table but could not record its epoch: letting it go", metadata: ["error": "\(error)"])
+            loseLease()
+            if !error.isConnectionLost { try databaseFailed(error) }
+            return
+        }
+        lease.granted(epoch: grant.epoch, at: now)
+        abandonedAt = nil
         leaseGrants += 1
         stats.leaseHolder = config.resolvedInstanceId
-        lastLeaseConfirmAt = now
         let fence = lease.fenceRemaining(now: now) ?? 0
-        logger.notice("took the lease of this table", metadata: ["fence_seconds": "\(fence)", "takeovers": "\(lease.takeovers)", "clean_handoff": "\(clean)"])
+        logger.notice("took the lease of this table", metadata: ["fence_seconds": "\(fence)", "takeovers": "\(lease.takeovers)", "clean_handoff": "\(clean)",
+                                                                   "epoch": "\(grant.epoch)"])
         if !staleIndexesChecked {
             staleIndexesChecked = true
             do {
@@ -296,6 +322,62 @@ final class TableWorker {
             if !held { return true }
             _ = Poll.wait(readable: [], timeout: 0.05)
         }
+        return false
+    }
+
+    /// A standby's look at the holder: a holder that shows no sign of life for
+    /// `lease_expiry_seconds` (a paused host keeps its session and lock) has its backend ended.
+    /// True when it was asked to end.
+    private func endSilentHolder(_ db: PostgresConnection) -> Bool {
+        let holder: (pid: Int32, silentSeconds: Double, name: String)?
+        do {
+            holder = try schema.expiredHolder(db, expirySeconds: config.service.leaseExpirySeconds)
+        } catch {
+            logger.debug("cannot look at the lease holder's last sign of life", metadata: ["error": "\(error)"])
+            return false
+        }
+        guard let holder else { return false }
+        do {
+            let ended = try schema.terminateHolder(db, pid: holder.pid)
+            logger.warning("the lease holder of this table showed no sign of life: ended its database session to take over", metadata: [
+                "leader": "\(DatabaseSession.instance(fromApplicationName: holder.name))", "silent_seconds": "\((holder.silentSeconds * 10).rounded() / 10)",
+                "backend_pid": "\(holder.pid)", "ended": "\(ended)"])
+            return ended
+        } catch {
+            if lastExpiredHolderPid != holder.pid {
+                lastExpiredHolderPid = holder.pid
+                logger.error("the lease holder of this table shows no sign of life, but its session cannot be ended: grant this role pg_signal_backend (GRANT pg_signal_backend TO <role>) or run every instance as the same role", metadata: [
+                    "leader": "\(DatabaseSession.instance(fromApplicationName: holder.name))", "error": "\(error)"])
+            }
+            return false
+        }
+    }
+
+    /// The lease is gone or must go (stale epoch, lost session): drop the session (the lock goes
+    /// with it) and stand by; the loop reconnects and writes only what is owed for 2xx answers.
+    private func loseLease() {
+        lease.connectionLost()
+        generationHeld = false
+        session.close()
+    }
+
+    /// Renew the grant when due (also while idle: a standby reads the renewal). False when the
+    /// lease is gone (the session failed or another grant is newer): it is let go at once.
+    @discardableResult
+    private func renewLeaseIfDue(force: Bool = false) -> Bool {
+        let now = monotonicSeconds()
+        guard lease.isHeld, let epoch = lease.epoch else { return false }
+        guard force || lease.renewalDue(now: now) else { return true }
+        do {
+            if try schema.renewLease(session.connection(), epoch: epoch) {
+                lease.renewed(at: now)
+                return true
+            }
+            logger.warning("this table's lease was granted to another session since (epoch \(epoch) is stale): sending nothing more")
+        } catch {
+            logger.warning("cannot confirm the lease of this table: sending nothing more", metadata: ["error": "\(error)"])
+        }
+        loseLease()
         return false
     }
 
@@ -349,6 +431,9 @@ final class TableWorker {
         lease.connectionLost()
         generationHeld = false  // it went with the session
         session.close()
+        // The lease went with the session: another instance may own these rows now.
+        let dropped = runner.dropOwedExceptAcknowledgements()
+        if dropped > 0 { logger.info("dropped \(dropped) owed reschedule(s) or dead letter(s) of a lost lease: the rows stay due for whoever leads") }
         stats.database = .down
         try emitStats()
         while true {
@@ -411,7 +496,6 @@ final class TableWorker {
                 stats.query.record(ahead.seconds)
             } else {
                 batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
-                lastLeaseConfirmAt = monotonicSeconds()  // the read succeeded on the lease's session
                 if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
             }
             if let failure = batch.batchedFailure {
@@ -471,27 +555,33 @@ final class TableWorker {
         // once), so a retry within the batch sends the same bytes under the same Idempotency-Key.
         let unixNow = Date().timeIntervalSince1970
         let epoch = session.epoch
+        let lease = (name: schema.leaseName, epoch: self.lease.epoch ?? 0)
         let request: (Int) -> HTTPRequest = { [builder, table] index in
             guard batch.queryError(index) == nil else {
                 return HTTPRequest(url: builder.url)  // never sent: the item is settled before sending
             }
             let group = batch.groups[index]
             return builder.request(for: Payload.build(table: table, epoch: epoch, changes: group, atomicData: batch.atomicData[index], unixNow: unixNow,
-                                                      retryCount: group.attempts), unixNow: unixNow)
+                                                      retryCount: group.attempts, leaseEpoch: lease.epoch),
+                                   unixNow: Date().timeIntervalSince1970, lease: lease)
         }
         // A full batch: more is probably due. Read the next batch (without this one's keys) on the
         // second connection while this one is sent (BatchPrefetcher says why that is safe).
         if batch.dueCount >= config.service.batchSize {
             prefetcher.start(token: prefetchToken, excludingKeys: batch.groups.map(\.primaryKey), batched: session.batched)
         }
-        lastSendAt = monotonicSeconds()
         let end = runner.run(&plan, request: request)
-        lastSendAt = monotonicSeconds()
+        if runner.abandonedInFlight { abandonedAt = monotonicSeconds() }
         breaker = plan.breaker
         noteBreaker()
         copyCounters()
         stats.inFlight = 0
         stats.batch.record(monotonicSeconds() - started)
+        // A permanent problem met while waiting (the trigger dropped during a retry's wait): exit 78.
+        if let deferred = deferredError {
+            deferredError = nil
+            throw deferred
+        }
         switch end {
         case .finished:
             break
@@ -500,6 +590,9 @@ final class TableWorker {
             throw Stop.requested
         case .storeFailed(let error):
             try databaseFailed(error)
+        case .leaseLost(let why):
+            logger.warning("lost the lease of this table mid-batch: \(why); standing by", metadata: ["epoch": "\(lease.epoch)"])
+            if self.lease.isHeld { loseLease() }
         }
         return changeCount
     }
@@ -688,6 +781,7 @@ final class TableWorker {
                 if !error.isConnectionLost { try databaseFailed(error) }
             }
         }
+        if refreshBacklog, session.isConnected { renewLeaseIfDue() }
         stats.database = session.isConnected ? .up : .down
         if !session.isConnected && lease.isHeld { lease.connectionLost() }
         stats.lease = lease.reported
@@ -710,13 +804,31 @@ extension TableWorker: DeliveryHost {
 
     func randomUnit() -> Double { Double.random(in: 0..<1, using: &random) }
 
-    func wait(_ seconds: Double) -> Bool {
+    func wait(_ seconds: Double) -> TickVerdict {
+        // In steps, so a lease lost during a long Retry-After ends the wait (pause renews it).
+        let deadline = monotonicSeconds() + seconds
         do {
-            try pause(seconds)
-            return false
-        } catch {
+            while true {
+                if !lease.isHeld { return .leaseLost }
+                let left = deadline - monotonicSeconds()
+                if left <= 0 { return .go }
+                try pause(min(left, 0.5))
+            }
+        } catch Stop.requested {
             stopRequested = true
-            return true
+            return .stop
+        } catch {
+            deferredError = error
+            return .stop
+        }
+    }
+
+    func mayLaunch() -> TickVerdict {
+        if stopRequested { return .stop }
+        switch lease.launch(now: monotonicSeconds()) {
+        case .go: return .go
+        case .refuse: return .leaseLost
+        case .confirmFirst: return renewLeaseIfDue(force: true) ? .go : .leaseLost
         }
     }
 
@@ -727,7 +839,6 @@ extension TableWorker: DeliveryHost {
 
     func tick(inFlight: Int) -> TickVerdict {
         stats.inFlight = inFlight
-        lastSendAt = monotonicSeconds()
         do {
             try checkStop()
             if monotonicSeconds() - lastStatsAt >= 1.0 {
@@ -735,20 +846,14 @@ extension TableWorker: DeliveryHost {
                 try emitStats(refreshBacklog: false)
             }
             if supervised { try waitForEvents(timeout: 0) }
-        } catch {
+        } catch Stop.requested {
             stopRequested = true
             return .stop
+        } catch {
+            deferredError = error
+            return .stop
         }
-        // Fencing: no request may start unless the lease was confirmed recently.
-        if monotonicSeconds() - lastLeaseConfirmAt >= Self.leaseConfirmSeconds {
-            do {
-                try schema.confirmLease(session.connection())
-                lastLeaseConfirmAt = monotonicSeconds()
-            } catch {
-                logger.warning("cannot confirm the lease of this table: sending nothing more", metadata: ["error": "\(error)"])
-                return .leaseLost
-            }
-        }
-        return .go
+        // Renewed while requests are out, so a standby sees the leader alive during long answers.
+        return renewLeaseIfDue() ? .go : .leaseLost
     }
 }

@@ -131,6 +131,7 @@ final class CommandLineTests: IntegrationTestCase {
             GRANT SELECT ON public.devices TO \(service);
             GRANT SELECT, INSERT, UPDATE, DELETE ON public.devices_changes, public.devices_changes_failed TO \(service);
             GRANT USAGE ON SEQUENCE public.devices_changes_id_seq TO \(service);
+            GRANT SELECT, INSERT, UPDATE ON public.devices_changes_lease TO \(service);
             CREATE ROLE \(app) LOGIN;
             GRANT CONNECT ON DATABASE \(quoteIdentifier(database.name)) TO \(app);
             GRANT USAGE ON SCHEMA public TO \(app);

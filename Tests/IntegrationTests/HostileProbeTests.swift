@@ -30,6 +30,7 @@ final class HostileProbeTests: IntegrationTestCase {
             GRANT SELECT ON items TO \(role);
             GRANT SELECT, INSERT, UPDATE, DELETE ON items_changes, items_changes_failed TO \(role);
             GRANT USAGE ON SEQUENCE items_changes_id_seq TO \(role);
+            GRANT SELECT, INSERT, UPDATE ON items_changes_lease TO \(role);
             """)
         let ingestor = try startIngestor()
         var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [items])

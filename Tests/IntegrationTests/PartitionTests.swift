@@ -14,7 +14,7 @@ extension DeliveryReliabilityTests {
     /// An instance (supervisor) named `instance` on `table`, with the automatic fence (the ingestor
     /// timeout + 2 s) and a standby that tries every 0.5 s.
     func startInstance(_ database: TestDatabase, _ ingestor: Ingestor, table: WatchedTable, instance: String,
-                       ingestorTimeoutSeconds: Int = 2) throws -> SupervisorProcess {
+                       ingestorTimeoutSeconds: Int = 2, configure: (inout PublisherConfig) -> Void = { _ in }) throws -> SupervisorProcess {
         var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [table])
         config.service.healthCheckAddress = "127.0.0.1"
         config.service.healthCheckPort = try SupervisorProcess.freePort()
@@ -22,6 +22,7 @@ extension DeliveryReliabilityTests {
         config.ingestor.timeoutSeconds = ingestorTimeoutSeconds
         config.service.leaseFenceSeconds = -1  // automatic: the ingestor timeout + 2 s
         config.service.leaseRetrySeconds = 0.5
+        configure(&config)
         let url = try writeConfig(config, name: "\(instance).toml")
         let s = try SupervisorProcess(configURL: url, healthPort: config.service.healthCheckPort, directory: workDirectory, name: instance)
         supervisors.append(s)

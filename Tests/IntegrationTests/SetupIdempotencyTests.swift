@@ -97,6 +97,7 @@ final class SetupIdempotencyTests: IntegrationTestCase {
             GRANT SELECT ON public.devices TO \(role);
             GRANT SELECT, INSERT, UPDATE, DELETE ON public.devices_changes, public.devices_changes_failed TO \(role);
             GRANT USAGE ON SEQUENCE public.devices_changes_id_seq TO \(role);
+            GRANT SELECT, INSERT, UPDATE ON public.devices_changes_lease TO \(role);
             """)
         try database.execute("SET ROLE \(role)")
         XCTAssertFalse(try schema.install(on: database.connection), "the trigger is already right: left alone")

@@ -144,3 +144,48 @@ extension SupervisorProcessTests {
         XCTAssertEqual(try s.supervisor.metrics()["tables"]?["alpha"]?["restarts"], 0)
     }
 }
+
+extension SupervisorProcessTests {
+    /// A database that drops packets: the worker's session dies (keepalives), and its reconnect
+    /// sits in a connect that takes `connect_timeout_seconds` (12 s here), longer than the
+    /// supervisor waits for a silent worker (10 s). The worker keeps reporting while it connects,
+    /// so it is not killed as stalled: a database outage never restarts a worker.
+    func testADatabaseThatDropsPackets_neverGetsAReconnectingWorkerKilledAsStalled() throws {
+        let certificates = try TestCertificates.make(in: workDirectory.appendingPathComponent("pki"))
+        let own = try TLSPostgresServer(directory: workDirectory.appendingPathComponent("own-pg"), certificates: certificates)
+        defer { own.stop() }
+        var database = own.config(host: "127.0.0.1")
+        database.sslmode = "require"
+        let admin = try PostgresConnection.connect(ConnectionParameters(database, applicationName: "adp-it-setup"))
+        try admin.executeScript("DROP TABLE IF EXISTS dropper CASCADE; DROP TABLE IF EXISTS dropper_changes, dropper_changes_failed, dropper_backfill, dropper_changes_lease;")
+        try admin.executeScript(counterTablesSQL(["dropper"], keys: 3))
+        admin.close()
+        database.keepalivesIdleSeconds = 1
+        database.keepalivesIntervalSeconds = 1
+        database.keepalivesCount = 2
+        database.tcpUserTimeoutSeconds = 3
+        database.connectTimeoutSeconds = 12
+        let ingestor = try startIngestor()
+        var config = ConfigFile.forTests(database: database, ingestorURL: ingestor.baseURL, tables: [counterTable("dropper")])
+        config.service.healthCheckAddress = "127.0.0.1"
+        config.service.healthCheckPort = try SupervisorProcess.freePort()
+        let supervisor = try launch(configURL: try writeConfig(config), port: config.service.healthCheckPort)
+        try waitUntil(timeout: 30, "the worker runs, connected") {
+            try supervisor.health().body["components"]?["tables"]?["dropper"]?["state"] == "running"
+                && supervisor.metrics()["tables"]?["dropper"]?["database"] == "up"
+        }
+        let firewall = try LoopbackFirewall(port: own.port, logDirectory: workDirectory)
+        let droppedAt = Date()
+        try waitUntil(timeout: 20, "the worker reports the database down") {
+            try supervisor.metrics()["tables"]?["dropper"]?["database"] == "down"
+        }
+        // Through at least one whole 12 s connect attempt, and past the 10 s stall limit.
+        try waitUntil(timeout: 40, "26 s of dropped packets have passed") { Date().timeIntervalSince(droppedAt) > 26 }
+        XCTAssertEqual(try supervisor.metrics()["tables"]?["dropper"]?["restarts"], 0, "no restart during a database outage")
+        XCTAssertFalse(supervisor.process.stderrText().contains("worker stalled"), "the worker was never taken for stalled")
+        firewall.remove()
+        try waitUntil(timeout: 40, "the worker reconnects by itself") {
+            try supervisor.metrics()["tables"]?["dropper"]?["database"] == "up"
+        }
+    }
+}

@@ -6,32 +6,60 @@ import XCTest
 /// actions, acknowledges in small groups, keeps what it owes across a lost connection, and stops
 /// cleanly mid-round.
 final class DeliveryRunnerTests: XCTestCase {
+    /// Calls its closures in the order HTTPClient.perform does: `launch()` fills up to
+    /// `maxConcurrent` (one `keepLaunching`, then `mayLaunch` right before each request), and for
+    /// each answer: `onComplete`, then `shouldAbort`, then `launch()` again. So several requests
+    /// are out before the first `shouldAbort`, as with libcurl.
+    /// Deliberately left out: real time and the network. Answers come back one at a time in launch
+    /// order (libcurl may finish several per poll, in any order), and the answer is computed when
+    /// it comes back (so `answer` can move the fake clock).
     final class FakeTransport: IngestTransport {
         /// The answer to a request, by its body text (one body per key in these tests).
         var answer: (String) -> Result<HTTPResponse, HTTPTransportError> = { _ in .success(HTTPResponse(status: 200, body: [], headers: [:], seconds: 0.001)) }
-        /// Abort (like a shutdown) after this many answers.
-        var abortAfter: Int?
         private(set) var sent: [String] = []
         var maxSeenConcurrency = 0
 
         func perform(count: Int, request: (Int) -> HTTPRequest, maxConcurrent: Int, shouldAbort: () -> Bool, keepLaunching: () -> Bool,
-                     onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>] {
-            maxSeenConcurrency = max(maxSeenConcurrency, min(maxConcurrent, count))
-            var results: [Result<HTTPResponse, HTTPTransportError>] = []
-            var launching = true
-            for i in 0..<count {
-                if !launching || shouldAbort() || !keepLaunching() || (abortAfter.map { sent.count >= $0 } ?? false) {
-                    _ = shouldAbort()
-                    results.append(.failure(HTTPTransportError(code: HTTPClient.notSentCode, message: "not sent", isTimeout: false)))
-                    continue
-                }
-                let body = String(decoding: request(i).body, as: UTF8.self)
-                sent.append(body)
-                let r = answer(body)
-                results.append(r)
-                launching = onComplete(i, r)
+                     mayLaunch: () -> Bool, onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool) -> [Result<HTTPResponse, HTTPTransportError>] {
+            var results: [Result<HTTPResponse, HTTPTransportError>?] = Array(repeating: nil, count: count)
+            var next = 0
+            var active: [(index: Int, body: String)] = []
+            let limit = max(1, maxConcurrent)
+            func stopLaunching() {
+                for index in next..<count { results[index] = .failure(HTTPTransportError(code: HTTPClient.notSentCode, message: "not sent", isTimeout: false)) }
+                next = count
             }
-            return results
+            func launch() {
+                if next < count && !keepLaunching() { stopLaunching() }
+                while active.count < limit && next < count {
+                    guard mayLaunch() else {
+                        stopLaunching()
+                        break
+                    }
+                    let body = String(decoding: request(next).body, as: UTF8.self)
+                    sent.append(body)
+                    active.append((next, body))
+                    next += 1
+                    maxSeenConcurrency = max(maxSeenConcurrency, active.count)
+                }
+            }
+            launch()
+            while !active.isEmpty {
+                let done = active.removeFirst()
+                let r = answer(done.body)
+                results[done.index] = r
+                if !onComplete(done.index, r) { stopLaunching() }
+                if shouldAbort() {
+                    for abandoned in active {
+                        results[abandoned.index] = .failure(HTTPTransportError(code: HTTPClient.abortedCode, message: "aborted by shutdown", isTimeout: false))
+                    }
+                    active.removeAll()
+                    next = count
+                    break
+                }
+                launch()
+            }
+            return results.map { $0 ?? .failure(HTTPTransportError(code: HTTPClient.abortedCode, message: "request not performed", isTimeout: false)) }
         }
     }
 
@@ -64,12 +92,22 @@ final class DeliveryRunnerTests: XCTestCase {
         var ticks = 0
         func randomUnit() -> Double { 0.5 }
         func observe(_ breaker: CircuitBreaker) {}
-        func wait(_ seconds: Double) -> Bool { waits.append(seconds); now += seconds; return false }
+        /// What a wait finds (the lease lost while a retry waits, say).
+        var waitVerdict = TickVerdict.go
+        func wait(_ seconds: Double) -> TickVerdict { waits.append(seconds); now += seconds; return waitVerdict }
         var leaseLostAtTick: Int?
         func tick(inFlight: Int) -> TickVerdict {
             ticks += 1
             if let n = leaseLostAtTick, ticks >= n { return .leaseLost }
             return (stopAtTick.map { ticks >= $0 } ?? false) ? .stop : .go
+        }
+        /// The gate: refuse from this launch on (1-based), as when the grant cannot be confirmed.
+        var leaseLostAtLaunch: Int?
+        var launchesAsked = 0
+        func mayLaunch() -> TickVerdict {
+            launchesAsked += 1
+            if let n = leaseLostAtLaunch, launchesAsked >= n { return .leaseLost }
+            return .go
         }
     }
 
@@ -130,33 +168,114 @@ final class DeliveryRunnerTests: XCTestCase {
     }
 
     func testStopMidRound_acknowledgesOnlyThe2xxAnswers() {
-        var (runner, transport, store, host, plan, requests) = setUp(5)
-        host.stopAtTick = 3  // SIGTERM arrives while the third request would start
+        var (runner, transport, store, host, plan, requests) = setUp(8)
+        host.stopAtTick = 3  // SIGTERM arrives with the third answer
         XCTAssertEqual(String(describing: runner.run(&plan, requests: requests)), "stopRequested")
-        XCTAssertEqual(transport.sent, ["key0", "key1"])
-        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1, 2])
+        // Four out at once, one more after each of the first two answers (as libcurl does).
+        XCTAssertEqual(transport.sent, ["key0", "key1", "key2", "key3", "key4", "key5"])
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1, 2, 3], "only what was answered 2xx")
         XCTAssertTrue(store.rescheduled.isEmpty)
+        XCTAssertTrue(runner.abandonedInFlight, "key3 to key5 were abandoned in flight")
     }
 
     func testStopMidRound_withADrainTime_startsNothingNew_andLeavesNothingInFlight() {
-        var (runner, transport, store, host, plan, requests) = setUp(5)
+        var (runner, transport, store, host, plan, requests) = setUp(8)
         runner.stopDrainSeconds = 5
         host.stopAtTick = 3
         XCTAssertEqual(String(describing: runner.run(&plan, requests: requests)), "stopRequested")
-        XCTAssertEqual(transport.sent, ["key0", "key1"], "nothing new starts once the stop is asked")
-        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1, 2])
+        XCTAssertEqual(transport.sent, ["key0", "key1", "key2", "key3", "key4", "key5"], "nothing new starts once the stop is asked")
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1, 2, 3, 4, 5, 6], "what was in flight was answered and acknowledged")
         XCTAssertFalse(runner.abandonedInFlight, "a graceful stop leaves nothing in flight: the lease may be handed over")
     }
 
     func testALostLease_stopsSendingAtOnce_andKeepsTheAcknowledgementsOwed() throws {
-        var (runner, transport, store, host, plan, requests) = setUp(5)
+        var (runner, transport, store, host, plan, requests) = setUp(8)
         host.leaseLostAtTick = 3
-        guard case .storeFailed(let error) = runner.run(&plan, requests: requests) else { return XCTFail("expected storeFailed") }
-        XCTAssertTrue(error.isConnectionLost)
-        XCTAssertEqual(transport.sent, ["key0", "key1"], "nothing is sent once the lease is in doubt")
+        guard case .leaseLost = runner.run(&plan, requests: requests) else { return XCTFail("expected leaseLost") }
+        XCTAssertEqual(transport.sent, ["key0", "key1", "key2", "key3", "key4", "key5"], "nothing is sent once the lease is in doubt")
         var owed: [Int64] = []
         for write in runner.pending { if case .acknowledge(let ids) = write { owed += ids } }
-        XCTAssertEqual(store.acknowledged.flatMap { $0 } + owed, [1, 2], "answered 2xx: acknowledged now or after the reconnect")
+        XCTAssertEqual(store.acknowledged.flatMap { $0 } + owed, [1, 2, 3], "answered 2xx: acknowledged now or after the reconnect")
+        XCTAssertTrue(runner.abandonedInFlight)
+    }
+
+    // MARK: - the gate
+
+    func testTheGate_isAskedBeforeEveryRequest_retriesIncluded() {
+        var (runner, transport, _, host, plan, requests) = setUp(6)
+        var calls = 0
+        transport.answer = { _ in
+            calls += 1
+            return calls == 2 ? .success(HTTPResponse(status: 503, body: [], headers: [:], seconds: 0)) : .success(HTTPResponse(status: 200, body: [], headers: [:], seconds: 0))
+        }
+        XCTAssertEqual(String(describing: runner.run(&plan, requests: requests)), "finished")
+        XCTAssertEqual(transport.sent.count, 7, "six keys and one retry")
+        XCTAssertEqual(host.launchesAsked, 7, "one question per request, the retry included")
+    }
+
+    func testTheGateRefusing_startsNothingMore_evenWithRoomInFlight() {
+        var (runner, transport, store, host, plan, requests) = setUp(8)
+        host.leaseLostAtLaunch = 3  // the grant cannot be confirmed before the third request
+        guard case .leaseLost = runner.run(&plan, requests: requests) else { return XCTFail("expected leaseLost") }
+        XCTAssertEqual(transport.sent, ["key0", "key1"], "the real client fills its concurrency at once: only the gate stops it")
+        XCTAssertTrue(store.rescheduled.isEmpty)
+    }
+
+    /// Instance A waits out a Retry-After; meanwhile its session is cut and B takes over. The retry
+    /// must never go out, and its reschedule must not be written onto rows B now owns.
+    func testARetryWaitingOnRetryAfter_isNeverSent_whenTheLeaseIsLostDuringTheWait() {
+        var (runner, transport, store, host, plan, requests) = setUp(2)
+        transport.answer = { body in
+            body == "key1" ? .success(HTTPResponse(status: 503, body: [], headers: ["retry-after": "15"], seconds: 0))
+                : .success(HTTPResponse(status: 200, body: [], headers: [:], seconds: 0))
+        }
+        host.waitVerdict = .leaseLost
+        guard case .leaseLost = runner.run(&plan, requests: requests) else { return XCTFail("expected leaseLost") }
+        XCTAssertEqual(transport.sent, ["key0", "key1"], "the retry of key1 is not sent")
+        XCTAssertEqual(host.waits, [15])
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1], "the 2xx is still acknowledged: it is true whoever leads")
+        XCTAssertTrue(store.rescheduled.isEmpty, "no reschedule written under a lost lease")
+        XCTAssertTrue(runner.pending.isEmpty)
+    }
+
+    /// After the wait the gate is asked again, and refuses when the grant cannot be confirmed.
+    func testARetryAfterTheWait_asksTheGate_andIsNotSentWhenItRefuses() {
+        var (runner, transport, store, host, plan, requests) = setUp(1)
+        transport.answer = { _ in .success(HTTPResponse(status: 503, body: [], headers: ["retry-after": "15"], seconds: 0)) }
+        host.leaseLostAtLaunch = 2
+        guard case .leaseLost = runner.run(&plan, requests: requests) else { return XCTFail("expected leaseLost") }
+        XCTAssertEqual(transport.sent, ["key0"])
+        XCTAssertTrue(store.rescheduled.isEmpty)
+    }
+
+    func testA409_meansThisGrantIsStale_stopsSending_andIsNotTheKeysFailure() {
+        var (runner, transport, store, _, plan, requests) = setUp(8)
+        transport.answer = { body in
+            body == "key1" ? .success(HTTPResponse(status: 409, body: [], headers: [:], seconds: 0))
+                : .success(HTTPResponse(status: 200, body: [], headers: [:], seconds: 0))
+        }
+        guard case .leaseLost(let why) = runner.run(&plan, requests: requests) else { return XCTFail("expected leaseLost") }
+        XCTAssertTrue(why.contains("409"), why)
+        XCTAssertEqual(transport.sent, ["key0", "key1", "key2", "key3", "key4"], "nothing starts after the 409")
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1], "what was answered 2xx before it")
+        XCTAssertTrue(store.rescheduled.isEmpty && store.deadLettered.isEmpty, "a stale grant is not the key's failure")
+        XCTAssertEqual(runner.counters.failures, 0)
+    }
+
+    func testOwedWritesOfALostLease_keepOnlyTheAcknowledgements() throws {
+        var (runner, transport, store, _, plan, requests) = setUp(3)
+        transport.answer = { body in
+            body == "key1" ? .success(HTTPResponse(status: 400, body: [], headers: [:], seconds: 0))
+                : .success(HTTPResponse(status: 200, body: [], headers: [:], seconds: 0))
+        }
+        store.failNextWrites = 100  // the connection is gone: everything stays owed
+        guard case .storeFailed = runner.run(&plan, requests: requests) else { return XCTFail("expected storeFailed") }
+        XCTAssertTrue(runner.pending.contains { if case .reschedule = $0 { true } else { false } })
+        XCTAssertEqual(runner.dropOwedExceptAcknowledgements(), 1)
+        store.failNextWrites = 0
+        try runner.flushPending()  // on the next connection
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }, [1], "key2 was abandoned in flight when the write failed")
+        XCTAssertTrue(store.rescheduled.isEmpty, "key1's reschedule belonged to the lost lease")
     }
 
     func testLostConnectionWhileAcknowledging_keepsTheAcknowledgements_forTheNextConnection() throws {

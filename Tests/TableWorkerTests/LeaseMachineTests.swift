@@ -33,8 +33,8 @@ final class LeaseMachineTests: XCTestCase {
         var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
         _ = m.tried(acquired: true, now: 0)
         m.connectionLost()  // our requests sent at 50 were abandoned with the session
-        _ = m.tried(acquired: false, now: 55, lastSendAt: 50)
-        XCTAssertNil(m.tried(acquired: true, now: 56, lastSendAt: 50, cleanHandoff: true))
+        _ = m.tried(acquired: false, now: 55, abandonedAt: 50)
+        XCTAssertNil(m.tried(acquired: true, now: 56, abandonedAt: 50, cleanHandoff: true))
         XCTAssertFalse(m.mayPublish(now: 61.9), "our own abandoned requests end a fence after we sent them")
         XCTAssertTrue(m.mayPublish(now: 62))
     }
@@ -85,7 +85,7 @@ final class LeaseMachineTests: XCTestCase {
         m.connectionLost()
         XCTAssertFalse(m.mayPublish(now: 6))
         XCTAssertEqual(m.reported, .none)
-        _ = m.tried(acquired: true, now: 10, lastSendAt: 9)
+        _ = m.tried(acquired: true, now: 10, abandonedAt: 9)
         XCTAssertFalse(m.mayPublish(now: 13.9), "our own abandoned requests may still be in flight until 9 + 5")
         XCTAssertTrue(m.mayPublish(now: 14))
     }
@@ -94,7 +94,7 @@ final class LeaseMachineTests: XCTestCase {
         var m = LeaseMachine(fenceSeconds: 5, retrySeconds: 2)
         _ = m.tried(acquired: true, now: 0)
         m.connectionLost()
-        _ = m.tried(acquired: true, now: 60, lastSendAt: 20)
+        _ = m.tried(acquired: true, now: 60, abandonedAt: 20)
         XCTAssertTrue(m.mayPublish(now: 60), "a database outage longer than the fence: no wait after it")
     }
 
@@ -102,6 +102,67 @@ final class LeaseMachineTests: XCTestCase {
         var m = LeaseMachine(fenceSeconds: 0, retrySeconds: 2)
         _ = m.tried(acquired: true, now: 0)
         XCTAssertTrue(m.mayPublish(now: 0))
+    }
+    // MARK: - the gate before every request
+
+    func testTheGate_refusesWithoutAnEpoch_evenWhenLeading() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2, requestTimeoutSeconds: 10)
+        _ = m.tried(acquired: true, now: 0)
+        XCTAssertEqual(m.launch(now: 0), .refuse, "no grant recorded: nothing the ingestor could fence")
+        m.granted(epoch: 7, at: 0)
+        XCTAssertEqual(m.launch(now: 0), .go)
+    }
+
+    func testTheGate_asksForAConfirmation_onceTheBoundHasPassed() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2, requestTimeoutSeconds: 10)
+        XCTAssertEqual(m.launchBoundSeconds, 2, "fence 12 - timeout 10")
+        _ = m.tried(acquired: true, now: 0)
+        m.granted(epoch: 7, at: 0)
+        XCTAssertEqual(m.launch(now: 1.9), .go)
+        XCTAssertEqual(m.launch(now: 2.0), .confirmFirst)
+        m.renewed(at: 15)
+        XCTAssertEqual(m.launch(now: 16.9), .go)
+        XCTAssertEqual(m.launch(now: 17), .confirmFirst, "a retry after a 15 s Retry-After confirms first")
+    }
+
+    func testTheBound_isTheFenceLessTheTimeout_atMostTheRenewalPeriod_atLeastAFifth() {
+        XCTAssertEqual(LeaseMachine(fenceSeconds: 32, retrySeconds: 2, requestTimeoutSeconds: 30).launchBoundSeconds, 2)
+        XCTAssertEqual(LeaseMachine(fenceSeconds: 31, retrySeconds: 2, requestTimeoutSeconds: 30).launchBoundSeconds, 1)
+        XCTAssertEqual(LeaseMachine(fenceSeconds: 100, retrySeconds: 2, requestTimeoutSeconds: 30).launchBoundSeconds, 2)
+        XCTAssertEqual(LeaseMachine(fenceSeconds: 0, retrySeconds: 2, requestTimeoutSeconds: 30).launchBoundSeconds, 0.2)
+    }
+
+    func testTheGate_refusesOnceTheSessionIsLost_andTheEpochGoesWithIt() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2, requestTimeoutSeconds: 10)
+        _ = m.tried(acquired: true, now: 0)
+        m.granted(epoch: 7, at: 0)
+        m.connectionLost()
+        XCTAssertNil(m.epoch)
+        XCTAssertEqual(m.launch(now: 0.1), .refuse)
+        XCTAssertFalse(m.renewalDue(now: 100), "nothing to renew")
+    }
+
+    func testRenewal_isDueEveryTwoSeconds_whileHeld() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = m.tried(acquired: false, now: 0)
+        XCTAssertFalse(m.renewalDue(now: 10), "a standby renews nothing")
+        _ = m.tried(acquired: true, now: 10)
+        m.granted(epoch: 1, at: 10)
+        XCTAssertFalse(m.renewalDue(now: 11.9))
+        XCTAssertTrue(m.renewalDue(now: 12), "also while fencing: a standby elsewhere reads it")
+    }
+
+    /// A blip of the database while idle: nothing of ours was in flight, so no fence.
+    func testRetakingOurOwnLease_withNothingAbandoned_leadsAtOnce() {
+        var m = LeaseMachine(fenceSeconds: 12, retrySeconds: 2)
+        _ = m.tried(acquired: true, now: 0)
+        m.connectionLost()
+        XCTAssertNil(m.tried(acquired: true, now: 50, abandonedAt: nil))
+        XCTAssertTrue(m.mayPublish(now: 50))
+        m.connectionLost()
+        XCTAssertNil(m.tried(acquired: true, now: 60, abandonedAt: 58))
+        XCTAssertFalse(m.mayPublish(now: 69.9), "requests abandoned at 58 may be in flight until 70")
+        XCTAssertTrue(m.mayPublish(now: 70))
     }
 }
 
@@ -141,4 +202,5 @@ final class PartitionPictureTests: XCTestCase {
         XCTAssertEqual(PartitionPicture.parse(applicationName: "atomic-data-publisher/items#12@host@x")?.instance, "host@x")
         XCTAssertNil(PartitionPicture.parse(applicationName: "atomic-data-publisher/items@host-a"))
     }
+
 }

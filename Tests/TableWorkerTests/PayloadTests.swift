@@ -6,7 +6,8 @@ import XCTest
 final class PayloadTests: XCTestCase {
     /// The payload as it was built before it was written as bytes (String concatenation with
     /// `jsonString` and `Timestamp.iso8601`): the byte encoder must produce exactly this.
-    private func reference(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int) -> (String, [UInt8]) {
+    private func reference(table: WatchedTable, epoch: String, changes: KeyChanges, atomicData: String, unixNow: Double, retryCount: Int,
+                           leaseEpoch: Int64) -> (String, [UInt8]) {
         let latest = changes.latest
         let id = "\(table.qualifiedName):\(epoch):\(latest.id)"
         var s = "{\"id\":\(jsonString(id))"
@@ -19,7 +20,7 @@ final class PayloadTests: XCTestCase {
         s += ",\"atomic_data\":"
         s += atomicData
         s += ",\"metadata\":{\"service_name\":\"atomic-data-publisher\",\"version\":\(jsonString(PublisherVersion.current))"
-        s += ",\"timestamp\":\"\(Timestamp.iso8601(unixSeconds: unixNow))\",\"retry_count\":\(retryCount)}}"
+        s += ",\"timestamp\":\"\(Timestamp.iso8601(unixSeconds: unixNow))\",\"retry_count\":\(retryCount),\"publisher_epoch\":\(leaseEpoch)}}"
         return (id, Array(s.utf8))
     }
 
@@ -40,8 +41,9 @@ final class PayloadTests: XCTestCase {
              String(repeating: #"{"x":"y"},"#, count: 300) + "1", 4_102_444_800.999, Int.max),
         ]
         for (table, changes, data, now, retries) in cases {
-            let payload = Payload.build(table: table, epoch: "16384", changes: changes, atomicData: data, unixNow: now, retryCount: retries)
-            let (id, body) = reference(table: table, epoch: "16384", changes: changes, atomicData: data, unixNow: now, retryCount: retries)
+            let leaseEpoch = retries == Int.max ? Int64.max : 1_765_000_000_000 + Int64(retries)
+            let payload = Payload.build(table: table, epoch: "16384", changes: changes, atomicData: data, unixNow: now, retryCount: retries, leaseEpoch: leaseEpoch)
+            let (id, body) = reference(table: table, epoch: "16384", changes: changes, atomicData: data, unixNow: now, retryCount: retries, leaseEpoch: leaseEpoch)
             XCTAssertEqual(payload.id, id)
             XCTAssertEqual(payload.body, body, String(decoding: payload.body, as: UTF8.self))
         }

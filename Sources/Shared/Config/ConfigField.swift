@@ -79,6 +79,7 @@ package struct ConfigField: Sendable {
         ConfigField("service", "instance_id", .string(\.service.instanceId)),
         ConfigField("service", "lease_fence_seconds", .double(\.service.leaseFenceSeconds)),
         ConfigField("service", "lease_retry_seconds", .double(\.service.leaseRetrySeconds)),
+        ConfigField("service", "lease_expiry_seconds", .double(\.service.leaseExpirySeconds)),
 
         ConfigField("logging", "level", .string(\.logging.level)),
         ConfigField("logging", "format", .logFormat(\.logging.format)),

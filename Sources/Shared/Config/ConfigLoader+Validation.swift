@@ -154,6 +154,10 @@ extension ConfigLoader {
         try positive(service.shutdownTimeoutSeconds, "service.shutdown_timeout_seconds")
         try positive(service.restartDelaySeconds, "service.restart_delay_seconds")
         try positive(service.leaseRetrySeconds, "service.lease_retry_seconds")
+        // The holder renews every 2 s: an expiry shorter than a few renewals would end live holders.
+        guard service.leaseExpirySeconds.isFinite, service.leaseExpirySeconds >= 6 else {
+            throw ConfigError(key: "service.lease_expiry_seconds", problem: "must be at least 6 seconds (the lease holder renews every 2 s), found \(service.leaseExpirySeconds)")
+        }
         guard service.leaseFenceSeconds.isFinite, service.leaseFenceSeconds >= 0 || service.leaseFenceSeconds == -1 else {
             throw ConfigError(key: "service.lease_fence_seconds", problem: "must be -1 (automatic: ingestor.timeout_seconds + 2) or a number of seconds, found \(service.leaseFenceSeconds)")
         }

@@ -99,6 +99,10 @@ public struct ServiceConfig: Codable, Sendable, Equatable {
     public var leaseFenceSeconds = -1.0
     /// How often a standby tries to take the lease.
     public var leaseRetrySeconds = 2.0
+    /// A standby ends the session of a lease holder that shows no sign of life (no renewal, no
+    /// statement) for this long, and takes over after the fence: a paused host (SIGSTOP, a frozen
+    /// VM) keeps its TCP sessions, and so its lock, alive. The holder renews every 2 s.
+    public var leaseExpirySeconds = 30.0
     public var watchedTables: [WatchedTable] = []
     public init() {}
 }

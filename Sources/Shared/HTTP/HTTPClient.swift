@@ -250,17 +250,20 @@ public final class HTTPClient: @unchecked Sendable {
     /// failures, not reported to `onComplete`); `keepLaunching` returning false does the same
     /// between answers; `shouldAbort` gives up on everything (`abortedCode`).
     public func perform(_ requests: [HTTPRequest], maxConcurrent: Int, shouldAbort: () -> Bool = { false },
-                        keepLaunching: () -> Bool = { true },
+                        keepLaunching: () -> Bool = { true }, mayLaunch: () -> Bool = { true },
                         onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool = { _, _ in true }) -> [Result<HTTPResponse, HTTPTransportError>] {
         perform(count: requests.count, request: { requests[$0] }, maxConcurrent: maxConcurrent, shouldAbort: shouldAbort,
-                keepLaunching: keepLaunching, onComplete: onComplete)
+                keepLaunching: keepLaunching, mayLaunch: mayLaunch, onComplete: onComplete)
     }
 
     /// The same, with request `i` made by `request(i)` just before it is sent (each at most once):
     /// only the requests in flight exist at any time, however many are performed (issue 10: a
     /// worker at batch 5000 held 5,000 bodies and header lists for the whole batch).
+    ///
+    /// `mayLaunch` is asked right before each request starts, every one of them: false ends the
+    /// launching (the rest are not sent; what is in flight goes on). The worker's lease gate.
     public func perform(count: Int, request: (Int) -> HTTPRequest, maxConcurrent: Int, shouldAbort: () -> Bool = { false },
-                        keepLaunching: () -> Bool = { true },
+                        keepLaunching: () -> Bool = { true }, mayLaunch: () -> Bool = { true },
                         onComplete: (Int, Result<HTTPResponse, HTTPTransportError>) -> Bool = { _, _ in true }) -> [Result<HTTPResponse, HTTPTransportError>] {
         let requestCount = max(0, count)
         var results: [Result<HTTPResponse, HTTPTransportError>?] = Array(repeating: nil, count: requestCount)
@@ -292,6 +295,10 @@ public final class HTTPClient: @unchecked Sendable {
             // Stopping gracefully: what is in flight finishes, nothing new starts.
             if next < requestCount && !keepLaunching() { stopLaunching() }
             while active.count < limit && next < requestCount {
+                guard mayLaunch() else {
+                    stopLaunching()
+                    break
+                }
                 let index = next
                 next += 1
                 let transfer = checkout()

@@ -325,8 +325,12 @@ public final class PostgresConnection: @unchecked Sendable {
     private var prepared: Set<String> = []
     public let parameters: ConnectionParameters
 
-    public static func connect(_ parameters: ConnectionParameters) throws(PostgresError) -> PostgresConnection {
+    /// `heartbeats`: call `heartbeat` about once a second while connecting too (a connect can take
+    /// `connect_timeout_seconds`, as long as the supervisor waits for a silent worker); false on a
+    /// thread other than the one that set `heartbeat`.
+    public static func connect(_ parameters: ConnectionParameters, heartbeats: Bool = true) throws(PostgresError) -> PostgresConnection {
         let connection = PostgresConnection(parameters: parameters)
+        connection.heartbeats = heartbeats
         try connection.open()
         return connection
     }
@@ -372,7 +376,7 @@ public final class PostgresConnection: @unchecked Sendable {
         }
         // Before the server can answer: the SQLSTATE of a rejected login then appears in the message.
         PQsetErrorVerbosity(handle, PQERRORS_VERBOSE)
-        if let problem = Self.finishConnecting(handle, timeoutSeconds: parameters.connectTimeoutSeconds) {
+        if let problem = Self.finishConnecting(handle, timeoutSeconds: parameters.connectTimeoutSeconds, heartbeat: heartbeats ? Self.heartbeat : nil) {
             PQfinish(handle)
             throw connectFailure(problem)
         }
@@ -388,7 +392,7 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Drive PQconnectPoll to the end (libpq's documented loop), waiting in poll(2) on whichever
     /// socket libpq is using at each step, within `timeoutSeconds` overall (connect_timeout is
     /// applied by libpq's blocking connect only). Returns libpq's error text, or nil when connected.
-    private static func finishConnecting(_ handle: OpaquePointer, timeoutSeconds: Int) -> String? {
+    private static func finishConnecting(_ handle: OpaquePointer, timeoutSeconds: Int, heartbeat: (() -> Void)?) -> String? {
         if PQstatus(handle) == CONNECTION_BAD { return String(cString: PQerrorMessage(handle)) }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(1, timeoutSeconds)) * 1_000_000_000
         var state = PGRES_POLLING_WRITING
@@ -404,9 +408,10 @@ public final class PostgresConnection: @unchecked Sendable {
                 let fd = PQsocket(handle)
                 guard fd >= 0 else { return String(cString: PQerrorMessage(handle)) }
                 var descriptor = pollfd(fd: fd, events: Int16(state == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)
-                let milliseconds = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
+                let milliseconds = Int32(min(UInt64(heartbeat == nil ? Int32.max : 1000), (deadline - now) / 1_000_000 + 1))
                 let ready = poll(&descriptor, 1, milliseconds)
                 if ready < 0 && errno != EINTR { return "poll() failed: \(String(cString: strerror(errno)))" }
+                if ready == 0 { heartbeat?() }
                 if ready <= 0 { continue }
             }
             state = PQconnectPoll(handle)

@@ -11,6 +11,16 @@
 // - A new holder waits `lease_fence_seconds` (by default the ingestor timeout plus 2 s) before
 //   its first request, so any request the previous holder still had in flight has finished
 //   (README, "Running several hosts").
+// - Every grant gets an epoch (`T_changes_lease`, one row per lease): a bigint that only grows,
+//   written by the holder right after it takes the advisory lock. It starts from the wall clock in
+//   milliseconds and is at least the previous epoch + 1, so it keeps growing across restarts of
+//   every instance and even across a teardown and setup. Requests carry it (X-Publisher-Epoch), so
+//   an ingestor can refuse a request of an older grant that arrives late.
+// - The holder renews the row (`heartbeat_at`) at least every `leaseRenewSeconds`, and the renewal
+//   is also the confirmation that this session's grant is still the current one. A standby that
+//   sees neither a renewal nor any statement of the holder's session for `lease_expiry_seconds`
+//   (a paused host: its kernel still answers keepalives, so its session and lock live on)
+//   terminates the holder's backend and takes the lease after the fence.
 
 extension TrackingSchema {
     /// The session-level advisory lock key of this table's lease; a partition's lease adds
@@ -81,9 +91,74 @@ extension TrackingSchema {
             """, [String(UInt32(truncatingIfNeeded: bits >> 32)), String(UInt32(truncatingIfNeeded: bits))])[0, 0] == "t"
     }
 
-    /// One round trip on the session: succeeds only while the session (and so the lease) lives.
-    public func confirmLease(_ db: PostgresConnection) throws(PostgresError) {
-        try db.execute("SELECT 1")
+    /// The lease's name in the lease table and in the X-Publisher-Lease header: the qualified
+    /// table, `#<index>/<count>` added for a partition. An ingestor keeps the highest epoch per name.
+    public var leaseName: String {
+        partition.isWhole ? table.qualifiedName : "\(table.qualifiedName)#\(partition.index)/\(partition.count)"
+    }
+
+    public var leaseTableName: String { "\(table.name)_changes_lease" }
+    public var leaseTable: String { "\(schemaIdent).\(quoteIdentifier(leaseTableName))" }
+
+    public var createLeaseTableSQL: String {
+        """
+        CREATE TABLE IF NOT EXISTS \(leaseTable) (
+            lease text PRIMARY KEY,
+            epoch bigint NOT NULL,
+            holder text,
+            granted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        """
+    }
+
+    /// A new epoch for this session's grant (call right after `tryLease` succeeded). Returns the
+    /// new epoch and the one before it (nil: the first grant ever).
+    public func grantEpoch(_ db: PostgresConnection, holder: String) throws(PostgresError) -> (epoch: Int64, previous: Int64?) {
+        let r = try db.execute("""
+            WITH before AS (SELECT epoch FROM \(leaseTable) WHERE lease = $1)
+            INSERT INTO \(leaseTable) AS l (lease, epoch, holder) VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint, $2)
+            ON CONFLICT (lease) DO UPDATE SET epoch = greatest(l.epoch + 1, EXCLUDED.epoch), holder = EXCLUDED.holder,
+                                              granted_at = clock_timestamp(), heartbeat_at = clock_timestamp()
+            RETURNING epoch, (SELECT epoch FROM before)
+            """, [leaseName, holder])
+        guard let text = r[0, 0], let epoch = Int64(text) else {
+            throw PostgresError(kind: .query, sqlState: nil, message: "no epoch returned for lease \(leaseName)")
+        }
+        return (epoch, r[0, 1].flatMap { Int64($0) })
+    }
+
+    /// Renew this session's grant: true while `epoch` is still the lease's current epoch (a query
+    /// that succeeds on the session also proves the advisory lock is still held). False: another
+    /// grant happened since, this one is stale.
+    public func renewLease(_ db: PostgresConnection, epoch: Int64) throws(PostgresError) -> Bool {
+        try !db.execute("UPDATE \(leaseTable) SET heartbeat_at = clock_timestamp() WHERE lease = $1 AND epoch = $2 RETURNING 1",
+                        [leaseName, String(epoch)]).rows.isEmpty
+    }
+
+    /// The backend of a lease holder that shows no sign of life for `expirySeconds`: neither a
+    /// renewal of the lease row nor any statement on its session (pg_stat_activity.state_change,
+    /// visible for sessions of the same role, which also covers holders of a release that does
+    /// not renew), and no statement running now.
+    public func expiredHolder(_ db: PostgresConnection, expirySeconds: Double) throws(PostgresError) -> (pid: Int32, silentSeconds: Double, name: String)? {
+        let tag = leaseLockTag
+        let r = try db.execute("""
+            SELECT k.pid, extract(epoch FROM clock_timestamp() - greatest(l.heartbeat_at, a.state_change))::float8, coalesce(a.application_name, '')
+            FROM pg_locks k JOIN pg_stat_activity a ON a.pid = k.pid LEFT JOIN \(leaseTable) l ON l.lease = $3
+            WHERE k.locktype = 'advisory' AND k.granted AND k.classid = $1::bigint::oid AND k.objid = $2::bigint::oid AND k.objsubid = 1
+              AND k.pid <> pg_backend_pid() AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND a.state IS DISTINCT FROM 'active'
+              AND clock_timestamp() - greatest(l.heartbeat_at, a.state_change) > make_interval(secs => $4::float8)
+            LIMIT 1
+            """, [String(tag.classid), String(tag.objid), leaseName, String(expirySeconds)])
+        guard let row = r.rows.first, let pid = row[0].flatMap({ Int32($0) }) else { return nil }
+        return (pid, row[1].flatMap { Double($0) } ?? expirySeconds, row[2] ?? "")
+    }
+
+    /// End a silent holder's session (its advisory locks go with it). Needs the same role or
+    /// membership in `pg_signal_backend`.
+    public func terminateHolder(_ db: PostgresConnection, pid: Int32) throws(PostgresError) -> Bool {
+        try db.execute("SELECT pg_terminate_backend($1::int)", [String(pid)])[0, 0] == "t"
     }
 
     /// For print-sql: how to see who leads this table.

@@ -27,17 +27,27 @@ extension TrackingSchema {
         """
         SELECT \(Self.rowColumns)
         FROM \(changesTable) c
-        WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())\(partitionFilter("c."))
-          AND NOT EXISTS (SELECT 1 FROM \(changesTable) b
-                          WHERE b.primary_key = c.primary_key AND b.next_attempt_at > clock_timestamp() AND b.id < c.id)\(excludingKeys ? "\n  AND c.primary_key <> ALL($2::text[])" : "")
+        WHERE \(dueRowCondition)\(excludingKeys ? "\n  AND c.primary_key <> ALL($2::text[])" : "")
         ORDER BY c.id
         LIMIT $1
         """
     }
 
-    /// Whether any row is due now (an index probe: the primary key, then the retry index).
+    /// The one rule of which rows are due, used by the batch read and by the idle check alike
+    /// (when they disagreed, a key backing off with a newer change made the idle check say "due"
+    /// while the read found nothing, and the worker polled 100 times a second for the whole
+    /// backoff): the row's own retry time has come, and no earlier row of its key still backs off.
+    var dueRowCondition: String {
+        """
+        (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())\(partitionFilter("c."))
+          AND NOT EXISTS (SELECT 1 FROM \(changesTable) b
+                          WHERE b.primary_key = c.primary_key AND b.next_attempt_at > clock_timestamp() AND b.id < c.id)
+        """
+    }
+
+    /// Whether any row is due now, by the batch read's own rule (`dueRowCondition`).
     public var anyDueSQL: String {
-        "SELECT EXISTS (SELECT 1 FROM \(changesTable) c WHERE (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())\(partitionFilter("c.")))"
+        "SELECT EXISTS (SELECT 1 FROM \(changesTable) c WHERE \(dueRowCondition))"
     }
 
     /// Reads of this many rows or more are streamed (libpq's single-row mode): at batch 5,000 the

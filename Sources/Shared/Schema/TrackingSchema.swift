@@ -85,6 +85,7 @@ public struct TrackingSchema: Sendable {
             failed_at timestamptz NOT NULL DEFAULT clock_timestamp()
         );
         \(createBackfillTableSQL)
+        \(createLeaseTableSQL)
         \(upgradeTablesSQL)
         """
     }
@@ -261,6 +262,7 @@ public struct TrackingSchema: Sendable {
         DROP TABLE IF EXISTS \(changesTable);
         DROP TABLE IF EXISTS \(failedTable);
         DROP TABLE IF EXISTS \(backfillTable);
+        DROP TABLE IF EXISTS \(leaseTable);
         """
     }
 }
@@ -319,13 +321,13 @@ extension TrackingSchema {
             // issue 10: and no CHECK on `T_changes.operation` (dropped when this role owns the table).
             let existing = try db.execute("""
                 SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
-                   AND to_regclass($5) IS NOT NULL
+                   AND to_regclass($5) IS NOT NULL AND to_regclass($6) IS NOT NULL
                    AND (SELECT count(*) FROM pg_attribute WHERE attrelid IN (to_regclass($1), to_regclass($2))
                         AND attname = 'permanent_failures' AND NOT attisdropped) = 2
                    AND NOT EXISTS (\(staleOperationChecksSQL(changes: "$1", failed: "$2", select: "1")))
                    AND NOT (\(droppableOperationCheckSQL(changes: "$1")))
                 """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))",
-                      backfillTable])
+                      backfillTable, leaseTable])
             if existing[0, 0] != "t" {
                 try db.executeScript(createTablesSQL)
             }

@@ -92,6 +92,7 @@ enum ConfigFile {
         set("instance_id", string(c.service.instanceId))
         set("lease_fence_seconds", number(c.service.leaseFenceSeconds))
         set("lease_retry_seconds", number(c.service.leaseRetrySeconds))
+        set("lease_expiry_seconds", number(c.service.leaseExpirySeconds))
 
         for table in c.service.watchedTables {
             lines.append("")

@@ -191,7 +191,7 @@ class IntegrationTestCase: XCTestCase {
 
     static let payloadKeys: Set<String> = ["id", "table_name", "schema", "primary_key", "operation", "change_column_value",
                                            "changed_at", "atomic_data", "metadata"]
-    static let metadataKeys: Set<String> = ["service_name", "version", "timestamp", "retry_count"]
+    static let metadataKeys: Set<String> = ["service_name", "version", "timestamp", "retry_count", "publisher_epoch"]
 
     /// `Idempotency-Key: <id>.<16 hex digits of the body's digest>` (README, payload): one key
     /// always means one body.
@@ -256,6 +256,8 @@ class IntegrationTestCase: XCTestCase {
         XCTAssertEqual(metadata["service_name"], "atomic-data-publisher", "metadata.service_name \(context)", file: file, line: line)
         XCTAssertEqual(metadata["version"], .string(PublisherVersion.current), "metadata.version \(context)", file: file, line: line)
         XCTAssertEqual(metadata["retry_count"], .number(Double(expected.retryCount)), "metadata.retry_count \(context)", file: file, line: line)
+        // The lease grant's epoch, the same in the header an ingestor fences on.
+        XCTAssertGreaterThan(metadata["publisher_epoch"]?.int ?? 0, 0, "metadata.publisher_epoch \(context)", file: file, line: line)
         let timestamp = metadata["timestamp"]?.string.flatMap(PayloadTimestamp.init)
         XCTAssertNotNil(timestamp, "metadata.timestamp must be an RFC 3339 UTC timestamp \(context)", file: file, line: line)
         if let timestamp, let changedAt {

@@ -1,0 +1,37 @@
+import Foundation
+import Shared
+import XCTest
+
+/// The tracking table's queue rules against a real PostgreSQL: statements only, no worker.
+final class QueueRuleTests: IntegrationTestCase {
+    private let items = WatchedTable(name: "items", changeColumns: ["v"], atomicDataQuery: "SELECT id, v FROM items WHERE id = $PRIMARY_KEY",
+                                     publishEndpoint: "/api/v1/items")
+
+    /// The idle check and the batch read decide "due" by one rule. A key that backs off and then
+    /// changes again has a due-looking newer row that the read must skip (order per key): the idle
+    /// check must not call it due either, or an idle worker polls in a tight loop for the whole
+    /// backoff.
+    func testTheIdleCheck_agreesWithTheBatchRead_whileAKeyBacksOffWithANewerChange() throws {
+        let database = try makeDatabase()
+        try database.executeScript("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0); INSERT INTO items (id) VALUES (1), (2);")
+        let schema = TrackingSchema(table: items)
+        try schema.install(on: database.connection)
+        func anyDue() throws -> Bool { try database.value(schema.anyDueSQL) == "t" }
+        func due() throws -> [String] { try database.execute(schema.fetchDueSQL, ["100"]).rows.map { $0[1] ?? "" } }
+
+        try database.execute("UPDATE items SET v = 1 WHERE id = 1")
+        try database.execute("UPDATE items_changes SET next_attempt_at = clock_timestamp() + interval '1 hour', attempts = 1")
+        try database.execute("UPDATE items SET v = 2 WHERE id = 1")  // a newer change of the key that backs off
+        XCTAssertEqual(try due(), [], "the read skips a key with an earlier row backing off")
+        XCTAssertFalse(try anyDue(), "and the idle check agrees")
+
+        try database.execute("UPDATE items SET v = 1 WHERE id = 2")
+        XCTAssertEqual(try due(), ["2"])
+        XCTAssertTrue(try anyDue())
+
+        try database.execute("DELETE FROM items_changes WHERE primary_key = '2'")
+        try database.execute("UPDATE items_changes SET next_attempt_at = clock_timestamp() - interval '1 second' WHERE next_attempt_at IS NOT NULL")
+        XCTAssertEqual(try due(), ["1", "1"], "the retry came due: both rows of the key")
+        XCTAssertTrue(try anyDue())
+    }
+}
