@@ -230,6 +230,13 @@ final class DeliveryRunner {
         dropOwedExceptAcknowledgements()
     }
 
+    /// Drop everything owed: the tracking table they were for was dropped and made again, and its
+    /// ids belong to other changes now.
+    func dropAllOwed() {
+        pending.removeAll()
+        ackBuffer.removeAll()
+    }
+
     /// Drop the owed reschedules and dead letters (the lease was lost: the rows may be another
     /// instance's to retry now, and a write onto them would undo its progress); acknowledgements
     /// of 2xx answers stay owed. Returns how many writes were dropped.

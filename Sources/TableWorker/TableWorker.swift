@@ -481,6 +481,7 @@ final class TableWorker {
         }
         logger.error("the tracking table \(schema.changesTable) was dropped while the service ran: recreated it. Writes to \(table.qualifiedName) failed while it was missing, and unpublished changes recorded in it are lost; republish those keys from the source if the ingestor needs them. Payload ids carry a new epoch, so they do not repeat the old ones")
         try? session.refreshEpoch()  // new payload ids must not repeat the old table's
+        runner.dropAllOwed()  // writes owed to the old table's ids would land on new changes
         return true
     }
 

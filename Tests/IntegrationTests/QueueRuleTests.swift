@@ -34,4 +34,23 @@ final class QueueRuleTests: IntegrationTestCase {
         XCTAssertEqual(try due(), ["1", "1"], "the retry came due: both rows of the key")
         XCTAssertTrue(try anyDue())
     }
+
+    /// A tracking table made again keeps ids above every dead-lettered id: dead-lettering and
+    /// replay move rows by id (`ON CONFLICT (id) DO NOTHING`), so a repeated id lost a change.
+    func testARecreatedTrackingTable_neverRepeatsAnIdOfTheDeadLetters() throws {
+        let database = try makeDatabase()
+        try database.executeScript("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0); INSERT INTO items (id) VALUES (1), (2);")
+        let schema = TrackingSchema(table: items)
+        try schema.install(on: database.connection)
+        for v in 1...3 { try database.execute("UPDATE items SET v = \(v) WHERE id = 1") }
+        try database.execute("INSERT INTO items_changes_failed (id, primary_key, operation) SELECT id, primary_key, operation FROM items_changes")
+        XCTAssertEqual(try database.value("SELECT max(id) FROM items_changes_failed"), "3")
+        try database.execute("DROP TABLE items_changes")
+        try schema.install(on: database.connection)
+        try database.execute("UPDATE items SET v = 9 WHERE id = 2")
+        XCTAssertEqual(try database.value("SELECT min(id) FROM items_changes"), "4", "the new table's ids start above the dead letters'")
+        try schema.install(on: database.connection)  // idempotent: nothing moves when nothing is missing
+        try database.execute("UPDATE items SET v = 10 WHERE id = 2")
+        XCTAssertEqual(try database.value("SELECT max(id) FROM items_changes"), "5")
+    }
 }

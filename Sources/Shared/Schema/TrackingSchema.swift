@@ -87,6 +87,19 @@ public struct TrackingSchema: Sendable {
         \(createBackfillTableSQL)
         \(createLeaseTableSQL)
         \(upgradeTablesSQL)
+        \(sequenceAboveDeadLettersSQL)
+        """
+    }
+
+    /// A tracking table made again (dropped by hand, or torn down) starts its ids at 1, while the
+    /// dead letters keep theirs: dead-lettering and `replay` move rows between the two tables by
+    /// id, so an id must never repeat. Start the sequence above every dead-lettered id.
+    public var sequenceAboveDeadLettersSQL: String {
+        """
+        SELECT setval(q.s, greatest(f.m, pg_sequence_last_value(q.s)))
+        FROM (SELECT pg_get_serial_sequence(\(quoteLiteral(changesTable)), 'id')::regclass AS s) q,
+             (SELECT max(id) AS m FROM \(failedTable)) f
+        WHERE f.m IS NOT NULL;
         """
     }
 
