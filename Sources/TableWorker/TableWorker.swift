@@ -205,11 +205,15 @@ final class TableWorker {
                 if error.isConfigurationFailure {  // a rejected login or a TLS verification failure: exit 78
                     throw Stop.permanent(error.description)
                 }
-                if !error.isConnectionLost {
-                    switch QueryFailure.classify(error) {
-                    case .table: throw Stop.permanent("table \(table.qualifiedName): \(error)")
-                    default: break
-                    }
+                if !error.isConnectionLost, case .table = QueryFailure.classify(error) {
+                    // At start, a query that cannot even be prepared is a configuration error (78).
+                    // Once running, it is the same table problem a batch meets (a revoked grant, a
+                    // dropped column): pause, keep every change, say so, and resume once fixed.
+                    guard sessionGeneration > 0 else { throw Stop.permanent("table \(table.qualifiedName): \(error)") }
+                    stats.database = .up
+                    reportTableProblem(error)
+                    try pause(Self.tableProblemRetrySeconds)
+                    continue
                 }
                 stats.database = .down
                 let delay = Backoff(initial: 0.5, maximum: 30).delay(attempt: attempt, unit: randomUnit())

@@ -56,6 +56,34 @@ final class HostileProbeTests: IntegrationTestCase {
         XCTAssertTrue(worker.process.stderrText().contains("table can be published again"))
     }
 
+    /// A column the atomic data query reads is dropped while the worker runs, and then its session
+    /// is lost. A reconnect prepares the query again, which now fails: that used to end the worker
+    /// with 78 (the table marked failed, never resuming). It is the same table problem a batch
+    /// meets: the table pauses, keeps its changes, and resumes once the column is back.
+    func testADroppedQueryColumn_thenALostSession_keepsTheTablePaused_andResumesOnceRestored() throws {
+        let database = try makeDatabase()
+        try database.executeScript("CREATE TABLE notes (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, note text); INSERT INTO notes (id) SELECT g FROM generate_series(1, 3) g;")
+        let notes = WatchedTable(name: "notes", changeColumns: ["v"], atomicDataQuery: "SELECT id, v, note FROM notes WHERE id = $PRIMARY_KEY",
+                                 publishEndpoint: "/api/v1/notes")
+        let ingestor = try startIngestor()
+        let config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [notes])
+        let worker = try startWorker(table: "notes", config: try writeConfig(config))
+        worker.expectedErrorLogs = ["table cannot be published"]
+        try database.execute("ALTER TABLE notes DROP COLUMN note")
+        try database.execute("UPDATE notes SET v = 1 WHERE id = 1")
+        try waitUntil("the worker reports the table problem") { (worker.latestStats()?["table_problem"]?.string ?? "").contains("42703") }
+        try database.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'atomic-data-publisher/notes@%'")
+        let cutAt = Date()
+        // The reconnect's PREPARE fails now; two tries (every 5 s) later the worker still runs.
+        try waitUntil(timeout: 20, "11 s after the session was lost") { Date().timeIntervalSince(cutAt) > 11 || worker.process.termination != nil }
+        XCTAssertNil(worker.process.termination, "the worker still runs: \(worker.process.stderrText().suffix(2000))")
+        XCTAssertEqual((worker.latestStats()?["table_problem"]?.string ?? "").contains("42703"), true)
+        try database.execute("ALTER TABLE notes ADD COLUMN note text")
+        try waitUntilTrackingTableIsEmpty(database, notes)
+        XCTAssertTrue(worker.process.stderrText().contains("database connection restored"))
+        XCTAssertEqual(try ingestor.requests().filter { $0.status == 200 }.count, 1)
+    }
+
     /// A key column that may be NULL used to be accepted; then the application's INSERT of a NULL
     /// key failed in our trigger (tracking primary_key is NOT NULL) and its statement rolled back.
     func testANullableKeyColumn_isRefusedBeforeAnyTriggerIsInstalled_namingTheKey() throws {
