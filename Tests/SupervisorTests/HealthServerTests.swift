@@ -190,6 +190,21 @@ final class HealthServerTests: XCTestCase {
         XCTAssertEqual(try get(port, "/health").statusLine, "HTTP/1.1 200 OK")
     }
 
+    /// Idle sockets used to hold every connection slot for the whole request timeout (5 s), longer
+    /// than Kubernetes' probe timeout (3 s): the kubelet then restarted a healthy pod in a loop.
+    func testMoreIdleSocketsThanConnections_neverStarveTheProbes_atTheDefaultTimeouts() throws {
+        let (port, _) = try start()
+        var idle: [Int32] = []
+        defer { for fd in idle { close(fd) } }
+        for _ in 0..<(HealthServer.maximumConnections + 8) { idle.append(try connectClient(port)) }
+        for path in ["/livez", "/readyz", "/health"] {
+            let started = monotonicSeconds()
+            let response = try get(port, path)
+            XCTAssertTrue(response.statusLine.hasPrefix("HTTP/1.1 "), "\(path): \(response.statusLine)")
+            XCTAssertLessThan(monotonicSeconds() - started, 2, "\(path) answered well within a 3 s probe timeout")
+        }
+    }
+
     func testAPortInUse_isRefusedWithTheSystemsReason() throws {
         let (port, _) = try start()
         let second = HealthServer()

@@ -6,10 +6,13 @@
 // also remembers when the snapshot was published: /livez is the age of that moment (the loop
 // publishes every iteration).
 //
-// One request per connection (`Connection: close`). A client gets `requestTimeoutSeconds` from
-// its connect to the end of the response (5 s); a request head over `maximumRequestBytes` is answered
-// 431, a malformed one 400, then the connection is closed. At most `maximumConnections` are open
-// at once (more wait in the listen backlog); none of them can hold up another.
+// One request per connection (`Connection: close`). A client gets `headTimeoutSeconds` (0.5 s)
+// from its connect to send a whole request head, and `requestTimeoutSeconds` (5 s) to the end of
+// the response; a request head over `maximumRequestBytes` is answered 431, a malformed one 400,
+// then the connection is closed. At most `maximumConnections` are open at once; when all are taken
+// a new connection is still accepted, and the oldest one that has not sent a whole request yet is
+// closed for it. So idle sockets cannot starve the probes: Kubernetes' liveness probe times out at
+// 3 s, and a supervisor whose /livez it cannot reach is restarted in a loop.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -62,6 +65,8 @@ final class HealthServer: @unchecked Sendable {
     static let maximumRequestBytes = 8192
     /// From a client's connect to the end of its response (a test shortens it).
     let requestTimeoutSeconds: Double
+    /// From a client's connect to the end of its request head: a probe sends it at once.
+    let headTimeoutSeconds: Double
 
     // Set in start() before the thread exists, read by the thread, closed in stop() after it ended.
     private var listenFD: Int32 = -1
@@ -69,8 +74,9 @@ final class HealthServer: @unchecked Sendable {
     private var thread: pthread_t?
     private var store: SnapshotStore?
 
-    init(requestTimeoutSeconds: Double = 5) {
+    init(requestTimeoutSeconds: Double = 5, headTimeoutSeconds: Double = 0.5) {
         self.requestTimeoutSeconds = requestTimeoutSeconds
+        self.headTimeoutSeconds = min(headTimeoutSeconds, requestTimeoutSeconds)
     }
 
     /// Bind and start serving; returns the bound port (useful when `port` is 0).
@@ -171,7 +177,10 @@ final class HealthServer: @unchecked Sendable {
 
     private struct Connection {
         let fd: Int32
+        let acceptedAt: Double
         let deadline: Double
+        /// The whole request head must have arrived by then.
+        let headDeadline: Double
         var request: [UInt8] = []
         /// The response once decided, and how much of it is sent.
         var response: [UInt8]?
@@ -185,19 +194,19 @@ final class HealthServer: @unchecked Sendable {
             let now = monotonicSeconds()
             // Expired connections are dropped: a slow or silent client only ever costs itself.
             connections.removeAll { connection in
-                guard connection.deadline <= now else { return false }
+                guard connection.deadline <= now || (connection.response == nil && connection.headDeadline <= now) else { return false }
                 Self.finish(connection.fd)
                 return true
             }
             var fds = [pollfd(fd: wakeFDs[0], events: Int16(POLLIN), revents: 0)]
-            if connections.count < Self.maximumConnections {
+            if connections.count < Self.maximumConnections || connections.contains(where: { $0.response == nil }) {
                 fds.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))
             }
             let first = fds.count
             for connection in connections {
                 fds.append(pollfd(fd: connection.fd, events: Int16(connection.response == nil ? POLLIN : POLLOUT), revents: 0))
             }
-            let nearest = connections.map(\.deadline).min().map { max(0, $0 - now) } ?? 60
+            let nearest = connections.map { $0.response == nil ? min($0.deadline, $0.headDeadline) : $0.deadline }.min().map { max(0, $0 - now) } ?? 60
             let ready = poll(&fds, nfds_t(fds.count), Int32(min(nearest, 60) * 1000) + 1)
             if ready < 0 {
                 if errno != EINTR { usleep(10_000) }  // (ENOMEM) try again, never stop serving
@@ -219,7 +228,14 @@ final class HealthServer: @unchecked Sendable {
     }
 
     private func acceptConnections(into connections: inout [Connection]) {
-        while connections.count < Self.maximumConnections {
+        while true {
+            if connections.count >= Self.maximumConnections {
+                // Full: make room by closing the oldest connection still without a whole request.
+                guard let oldest = connections.indices.filter({ connections[$0].response == nil })
+                    .min(by: { connections[$0].acceptedAt < connections[$1].acceptedAt }) else { return }
+                Self.finish(connections[oldest].fd)
+                connections.remove(at: oldest)
+            }
             // (accept4 is not in Swift's Glibc module. A worker spawned between accept and
             // FD_CLOEXEC could inherit the socket: every close is preceded by a shutdown, so the
             // client still sees the end of the connection.)
@@ -232,7 +248,8 @@ final class HealthServer: @unchecked Sendable {
             }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             Pipes.setNonBlocking(fd)
-            connections.append(Connection(fd: fd, deadline: monotonicSeconds() + requestTimeoutSeconds))
+            let now = monotonicSeconds()
+            connections.append(Connection(fd: fd, acceptedAt: now, deadline: now + requestTimeoutSeconds, headDeadline: now + headTimeoutSeconds))
         }
     }
 
