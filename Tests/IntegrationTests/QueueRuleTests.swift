@@ -53,4 +53,23 @@ final class QueueRuleTests: IntegrationTestCase {
         try database.execute("UPDATE items SET v = 10 WHERE id = 2")
         XCTAssertEqual(try database.value("SELECT max(id) FROM items_changes"), "5")
     }
+
+    /// A replayed dead letter goes back under a new id: its key may have had newer changes
+    /// delivered meanwhile, and a payload covering the old id would carry a lower version (the
+    /// highest tracking id covered) than one already delivered for the key.
+    func testReplay_queuesDeadLettersUnderNewIds_inTheirOrder() throws {
+        let database = try makeDatabase()
+        try database.executeScript("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0); INSERT INTO items (id) VALUES (1), (2);")
+        let schema = TrackingSchema(table: items)
+        try schema.install(on: database.connection)
+        try database.execute("UPDATE items SET v = 1 WHERE id = 1")  // id 1
+        try database.execute("UPDATE items SET v = 1 WHERE id = 2")  // id 2
+        try schema.deadLetter(database.connection, ids: [1, 2], error: "refused", attemptsMade: 1)
+        try database.execute("UPDATE items SET v = 2 WHERE id = 1")  // id 3: a newer change of key 1, delivered
+        try database.execute("DELETE FROM items_changes WHERE id = 3")
+        XCTAssertEqual(try schema.replay(database.connection, id: nil), 2)
+        let rows = try database.execute("SELECT id, primary_key, attempts FROM items_changes ORDER BY id").rows.map { $0.map { $0 ?? "" } }
+        XCTAssertEqual(rows, [["4", "1", "0"], ["5", "2", "0"]], "above every id handed out, in the dead letters' order, counters reset")
+        XCTAssertEqual(try database.rowCount("items_changes_failed"), 0)
+    }
 }

@@ -7,8 +7,11 @@
 //   be overtaken by a newer change to the same key.
 // - Rows are deleted only by tracking id, only after the ingestor acknowledged the payload that
 //   covered them. A change committed after the batch was read has a larger id and stays.
-// - Dead-lettering and replay are one statement each and exact inverses: a row moves between the
-//   two tables with its id, key, operation, value and time.
+// - Dead-lettering and replay are one statement each. Dead-lettering moves a row with its id,
+//   key, operation, value and time; replay moves it back under a new id from the queue's sequence
+//   (in the dead letters' order), so a replayed key's payload never carries a version (the highest
+//   tracking id covered) lower than one its key already delivered: an ingestor may keep the
+//   highest version per key and drop anything lower.
 // - Each operation is one round trip, whatever the batch size; the backlog gauge is bounded (it
 //   never scans a large backlog).
 
@@ -119,23 +122,25 @@ extension TrackingSchema {
     public func deadLetter(_ db: PostgresConnection, ids: [Int64], error: String, attemptsMade: Int) throws(PostgresError) {
         if ids.isEmpty { return }
         try db.execute(moveSQL(from: changesTable, to: failedTable, filter: "id = ANY($1::bigint[])", attempts: "attempts + $3::int",
-                               permanentFailures: "permanent_failures + 1", lastError: "$2", withFailedAt: true),
+                               permanentFailures: "permanent_failures + 1", lastError: "$2"),
                        [Self.array(ids), String(error.prefix(2000)), String(attemptsMade)])
     }
 
-    /// Move dead letters back to the queue (all, or one tracking id), counters reset: the inverse
-    /// of `deadLetter`. Returns how many moved.
+    /// Move dead letters back to the queue (all, or one tracking id), counters reset, each under a
+    /// new id (see the header). Returns how many moved.
     public func replay(_ db: PostgresConnection, id: Int64?) throws(PostgresError) -> Int {
-        let result = try db.execute(moveSQL(from: failedTable, to: changesTable, filter: id == nil ? "TRUE" : "id = $1::bigint",
-                                            attempts: "0", permanentFailures: "0", lastError: "last_error", withFailedAt: false),
-                                    id.map { [String($0)] } ?? [])
+        let result = try db.execute("""
+            WITH moved AS (DELETE FROM \(failedTable) WHERE \(id == nil ? "TRUE" : "id = $1::bigint") RETURNING *)
+            INSERT INTO \(changesTable) (primary_key, operation, change_column_value, changed_at, attempts, permanent_failures, last_error, next_attempt_at)
+            SELECT primary_key, operation, change_column_value, changed_at, 0, 0, last_error, NULL FROM moved ORDER BY id
+            """, id.map { [String($0)] } ?? [])
         // The trigger does not see these rows: wake a sleeping worker (TrackingSchema+Wake.swift).
         if result.affectedRows > 0 { try db.execute("SELECT pg_notify($1, '')", [wakeChannel]) }
         return result.affectedRows
     }
 
     private func moveSQL(from source: String, to target: String, filter: String, attempts: String, permanentFailures: String,
-                         lastError: String, withFailedAt: Bool) -> String {
+                         lastError: String) -> String {
         """
         WITH moved AS (DELETE FROM \(source) WHERE \(filter) RETURNING *)
         INSERT INTO \(target) (id, primary_key, operation, change_column_value, changed_at, attempts, permanent_failures, last_error, next_attempt_at)
