@@ -14,7 +14,8 @@ extension DeliveryReliabilityTests {
     /// An instance (supervisor) named `instance` on `table`, with the automatic fence (the ingestor
     /// timeout + 2 s) and a standby that tries every 0.5 s.
     func startInstance(_ database: TestDatabase, _ ingestor: Ingestor, table: WatchedTable, instance: String,
-                       ingestorTimeoutSeconds: Int = 2, configure: (inout PublisherConfig) -> Void = { _ in }) throws -> SupervisorProcess {
+                       ingestorTimeoutSeconds: Int = 2, previousRelease: URL? = nil,
+                       configure: (inout PublisherConfig) -> Void = { _ in }) throws -> SupervisorProcess {
         var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [table])
         config.service.healthCheckAddress = "127.0.0.1"
         config.service.healthCheckPort = try SupervisorProcess.freePort()
@@ -24,7 +25,14 @@ extension DeliveryReliabilityTests {
         config.service.leaseRetrySeconds = 0.5
         configure(&config)
         let url = try writeConfig(config, name: "\(instance).toml")
-        let s = try SupervisorProcess(configURL: url, healthPort: config.service.healthCheckPort, directory: workDirectory, name: instance)
+        if previousRelease != nil {
+            // The previous release refuses keys it does not know.
+            let text = try String(contentsOf: url, encoding: .utf8)
+            try text.components(separatedBy: "\n").filter { !$0.hasPrefix("lease_expiry_seconds") }.joined(separator: "\n")
+                .write(to: url, atomically: true, encoding: .utf8)
+        }
+        let s = try SupervisorProcess(configURL: url, healthPort: config.service.healthCheckPort, directory: workDirectory, name: instance,
+                                      binaryDirectory: previousRelease)
         supervisors.append(s)
         return s
     }

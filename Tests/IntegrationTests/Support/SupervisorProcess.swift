@@ -12,9 +12,11 @@ final class SupervisorProcess {
     private let http = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 1_000, maxConnections: 2, maximumBodyBytes: 1 << 26)
 
     /// `wrapper`: a command that runs the supervisor (e.g. `unshare --pid --fork ...`).
-    init(configURL: URL, healthPort: Int, directory: URL, name: String, environment: [String: String] = [:], wrapper: [String] = []) throws {
+    /// `binaryDirectory`: run the binaries of another build (the previous release, for a rolling upgrade).
+    init(configURL: URL, healthPort: Int, directory: URL, name: String, environment: [String: String] = [:], wrapper: [String] = [],
+         binaryDirectory: URL? = nil) throws {
         self.healthPort = healthPort
-        let binary = try TestEnvironment.binary(named: "atomic-data-publisher")
+        let binary = try binaryDirectory.map { $0.appendingPathComponent("atomic-data-publisher") } ?? TestEnvironment.binary(named: "atomic-data-publisher")
         let command = wrapper + [binary.path, "--config", configURL.path, "run"]
         process = try ManagedProcess(
             name: name, executable: URL(fileURLWithPath: command[0]),
