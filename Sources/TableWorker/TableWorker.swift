@@ -73,7 +73,7 @@ final class TableWorker {
     static let balanceIntervalSeconds = 10.0
     private var random = JitterRandom()
     /// Seconds between tries while the table cannot be published.
-    static let tableProblemRetrySeconds = 5.0
+    static let tableProblemRetrySeconds = WorkerLoop.tableProblemRetrySeconds
     static let backlogIntervalSeconds = 5.0
 
     /// The table's name, or `name#index` for a partition's worker.
@@ -121,42 +121,40 @@ final class TableWorker {
             while true {
                 try checkStop()
                 try emitStatsIfDue()
-                guard session.isConnected else {
+                let now = monotonicSeconds()
+                let facts = WorkerLoop.Facts(now: now, connected: session.isConnected, leaseHeld: lease.isHeld, leading: lease.reported == .leader,
+                                             partitioned: table.partitions > 1, cooldownUntil: leaseCooldownUntil, nextBalanceAt: nextBalanceAt,
+                                             mayPublish: lease.mayPublish(now: now), fenceRemaining: lease.fenceRemaining(now: now),
+                                             breakerWait: breaker.waitTime(now: now))
+                switch WorkerLoop.next(facts) {
+                case .reconnect:
                     try reconnect()
                     continue
-                }
-                if !lease.isHeld {
-                    if monotonicSeconds() < leaseCooldownUntil {
-                        try pause(leaseCooldownUntil - monotonicSeconds())
-                        continue
-                    }
+                case .takeLease:
                     try takeLease()
                     continue
-                }
-                if table.partitions > 1, lease.reported == .leader, monotonicSeconds() >= nextBalanceAt {
-                    nextBalanceAt = monotonicSeconds() + Self.balanceIntervalSeconds
-                    if yieldToSpreadPartitions() { continue }
-                }
-                if !lease.mayPublish(now: monotonicSeconds()) {
-                    try pause(min(lease.fenceRemaining(now: monotonicSeconds()) ?? 0, 1.0))
+                case .balancePartitions:
+                    nextBalanceAt = now + Self.balanceIntervalSeconds
+                    _ = yieldToSpreadPartitions()
                     continue
-                }
-                if let wait = breaker.waitTime(now: monotonicSeconds()), wait > 0 {
-                    // Open breaker: send nothing; the changes wait safely in the tracking table.
-                    try pause(min(wait, 1.0))
+                case .pause(let seconds):
+                    try pause(seconds)
                     continue
+                case .processBatch:
+                    break
                 }
                 let processed = try processBatch()
-                if stats.tableProblem != nil {
-                    try pause(Self.tableProblemRetrySeconds)
-                } else if processed > 0 {
+                switch WorkerLoop.afterBatch(processed: processed, tableProblem: stats.tableProblem != nil) {
+                case .pause(let seconds):
+                    try pause(seconds)
+                case .next:
                     idleDelay = 0
                     heapDirty = true
                     // Fresh figures for /metrics soon after work, without a line per batch.
                     if monotonicSeconds() - lastStatsAt >= 0.1 { try emitStats() }
-                } else {
-                    // The backlog is drained: hand the batches' freed heap back (issue 10), and the
-                    // second connection (it reads ahead only while batches come full).
+                case .sleepUntilChange:
+                    // The backlog is drained: hand the batches' freed heap back, and the second
+                    // connection (it reads ahead only while batches come full).
                     prefetcher.close()
                     if heapDirty {
                         HeapMemory.releaseFreePages()
@@ -165,9 +163,8 @@ final class TableWorker {
                     if try sleepUntilChange() {
                         idleDelay = 0  // woken by a change: read it without probing first
                     } else {
-                        // The wake-up flag is taken (a writer between its change and its commit):
-                        // poll, backing off from 10 ms to the polling interval.
-                        idleDelay = min(max(idleDelay * 2, 0.01), config.service.pollingIntervalSeconds)
+                        // The wake-up flag is taken (a writer between its change and its commit).
+                        idleDelay = WorkerLoop.pollDelay(after: idleDelay, pollingInterval: config.service.pollingIntervalSeconds)
                         try pause(idleDelay)
                     }
                 }
