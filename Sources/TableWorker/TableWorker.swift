@@ -6,8 +6,12 @@
 //   between batches it waits in poll(2) on the signal self-pipe and, when supervised, on stdin,
 //   so SIGTERM and the supervisor's death are noticed at once. Stats go out at least once a
 //   second, also while requests are in flight.
-// - The delivery rules are the pure DeliveryPlan's; DeliveryRunner performs them. This type owns
-//   the session, reads batches, and reports.
+// - The decisions are pure and live elsewhere: the loop's next step is WorkerLoop's, the lease
+//   (fence, epoch, renewal, and the gate the HTTP client asks before every request) is
+//   LeaseMachine's, the delivery rules are DeliveryPlan's (DeliveryRunner performs them). This type
+//   gathers the facts, performs the steps, owns the session, reads batches, and reports.
+// - Errors met where the runner cannot throw (its waits and ticks) are kept and thrown once it
+//   returns: a dropped trigger during a retry's wait still ends the worker with 78.
 // - A problem with the table or its query (a revoked grant, a dropped column) pauses the table,
 //   keeps every change, says so in stats (so /health is not green) and retries every few seconds.
 
