@@ -10,6 +10,8 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                      {"fail_keys": {"42": 400}} answer 400 for payloads whose primary_key is 42
                      {"retry_after": 2}         add Retry-After to 429/503 answers
                      {"delay": 1.5}             wait this long before answering (then answer normally)
+                     {"drop": true}             read and record the request (status 0), then close the
+                                                connection without answering (until told otherwise)
                      {"keep": ["primary_key"]}  record only these body fields and no headers (large
                                                 runs, e.g. a 200,000-row backfill); null: everything
                      {"enforce_epoch": true}    the fencing rule (also --enforce-epoch): remember the
@@ -41,7 +43,7 @@ from urllib.parse import parse_qs, urlparse
 
 lock = threading.Lock()
 requests = []
-control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None, "enforce_epoch": False}
+control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None, "enforce_epoch": False, "drop": False}
 epochs = {}  # X-Publisher-Lease -> the highest X-Publisher-Epoch accepted
 args = None
 verifiers = []  # standardwebhooks.Webhook, one per --webhook-secret
@@ -114,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             status = control["status"]
             stall = control["stall"]
+            drop = control["drop"]
             key = body.get("primary_key") if isinstance(body, dict) else None
             if key is not None and str(key) in control["fail_keys"]:
                 status = int(control["fail_keys"][str(key)])
@@ -134,10 +137,10 @@ class Handler(BaseHTTPRequestHandler):
             keep = control["keep"]
             if keep is not None and isinstance(body, dict):
                 record = {"path": self.path, "headers": {}, "body": {k: body.get(k) for k in keep},
-                          "status": 0 if stall else status, "at": time.time()}
+                          "status": 0 if stall or drop else status, "at": time.time()}
             else:
                 record = {"path": self.path, "headers": dict(self.headers.items()), "body": body,
-                          "status": 0 if stall else status, "at": time.time()}
+                          "status": 0 if stall or drop else status, "at": time.time()}
             if verified is not None:
                 record["verified"] = verified
             if stale:
@@ -145,6 +148,9 @@ class Handler(BaseHTTPRequestHandler):
             requests.append(record)
         if stale:
             self._reply(409, {"error": "stale epoch for this lease"})
+            return
+        if drop:
+            self.close_connection = True  # closed mid-exchange: the request was read, no answer
             return
         if stall:
             while True:
