@@ -301,7 +301,7 @@ final class TableWorker {
         stats.leaseHolder = config.resolvedInstanceId
         let fence = lease.fenceRemaining(now: now) ?? 0
         logger.notice("took the lease of this table", metadata: ["fence_seconds": "\(fence)", "takeovers": "\(lease.takeovers)", "clean_handoff": "\(clean)",
-                                                                   "epoch": "\(grant.epoch)"])
+                                                                   "epoch": "\(grant.epoch)", "previous_epoch": "\(grant.previous.map(String.init) ?? "none")"])
         if !staleIndexesChecked {
             staleIndexesChecked = true
             do {
