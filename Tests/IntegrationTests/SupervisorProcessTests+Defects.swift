@@ -175,6 +175,7 @@ extension SupervisorProcessTests {
         database.connectTimeoutSeconds = 12
         let ingestor = try startIngestor()
         var config = ConfigFile.forTests(database: database, ingestorURL: ingestor.baseURL, tables: [counterTable("dropper")])
+        config.database.connectTimeoutSeconds = 12  // forTests shortens it
         config.service.healthCheckAddress = "127.0.0.1"
         config.service.healthCheckPort = try SupervisorProcess.freePort()
         let supervisor = try launch(configURL: try writeConfig(config), port: config.service.healthCheckPort)
