@@ -17,7 +17,7 @@
 //   every instance and even across a teardown and setup. Requests carry it (X-Publisher-Epoch), so
 //   an ingestor can refuse a request of an older grant that arrives late.
 // - The holder renews the row (`heartbeat_at`) at least every `leaseRenewSeconds`, and the renewal
-//   is also the confirmation that this session's grant is still the current one. A standby that
+//   is also the confirmation that the grant held by this database session is still the current one. A standby that
 //   sees neither a renewal nor any statement of the holder's session for `lease_expiry_seconds`
 //   (a paused host: its kernel still answers keepalives, so its session and lock live on)
 //   terminates the holder's backend and takes the lease after the fence.
@@ -112,7 +112,7 @@ extension TrackingSchema {
         """
     }
 
-    /// A new epoch for this session's grant (call right after `tryLease` succeeded). Returns the
+    /// A new epoch for the grant just taken on this connection (call right after `tryLease` succeeded). Returns the
     /// new epoch and the one before it (nil: the first grant ever).
     public func grantEpoch(_ db: PostgresConnection, holder: String) throws(PostgresError) -> (epoch: Int64, previous: Int64?) {
         let r = try db.execute("""
@@ -128,7 +128,7 @@ extension TrackingSchema {
         return (epoch, r[0, 1].flatMap { Int64($0) })
     }
 
-    /// Renew this session's grant: true while `epoch` is still the lease's current epoch (a query
+    /// Renew the grant held on this connection: true while `epoch` is still the lease's current epoch (a query
     /// that succeeds on the session also proves the advisory lock is still held). False: another
     /// grant happened since, this one is stale.
     public func renewLease(_ db: PostgresConnection, epoch: Int64) throws(PostgresError) -> Bool {
