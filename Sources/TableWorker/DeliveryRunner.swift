@@ -187,9 +187,6 @@ final class DeliveryRunner {
                     return plan.breaker.waitTime(now: host.now) == nil && lost == nil
                 })
                 inFlight = 0
-                if lost != nil && results.contains(where: { if case .failure(let e) = $0 { e.code == HTTPClient.abortedCode } else { false } }) {
-                    abandonedInFlight = true
-                }
                 if stopAt != nil { stop = true }  // drained (or abandoned): stop after this wave
                 // Requests that were not answered: never started, or abandoned in flight.
                 for (position, index) in indices.enumerated() where plan.states[index] == .inFlight {

@@ -76,8 +76,6 @@ final class TableWorker {
     private var leaseCooldownUntil = 0.0
     static let balanceIntervalSeconds = 10.0
     private var random = JitterRandom()
-    /// Seconds between tries while the table cannot be published.
-    static let tableProblemRetrySeconds = WorkerLoop.tableProblemRetrySeconds
     static let backlogIntervalSeconds = 5.0
 
     /// The table's name, or `name#index` for a partition's worker.
@@ -213,7 +211,7 @@ final class TableWorker {
                     guard sessionGeneration > 0 else { throw Stop.permanent("table \(table.qualifiedName): \(error)") }
                     stats.database = .up
                     reportTableProblem(error)
-                    try pause(Self.tableProblemRetrySeconds)
+                    try pause(WorkerLoop.tableProblemRetrySeconds)
                     continue
                 }
                 stats.database = .down
