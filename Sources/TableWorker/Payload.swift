@@ -59,6 +59,10 @@ struct Payload: Equatable {
         JSONBytes.appendString(changes.primaryKey, to: &b)
         JSONBytes.appendLiteral(",\"operation\":", to: &b)
         JSONBytes.appendString(latest.operation.rawValue, to: &b)
+        if !changes.dependencyCauses.isEmpty {
+            JSONBytes.appendLiteral(",\"cause\":", to: &b)
+            appendCause(table: table, changes: changes, to: &b)
+        }
         JSONBytes.appendLiteral(",\"change_column_value\":", to: &b)
         if let value = latest.changeColumnValue {
             JSONBytes.appendString(value, to: &b)
@@ -79,6 +83,36 @@ struct Payload: Equatable {
         JSONBytes.appendInteger(leaseEpoch, to: &b)
         JSONBytes.appendLiteral("}}", to: &b)
         return Payload(id: String(decoding: idBytes, as: UTF8.self), body: b)
+    }
+
+    /// `"cause"` of a payload that covers a dependency's change: one object per distinct (table,
+    /// operation) among the covered rows, the watched table's own included; one object alone, else
+    /// a list.
+    private static func appendCause(table: WatchedTable, changes: KeyChanges, to b: inout [UInt8]) {
+        var entries: [(schema: Substring, table: Substring, operation: Substring)] = []
+        for operation in changes.ownOperations {
+            entries.append((Substring(table.schema), Substring(table.name), Substring(operation.rawValue)))
+        }
+        for cause in changes.dependencyCauses {
+            // "<schema>.<table> <operation>": identifiers are validated (no '.' or ' ' in them).
+            guard let space = cause.lastIndex(of: " ") else { continue }
+            let qualified = cause[..<space]
+            let dot = qualified.firstIndex(of: ".") ?? qualified.startIndex
+            let schema = qualified[..<dot], name = dot == qualified.startIndex ? qualified : qualified[qualified.index(after: dot)...]
+            entries.append((schema, name, cause[cause.index(after: space)...]))
+        }
+        if entries.count > 1 { b.append(0x5B) }  // [
+        for (index, entry) in entries.enumerated() {
+            if index > 0 { b.append(0x2C) }
+            JSONBytes.appendLiteral("{\"table\":", to: &b)
+            JSONBytes.appendString(String(entry.table), to: &b)
+            JSONBytes.appendLiteral(",\"schema\":", to: &b)
+            JSONBytes.appendString(String(entry.schema), to: &b)
+            JSONBytes.appendLiteral(",\"operation\":", to: &b)
+            JSONBytes.appendString(String(entry.operation), to: &b)
+            b.append(0x7D)  // }
+        }
+        if entries.count > 1 { b.append(0x5D) }  // ]
     }
 
     static func digestHex(_ bytes: [UInt8]) -> String {

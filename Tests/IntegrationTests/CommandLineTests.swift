@@ -110,7 +110,12 @@ final class CommandLineTests: IntegrationTestCase {
     func testTheLeastPrivilegeRecipe_runsTheServiceUnderExactlyThoseGrants() throws {
         let database = try makeDatabase()
         try database.executeScript(try TestTables.devicesSQL())
-        let (config, _) = try validConfig(database)
+        // A dependency too: its triggers come from print-sql like the rest.
+        try database.executeScript("CREATE TABLE device_events (id bigserial PRIMARY KEY, device_id bigint, kind text NOT NULL);")
+        var (config, _) = try validConfig(database)
+        config.service.watchedTables[0].atomicDataQuery =
+            "SELECT d.id, d.name, (SELECT count(*) FROM device_events e WHERE e.device_id = d.id) AS events FROM devices d WHERE d.id = $PRIMARY_KEY"
+        config.service.watchedTables[0].dependencies = [Dependency(table: "device_events", keyColumns: ["device_id"])]
         let ingestor = try startIngestor()
         let suffix = String(database.name.suffix(8))
         let service = "adp_svc_\(suffix)", app = "adp_app_\(suffix)"
@@ -128,14 +133,15 @@ final class CommandLineTests: IntegrationTestCase {
             CREATE ROLE \(service) LOGIN;
             GRANT CONNECT ON DATABASE \(quoteIdentifier(database.name)) TO \(service);
             GRANT USAGE ON SCHEMA public TO \(service);
-            GRANT SELECT ON public.devices TO \(service);
+            GRANT SELECT ON public.devices, public.device_events TO \(service);
             GRANT SELECT, INSERT, UPDATE, DELETE ON public.devices_changes, public.devices_changes_failed TO \(service);
             GRANT USAGE ON SEQUENCE public.devices_changes_id_seq TO \(service);
             GRANT SELECT, INSERT, UPDATE ON public.devices_changes_lease TO \(service);
             CREATE ROLE \(app) LOGIN;
             GRANT CONNECT ON DATABASE \(quoteIdentifier(database.name)) TO \(app);
             GRANT USAGE ON SCHEMA public TO \(app);
-            GRANT SELECT, INSERT, UPDATE, DELETE ON public.devices TO \(app);
+            GRANT SELECT, INSERT, UPDATE, DELETE ON public.devices, public.device_events TO \(app);
+            GRANT USAGE ON SEQUENCE public.device_events_id_seq TO \(app);
             """)
         var serviceConfig = config
         serviceConfig.database.username = service
@@ -154,6 +160,14 @@ final class CommandLineTests: IntegrationTestCase {
         try waitForRequests(ingestor, count: 1)
         try waitUntilTrackingTableIsEmpty(database, devices)
         XCTAssertEqual(try ingestor.requests().last?.body["primary_key"], "7")
+        // The application's event for device 7 publishes the device again, through the dependency trigger.
+        let before = try ingestor.requests().count
+        try appSession.execute("INSERT INTO device_events (device_id, kind) VALUES (7, 'opened')")
+        try waitForRequests(ingestor, count: before + 1)
+        let caused = try XCTUnwrap(try ingestor.requests().last)
+        XCTAssertEqual(caused.body["primary_key"], "7")
+        XCTAssertEqual(caused.body["atomic_data"]?[0]?["events"], .number(1), "\(caused)")
+        XCTAssertEqual(caused.body["cause"], ["table": "device_events", "schema": "public", "operation": "insert"], "\(caused)")
         XCTAssertTrue(worker.process.isRunning)
         XCTAssertEqual(try database.value("SELECT rolsuper::text FROM pg_roles WHERE rolname = $1", [service]), "false")
     }

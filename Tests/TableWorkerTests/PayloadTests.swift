@@ -69,6 +69,26 @@ final class PayloadTests: XCTestCase {
         XCTAssertEqual(object.count, 9)
     }
 
+    func testCause_isAbsentForOwnChanges_anObjectForOneCause_andAListForSeveral() throws {
+        func cause(_ rows: [ChangeRow]) throws -> Any? {
+            let payload = Payload.build(table: table(), epoch: "1", changes: KeyChanges(primaryKey: "k", rows: rows), atomicData: "[]", unixNow: 0, retryCount: 0)
+            let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(payload.body)) as? [String: Any])
+            return object["cause"]
+        }
+        XCTAssertNil(try cause([ChangeRow(id: 1, primaryKey: "k", operation: .update)]))
+        let one = try XCTUnwrap(try cause([ChangeRow(id: 1, primaryKey: "k", operation: .update, cause: "sales.rewards insert")]) as? [String: String])
+        XCTAssertEqual(one, ["table": "rewards", "schema": "sales", "operation": "insert"])
+        let several = try XCTUnwrap(try cause([
+            ChangeRow(id: 1, primaryKey: "k", operation: .insert),
+            ChangeRow(id: 2, primaryKey: "k", operation: .update, cause: "public.rewards delete"),
+            ChangeRow(id: 3, primaryKey: "k", operation: .update, cause: "public.owners update"),
+            ChangeRow(id: 4, primaryKey: "k", operation: .update, cause: "public.rewards delete"),
+        ]) as? [[String: String]])
+        XCTAssertEqual(several, [["table": "items", "schema": "public", "operation": "insert"],
+                                 ["table": "rewards", "schema": "public", "operation": "delete"],
+                                 ["table": "owners", "schema": "public", "operation": "update"]])
+    }
+
     func testIdempotencyKey_isTheIdAndTheFNV1aOfTheBody() {
         XCTAssertEqual(Payload.digestHex([]), "cbf29ce484222325")
         XCTAssertEqual(Payload.digestHex(Array("a".utf8)), "af63dc4c8601ec8c")

@@ -140,8 +140,10 @@ extension ConfigLoader {
 
     private static let watchedTableKeys = [
         "name", "schema", "primary_key", "change_column", "change_columns", "operations", "atomic_data_query", "publish_endpoint",
-        "partitions",
+        "partitions", "dependencies",
     ]
+
+    private static let dependencyKeys = ["table", "schema", "key_column", "key_columns", "change_columns"]
 
     private static func watchedTables(from value: TOMLValueConvertible, file: String) throws(ConfigError) -> [WatchedTable] {
         let key = "service.watched_tables"
@@ -223,6 +225,51 @@ extension ConfigLoader {
         if let value = table["partitions"] {
             watched.partitions = try int(value, file: file, key: "\(prefix).partitions")
         }
+        if let value = table["dependencies"] {
+            let key = "\(prefix).dependencies"
+            guard let array = value.array else {
+                throw typeError(file: file, key: key, expected: "an array of tables ([[service.watched_tables.dependencies]])", found: value, context: context)
+            }
+            for position in 0..<array.count {
+                guard let element = array[position].table else {
+                    throw typeError(file: file, key: "\(key)[\(position)]", expected: "a table", found: array[position], context: context)
+                }
+                watched.dependencies.append(try dependency(element, prefix: "\(key)[\(position)]", file: file, context: context))
+            }
+        }
         return watched
+    }
+
+    private static func dependency(_ table: TOMLTable, prefix: String, file: String, context: String) throws(ConfigError) -> Dependency {
+        for key in table.keys where !dependencyKeys.contains(key) {
+            throw ConfigError(file: file, key: "\(prefix).\(key)",
+                              problem: "unknown key\(context); the keys of a dependency are \(dependencyKeys.joined(separator: ", "))")
+        }
+        guard let tableValue = table["table"] else {
+            throw ConfigError(file: file, key: "\(prefix).table", problem: "missing required key\(context): the name of a table the atomic_data_query reads")
+        }
+        let name = try string(tableValue, file: file, key: "\(prefix).table", context: context)
+        let keyColumns: [String]
+        switch (table["key_column"], table["key_columns"]) {
+        case (.some, .some):
+            throw ConfigError(file: file, key: "\(prefix).key_columns", problem: "set either key_column or key_columns, not both\(context)")
+        case (.some(let value), nil):
+            keyColumns = [try string(value, file: file, key: "\(prefix).key_column", context: context)]
+        case (nil, .some(let value)):
+            keyColumns = try stringArray(value, file: file, key: "\(prefix).key_columns", context: context)
+        case (nil, nil):
+            throw ConfigError(file: file, key: "\(prefix).key_column",
+                              problem: "missing required key\(context): the column of \(name) that holds the watched table's primary key")
+        }
+        var dependency = Dependency(table: name, keyColumns: keyColumns)
+        if let value = table["schema"] { dependency.schema = try string(value, file: file, key: "\(prefix).schema", context: context) }
+        if let value = table["change_columns"] {
+            dependency.changeColumns = try stringArray(value, file: file, key: "\(prefix).change_columns", context: context)
+            if dependency.changeColumns.isEmpty {
+                throw ConfigError(file: file, key: "\(prefix).change_columns",
+                                  problem: "must list at least one column\(context); leave it out for any column")
+            }
+        }
+        return dependency
     }
 }

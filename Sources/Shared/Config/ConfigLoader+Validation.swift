@@ -230,11 +230,43 @@ extension ConfigLoader {
                 throw fail("publish_endpoint", "must be a path starting with '/', found '\(table.publishEndpoint)'")
             }
 
+            try validateDependencies(of: table, prefix: prefix, context: context)
+
             // Workers, metrics and logs name a table by its name alone, so names are unique across schemas.
             if let first = seen[table.name] {
                 throw fail("name", "a table named '\(table.name)' is already watched by service.watched_tables[\(first)]; table names must be unique across schemas")
             }
             seen[table.name] = index
+        }
+    }
+
+    private static func validateDependencies(of table: WatchedTable, prefix: String, context: String) throws(ConfigError) {
+        for (index, dependency) in table.dependencies.enumerated() {
+            let here = "\(prefix).dependencies[\(index)]"
+            let about = " (dependency \(dependency.qualifiedName) of watched table '\(table.name)')"
+            func fail(_ key: String, _ problem: String) -> ConfigError {
+                ConfigError(key: "\(here).\(key)", problem: problem + about)
+            }
+            if let problem = identifierProblem(dependency.table) { throw fail("table", problem) }
+            if let problem = identifierProblem(dependency.schema) { throw fail("schema", problem) }
+            if dependency.table == table.name && dependency.schema == table.schema {
+                throw fail("table", "a watched table cannot depend on itself: its own changes are captured already")
+            }
+            if let first = table.dependencies[..<index].firstIndex(where: { $0.qualifiedName == dependency.qualifiedName }) {
+                throw fail("table", "\(dependency.qualifiedName) is already listed as dependencies[\(first)]")
+            }
+            let keyKey = dependency.keyColumns.count == 1 ? "key_column" : "key_columns"
+            // The watched table's key is one column, so a reference is one column too.
+            guard dependency.keyColumns.count == 1 else {
+                throw fail(keyKey, "lists \(dependency.keyColumns.count) columns, but the primary key of \(table.qualifiedName) is the one column '\(table.primaryKey)': name the one column that holds it")
+            }
+            for column in dependency.keyColumns {
+                if let problem = identifierProblem(column) { throw fail(keyKey, problem) }
+            }
+            for (position, column) in dependency.changeColumns.enumerated() {
+                if let problem = identifierProblem(column) { throw fail("change_columns[\(position)]", problem) }
+                if dependency.changeColumns[..<position].contains(column) { throw fail("change_columns[\(position)]", "'\(column)' is listed twice") }
+            }
         }
     }
 

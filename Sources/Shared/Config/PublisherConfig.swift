@@ -148,6 +148,9 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     /// issue 9: how many workers (each with its own lease) share this table, each publishing the
     /// keys whose stable hash falls in its partition. 1: one worker for the whole table.
     public var partitions = 1
+    /// Other tables the atomic data query reads: a change to one of their rows enqueues the key
+    /// of the watched row it references, so the document is published again.
+    public var dependencies: [Dependency] = []
 
     /// The most partitions a table may have (an index name carries the number).
     public static let maximumPartitions = 64
@@ -167,7 +170,7 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     public var qualifiedName: String { "\(schema).\(name)" }
 
     private enum CodingKeys: String, CodingKey {
-        case name, schema, primaryKey, changeColumns, operations, atomicDataQuery, publishEndpoint, partitions
+        case name, schema, primaryKey, changeColumns, operations, atomicDataQuery, publishEndpoint, partitions, dependencies
     }
 
     public init(from decoder: any Decoder) throws {
@@ -180,7 +183,29 @@ public struct WatchedTable: Codable, Sendable, Equatable {
         atomicDataQuery = try c.decode(String.self, forKey: .atomicDataQuery)
         publishEndpoint = try c.decode(String.self, forKey: .publishEndpoint)
         partitions = try c.decodeIfPresent(Int.self, forKey: .partitions) ?? 1
+        dependencies = try c.decodeIfPresent([Dependency].self, forKey: .dependencies) ?? []
     }
+}
+
+/// A table a watched table's document is built from (`[[service.watched_tables.dependencies]]`):
+/// its `keyColumns` hold the watched table's primary key.
+public struct Dependency: Codable, Sendable, Equatable {
+    public var table: String
+    public var schema = "public"
+    /// The columns that reference the watched row, in the order of the watched table's key.
+    public var keyColumns: [String]
+    /// Only changes of these columns (and of the key columns) count; empty: any change counts.
+    public var changeColumns: [String] = []
+
+    public init(table: String, schema: String = "public", keyColumns: [String], changeColumns: [String] = []) {
+        self.table = table
+        self.schema = schema
+        self.keyColumns = keyColumns
+        self.changeColumns = changeColumns
+    }
+
+    /// "schema.table", as in the payload's `cause` and in log lines.
+    public var qualifiedName: String { "\(schema).\(table)" }
 }
 
 /// One worker's share of a watched table: the whole table, or partition `index` of `table.partitions`.

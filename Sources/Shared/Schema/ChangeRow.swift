@@ -12,9 +12,12 @@ public struct ChangeRow: Equatable, Sendable {
     /// Permanent failures so far (4xx, a query error for this key): the dead-letter rule counts
     /// these only, so an ingestor outage never dead-letters a key at its first 4xx.
     public var permanentFailures: Int
+    /// Set on a row a dependency's trigger wrote: "<schema>.<table> <insert|update|delete>"
+    /// (TrackingSchema+Dependencies.swift); nil for the watched table's own changes.
+    public var cause: String?
 
     public init(id: Int64, primaryKey: String, operation: ChangeOperation, changeColumnValue: String? = nil,
-                changedAt: String = "", attempts: Int = 0, permanentFailures: Int = 0) {
+                changedAt: String = "", attempts: Int = 0, permanentFailures: Int = 0, cause: String? = nil) {
         self.id = id
         self.primaryKey = primaryKey
         self.operation = operation
@@ -22,6 +25,7 @@ public struct ChangeRow: Equatable, Sendable {
         self.changedAt = changedAt
         self.attempts = attempts
         self.permanentFailures = permanentFailures
+        self.cause = cause
     }
 }
 
@@ -33,7 +37,18 @@ public struct KeyChanges: Equatable, Sendable {
     /// The tracking ids of the key's rows, ascending.
     public private(set) var ids: [Int64]
     /// The newest row (the highest id); for an empty group (tests only), a placeholder update.
+    /// When the newest row came from a dependency and the group also holds rows of the watched
+    /// table itself, its operation and change column value are those of the newest of these: a
+    /// watched row deleted and then referenced by a new dependency row is still a delete.
     public private(set) var latest: ChangeRow
+    /// The distinct causes of the group's dependency rows, in the order first seen (empty when
+    /// every row is the watched table's own).
+    public private(set) var dependencyCauses: [String] = []
+    /// The operations of the group's own rows (bits of `ChangeOperation.allCases` positions).
+    private var ownOperationBits: UInt8 = 0
+    private var ownLatestID: Int64 = 0
+    private var ownLatestOperation = ChangeOperation.update
+    private var ownLatestValue: String?
     /// The most tries recorded on any of the rows.
     public private(set) var attempts: Int
     /// The most permanent failures recorded on any of the rows.
@@ -41,11 +56,17 @@ public struct KeyChanges: Equatable, Sendable {
 
     /// `rows` in id order.
     public init(primaryKey: String, rows: [ChangeRow]) {
-        self.primaryKey = primaryKey
-        ids = rows.map(\.id)
-        latest = rows.last ?? ChangeRow(id: 0, primaryKey: primaryKey, operation: .update)
-        attempts = rows.reduce(0) { max($0, $1.attempts) }
-        permanentFailures = rows.reduce(0) { max($0, $1.permanentFailures) }
+        guard let first = rows.first else {
+            self.init(primaryKey: primaryKey, ids: [], latest: ChangeRow(id: 0, primaryKey: primaryKey, operation: .update))
+            return
+        }
+        self.init(primaryKey: primaryKey, ids: [first.id], latest: first)
+        for row in rows.dropFirst() { add(row) }
+    }
+
+    /// The operations of the group's own rows, in `ChangeOperation.allCases` order.
+    public var ownOperations: [ChangeOperation] {
+        ChangeOperation.allCases.enumerated().filter { ownOperationBits & (1 << $0.offset) != 0 }.map(\.element)
     }
 
     /// Group rows by key, keeping the order in which keys first appear (oldest first) and each
@@ -103,6 +124,7 @@ public struct KeyChanges: Equatable, Sendable {
         self.latest = latest
         attempts = latest.attempts
         permanentFailures = latest.permanentFailures
+        noteCause(latest)
     }
 
     private mutating func add(_ row: ChangeRow) {
@@ -110,6 +132,24 @@ public struct KeyChanges: Equatable, Sendable {
         if row.id > latest.id { latest = row }
         attempts = max(attempts, row.attempts)
         permanentFailures = max(permanentFailures, row.permanentFailures)
+        noteCause(row)
+        if latest.cause != nil && ownLatestID != 0 {
+            latest.operation = ownLatestOperation
+            latest.changeColumnValue = ownLatestValue
+        }
+    }
+
+    private mutating func noteCause(_ row: ChangeRow) {
+        if let cause = row.cause {
+            if !dependencyCauses.contains(cause) { dependencyCauses.append(cause) }
+        } else {
+            if let position = ChangeOperation.allCases.firstIndex(of: row.operation) { ownOperationBits |= 1 << position }
+            if row.id > ownLatestID {
+                ownLatestID = row.id
+                ownLatestOperation = row.operation
+                ownLatestValue = row.changeColumnValue
+            }
+        }
     }
 
     private static func isSorted(_ ids: [Int64]) -> Bool {

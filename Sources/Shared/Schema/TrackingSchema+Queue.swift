@@ -18,7 +18,7 @@
 extension TrackingSchema {
     private static let rowColumns = """
         c.id, c.primary_key, c.operation::text, c.change_column_value,
-        to_char(c.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), c.attempts, c.permanent_failures
+        to_char(c.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), c.attempts, c.permanent_failures, c.cause
         """
 
     public var fetchDueSQL: String { fetchDueSQL(excludingKeys: false) }
@@ -131,8 +131,8 @@ extension TrackingSchema {
     public func replay(_ db: PostgresConnection, id: Int64?) throws(PostgresError) -> Int {
         let result = try db.execute("""
             WITH moved AS (DELETE FROM \(failedTable) WHERE \(id == nil ? "TRUE" : "id = $1::bigint") RETURNING *)
-            INSERT INTO \(changesTable) (primary_key, operation, change_column_value, changed_at, attempts, permanent_failures, last_error, next_attempt_at)
-            SELECT primary_key, operation, change_column_value, changed_at, 0, 0, last_error, NULL FROM moved ORDER BY id
+            INSERT INTO \(changesTable) (primary_key, operation, change_column_value, changed_at, attempts, permanent_failures, last_error, next_attempt_at, cause)
+            SELECT primary_key, operation, change_column_value, changed_at, 0, 0, last_error, NULL, cause FROM moved ORDER BY id
             """, id.map { [String($0)] } ?? [])
         // The trigger does not see these rows: wake a sleeping worker (TrackingSchema+Wake.swift).
         if result.affectedRows > 0 { try db.execute("SELECT pg_notify($1, '')", [wakeChannel]) }
@@ -143,8 +143,8 @@ extension TrackingSchema {
                          lastError: String) -> String {
         """
         WITH moved AS (DELETE FROM \(source) WHERE \(filter) RETURNING *)
-        INSERT INTO \(target) (id, primary_key, operation, change_column_value, changed_at, attempts, permanent_failures, last_error, next_attempt_at)
-        SELECT id, primary_key, operation, change_column_value, changed_at, \(attempts), \(permanentFailures), \(lastError), NULL FROM moved
+        INSERT INTO \(target) (id, primary_key, operation, change_column_value, changed_at, attempts, permanent_failures, last_error, next_attempt_at, cause)
+        SELECT id, primary_key, operation, change_column_value, changed_at, \(attempts), \(permanentFailures), \(lastError), NULL, cause FROM moved
         ON CONFLICT (id) DO NOTHING
         """
     }
@@ -208,7 +208,7 @@ extension TrackingSchema {
             // state as an update, rather than staying in the queue forever.
             let op = r.string(2).flatMap(ChangeOperation.init(code:)) ?? .update
             body(ChangeRow(id: id, primaryKey: key, operation: op, changeColumnValue: r.string(3), changedAt: r.string(4) ?? "",
-                           attempts: Int(r.int64(5) ?? 0), permanentFailures: Int(r.int64(6) ?? 0)))
+                           attempts: Int(r.int64(5) ?? 0), permanentFailures: Int(r.int64(6) ?? 0), cause: r.string(7)))
         }
     }
 

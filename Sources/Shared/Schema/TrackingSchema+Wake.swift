@@ -42,9 +42,13 @@ extension TrackingSchema {
     /// notify only while a worker sleeps. (A failed try takes nothing; a successful one is a local
     /// lock-table hit after the first row of a transaction; repeated notifications in one
     /// transaction are folded by PostgreSQL.)
-    public func wakeTriggerSQL(keys: [String] = []) -> String {
+    /// `anyPartition`: the keys are not at hand (a dependency's statement enqueued a set of them):
+    /// try every partition's flag, so any sleeping worker of the table is notified.
+    public func wakeTriggerSQL(keys: [String] = [], anyPartition: Bool = false) -> String {
         let tries: [String]
-        if table.partitions > 1 {
+        if table.partitions > 1 && anyPartition {
+            tries = (0..<table.partitions).map { "pg_try_advisory_xact_lock_shared(\(partitionWakeKey), \($0))" }
+        } else if table.partitions > 1 {
             tries = keys.map { "pg_try_advisory_xact_lock_shared(\(partitionWakeKey), (hashtext(\($0)) & 2147483647) % \(table.partitions))" }
         } else {
             tries = ["pg_try_advisory_xact_lock_shared(\(quoteLiteral(String(wakeKey())))::bigint)"]

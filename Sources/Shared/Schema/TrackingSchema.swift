@@ -67,7 +67,8 @@ public struct TrackingSchema: Sendable {
             attempts integer NOT NULL DEFAULT 0,
             permanent_failures integer NOT NULL DEFAULT 0,
             last_error text,
-            next_attempt_at timestamptz
+            next_attempt_at timestamptz,
+            cause text
         """
     }
 
@@ -109,6 +110,8 @@ public struct TrackingSchema: Sendable {
         """
         ALTER TABLE \(changesTable) ADD COLUMN IF NOT EXISTS permanent_failures integer NOT NULL DEFAULT 0;
         ALTER TABLE \(failedTable) ADD COLUMN IF NOT EXISTS permanent_failures integer NOT NULL DEFAULT 0;
+        ALTER TABLE \(changesTable) ADD COLUMN IF NOT EXISTS cause text;
+        ALTER TABLE \(failedTable) ADD COLUMN IF NOT EXISTS cause text;
         \(upgradeOperationCheckSQL)
         """
     }
@@ -263,14 +266,14 @@ public struct TrackingSchema: Sendable {
         \(createFunctionSQL)
         DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
         \(createTriggerSQL)
-        COMMIT;
+        \(printableDependenciesSQL)COMMIT;
 
         """
     }
 
     public var teardownSQL: String {
         """
-        DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
+        \(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
         DROP FUNCTION IF EXISTS \(function)();
         DROP TABLE IF EXISTS \(changesTable);
         DROP TABLE IF EXISTS \(failedTable);
@@ -325,6 +328,7 @@ extension TrackingSchema {
     @discardableResult
     public func install(on db: PostgresConnection) throws -> Bool {
         try verify(on: db)
+        try verifyDependencies(on: db)
         try db.execute("BEGIN")
         do {
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
@@ -336,7 +340,7 @@ extension TrackingSchema {
                 SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
                    AND to_regclass($5) IS NOT NULL AND to_regclass($6) IS NOT NULL
                    AND (SELECT count(*) FROM pg_attribute WHERE attrelid IN (to_regclass($1), to_regclass($2))
-                        AND attname = 'permanent_failures' AND NOT attisdropped) = 2
+                        AND attname IN ('permanent_failures', 'cause') AND NOT attisdropped) = 4
                    AND NOT EXISTS (\(staleOperationChecksSQL(changes: "$1", failed: "$2", select: "1")))
                    AND NOT (\(droppableOperationCheckSQL(changes: "$1")))
                 """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))",
@@ -354,12 +358,12 @@ extension TrackingSchema {
             // own roles need no grants on the tracking table.
             let functionNow = try db.execute(
                 "SELECT p.prosrc, p.prosecdef FROM pg_proc p WHERE p.oid = to_regprocedure($1)", [function + "()"])
-            if functionNow.rows.first?[0] != functionBody || functionNow.rows.first?[1] != "t" {
+            if functionNow.rows.first?[0] != Self.functionBody(createFunctionSQL) || functionNow.rows.first?[1] != "t" {
                 try db.executeScript(createFunctionSQL)
             }
             var changed = false
             let wantedDef = createTriggerSQL.replacingAll(";", with: "")
-            if let row = current.rows.first, normalize(row[1] ?? "") == normalize(wantedDef) {
+            if let row = current.rows.first, Self.normalizeTriggerDef(row[1] ?? "") == Self.normalizeTriggerDef(wantedDef) {
                 // Already right: leave it alone.
             } else {
                 if !current.rows.isEmpty {
@@ -368,6 +372,7 @@ extension TrackingSchema {
                 try db.execute(createTriggerSQL)
                 changed = true
             }
+            try installDependencies(on: db)
             try db.execute("COMMIT")
             return changed
         } catch {
@@ -388,16 +393,15 @@ extension TrackingSchema {
         }
     }
 
-    /// The function body as PostgreSQL stores it in pg_proc.prosrc.
-    private var functionBody: String {
-        let sql = createFunctionSQL
+    /// The body of a `CREATE FUNCTION ... $adp$ ... $adp$` as PostgreSQL stores it in pg_proc.prosrc.
+    static func functionBody(_ sql: String) -> String {
         guard let start = sql.rangeOfScalars("$adp$"), let end = sql[start.upperBound...].rangeOfScalars("$adp$") else { return sql }
         return String(sql[start.upperBound..<end.lowerBound])
     }
 
     /// pg_get_triggerdef prints identifiers unquoted when they need no quotes, and "EXECUTE
     /// FUNCTION" or "EXECUTE PROCEDURE" depending on version: compare without those differences.
-    private func normalize(_ def: String) -> String {
+    static func normalizeTriggerDef(_ def: String) -> String {
         def.replacingAll("\"", with: "")
             .replacingAll("EXECUTE PROCEDURE", with: "EXECUTE FUNCTION")
             .replacingAll("public.", with: "")

@@ -27,8 +27,9 @@ struct CheckConfig: ParsableCommand {
         for table in config.service.watchedTables {
             do {
                 try TrackingSchema(table: table).verify(on: db)
+                try TrackingSchema(table: table).verifyDependencies(on: db)
                 try CommandSupport.prepareAtomicDataQuery(table, on: db)
-                CommandSupport.say("ok      \(table.name): \(table.qualifiedName) key \(table.primaryKey), watching \(table.changeColumns.joined(separator: ", ")), publishing to \(table.publishEndpoint)")
+                CommandSupport.say("ok      \(table.name): \(table.qualifiedName) key \(table.primaryKey), watching \(table.changeColumns.joined(separator: ", "))\(table.dependencies.isEmpty ? "" : " and " + table.dependencies.map { "\($0.qualifiedName).\($0.keyColumns.joined(separator: ","))" }.joined(separator: ", ")), publishing to \(table.publishEndpoint)")
             } catch {
                 failed += 1
                 CommandSupport.say("FAILED  \(table.name): \(error)")

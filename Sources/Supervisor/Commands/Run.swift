@@ -50,6 +50,7 @@ struct Run: ParsableCommand {
         for table in config.service.watchedTables {
             do {
                 try TrackingSchema(table: table).verify(on: db)
+                try TrackingSchema(table: table).verifyDependencies(on: db)
                 try CommandSupport.prepareAtomicDataQuery(table, on: db)
             } catch {
                 CommandSupport.fail("\(error)", status: ExitStatus.config)

@@ -105,6 +105,16 @@ enum ConfigFile {
             set("atomic_data_query", string(table.atomicDataQuery))
             set("publish_endpoint", string(table.publishEndpoint))
             if table.partitions != 1 { set("partitions", String(table.partitions)) }
+            for dependency in table.dependencies {
+                lines.append("")
+                lines.append("[[service.watched_tables.dependencies]]")
+                set("table", string(dependency.table))
+                set("schema", string(dependency.schema))
+                set("key_columns", "[" + dependency.keyColumns.map(string).joined(separator: ", ") + "]")
+                if !dependency.changeColumns.isEmpty {
+                    set("change_columns", "[" + dependency.changeColumns.map(string).joined(separator: ", ") + "]")
+                }
+            }
         }
 
         section("logging")
