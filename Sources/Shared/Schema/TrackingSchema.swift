@@ -331,6 +331,9 @@ extension TrackingSchema {
         try verifyDependencies(on: db)
         try db.execute("BEGIN")
         do {
+            // IF NOT EXISTS on an object that exists is a NOTICE ("already exists, skipping"), which
+            // the worker would log at every start: the expected case is not news.
+            try db.execute("SET LOCAL client_min_messages = warning")
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
             // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
             // exists, so a least-privilege role can run against objects a DBA created.
