@@ -5,7 +5,7 @@ import XCTest
 /// The atomic data is rendered by PostgreSQL: each column type maps to JSON the way `to_json` maps it.
 final class AtomicDataTypesTests: IntegrationTestCase {
     /// The seed's schema (dev/demo-schema.sql) and its hotspots table exactly as config/default.toml
-    /// declares it, atomic data query verbatim.
+    /// declares it, atomic data query verbatim, with its rewards dependency.
     func testSeedHotspotsQuery_publishesTheHotspotWithItsRecentRewardsAsTypedJSON() throws {
         let seed = try ConfigLoader.load(
             explicitPath: TestEnvironment.repositoryRoot.appendingPathComponent("config/default.toml").path, environment: [:])
@@ -56,7 +56,9 @@ final class AtomicDataTypesTests: IntegrationTestCase {
                     ["reward_id": 1, "amount": 12.5, "currency": "HNT", "timestamp": .string(oneHourAgo)],
                     ["reward_id": 2, "amount": 0.00000001, "currency": "IOT", "timestamp": .string(twoHoursAgo)],
                 ],
-            ]]))
+            ]],
+            // The rewards were inserted in the hotspot's transaction: one payload covers both causes.
+            cause: [["table": "hotspots", "schema": "public", "operation": "insert"], ["table": "rewards", "schema": "public", "operation": "insert"]]))
         assertPayload(second, .init(
             table: hotspots, primaryKey: "1002", operation: "insert", changeColumnValue: "2026-11-28 10:00:01+00",
             atomicData: [[

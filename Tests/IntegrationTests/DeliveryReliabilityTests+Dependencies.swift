@@ -235,6 +235,67 @@ extension DeliveryReliabilityTests {
         XCTAssertEqual(try database.value("SELECT count(*)::text FROM pg_proc WHERE proname LIKE 'hotspots\\_dep\\_%'"), "0")
     }
 
+    func testDependency_oneTableTwoWatchedTables_setUpAtOnce_oneSetOfTriggersEach_andBothPublished() throws {
+        let database = try makeDatabase()
+        try database.executeScript(hotspotsSQL(keys: 2) + "CREATE TABLE totals (id bigint PRIMARY KEY, label text); INSERT INTO totals VALUES (1, 'one'), (2, 'two');")
+        let ingestor = try startIngestor()
+        var totals = WatchedTable(
+            name: "totals", changeColumns: ["label"],
+            atomicDataQuery: "SELECT t.id, (SELECT coalesce(sum(r.amount), 0) FROM rewards r WHERE r.hotspot_id = t.id) AS total FROM totals t WHERE t.id = $PRIMARY_KEY",
+            publishEndpoint: "/api/v1/totals")
+        totals.dependencies = [Dependency(table: "rewards", keyColumns: ["hotspot_id"])]
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [hotspots, totals])
+        config.service.healthCheckAddress = "127.0.0.1"
+        config.service.healthCheckPort = try SupervisorProcess.freePort()
+        // One supervisor starts both workers at once: their setups run concurrently, each under
+        // its own table's lock, both creating triggers on rewards.
+        let supervisor = try SupervisorProcess(configURL: try writeConfig(config), healthPort: config.service.healthCheckPort,
+                                               directory: workDirectory, name: "two-watched")
+        supervisors.append(supervisor)
+        try waitUntil("both workers run") {
+            let tables = try supervisor.health().body["components"]?["tables"]
+            return tables?["hotspots"]?["state"] == "running" && tables?["totals"]?["state"] == "running"
+        }
+        XCTAssertEqual(try database.value("SELECT count(*)::text FROM pg_trigger WHERE tgrelid = 'rewards'::regclass"), "6")
+        try database.execute("INSERT INTO rewards (hotspot_id, amount) VALUES (1, 11), (1, 4)")
+        try waitUntil("hotspot 1 and total 1 are both published") {
+            let requests = try ingestor.requests()
+            return requests.contains { $0.path == "/api/v1/hotspots/atomic-data" && $0.body["atomic_data"]?[0]?["n"] == .number(2) }
+                && requests.contains { $0.path == "/api/v1/totals" && $0.body["atomic_data"]?[0]?["total"] == .number(15) }
+        }
+        XCTAssertEqual(try ingestor.requests().count, 2)
+        XCTAssertEqual(supervisor.unexpectedLogLines(), [])
+    }
+
+    func testDependency_onAPartitionedTable_eachKeyIsPublishedByItsPartition_andSleepingWorkersAreWoken() throws {
+        let database = try makeDatabase()
+        try database.executeScript(hotspotsSQL(keys: 20))
+        let ingestor = try startIngestor()
+        var table = hotspots
+        table.partitions = 3
+        // Polling alone would take a minute: only a wake-up delivers within the wait below.
+        let instance = try startInstance(database, ingestor, table: table, instance: "host-a") { $0.service.pollingIntervalSeconds = 60 }
+        try waitUntil("the three partitions' workers run") {
+            let tables = try instance.health().body["components"]?["tables"]
+            return (0..<3).allSatisfy { tables?["hotspots#\($0)"]?["state"] == "running" }
+        }
+        // Idle long enough to be asleep (a worker sleeps after 10 ms without changes): the
+        // dependency's statement trigger must wake whichever partition's worker owns a key.
+        let flag = String(UInt32(bitPattern: TrackingSchema(table: table).partitionWakeKey))
+        // Four rounds, each delivered within 2.5 s: a sleeping worker that is not woken still reads
+        // its backlog every 5 s, so without the wake-up each round would pass only half the time.
+        for round in 1...4 {
+            try waitUntil("every worker sleeps again before round \(round)") {
+                try database.count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND objsubid = 2 AND classid = $1::bigint::oid",
+                                   [flag]) == 3
+            }
+            try database.execute("INSERT INTO rewards (hotspot_id, amount) SELECT 1 + g % 20, g FROM generate_series(1, 50) g")
+            try waitUntilEveryHotspotIsCurrent(database, ingestor, timeout: 2.5)
+        }
+        let byPartition = Dictionary(grouping: try ingestor.requests()) { $0.header("X-Publisher-Lease") ?? "" }
+        XCTAssertEqual(byPartition.count, 3, "every partition published its share: \(byPartition.keys.sorted())")
+    }
+
     // MARK: - under failure
 
     func testDependency_killNineWorkersAndTheSupervisorDuringARewardStream_losesNothingAndNeverGoesBackwards() throws {

@@ -187,6 +187,8 @@ class IntegrationTestCase: XCTestCase {
         var trackingID: Int? = nil
         var changedBetween: ClosedRange<PayloadTimestamp>? = nil
         var retryCount: Int = 0
+        /// The payload's `cause` (a dependency's change covered); nil: the payload has no `cause`.
+        var cause: JSON? = nil
     }
 
     static let payloadKeys: Set<String> = ["id", "table_name", "schema", "primary_key", "operation", "change_column_value",
@@ -227,7 +229,8 @@ class IntegrationTestCase: XCTestCase {
         XCTAssertEqual(request.header("User-Agent"), "atomic-data-publisher/\(PublisherVersion.current)", "User-Agent \(context)", file: file, line: line)
         XCTAssertNotNil(body["id"]?.string, "id must be a string \(context)", file: file, line: line)
         assertIdempotencyKey(request, file: file, line: line)
-        XCTAssertEqual(body.keys, Self.payloadKeys, "the payload's keys \(context)", file: file, line: line)
+        XCTAssertEqual(body.keys, Self.payloadKeys.union(expected.cause == nil ? [] : ["cause"]), "the payload's keys \(context)", file: file, line: line)
+        XCTAssertEqual(body["cause"], expected.cause, "cause \(context)", file: file, line: line)
 
         // <schema>.<table>:<epoch: the tracking table's OID>:<highest tracking id covered>
         let id = body["id"]?.string ?? ""
