@@ -77,6 +77,17 @@ final class TableWorker {
     static let balanceIntervalSeconds = 10.0
     private var random = JitterRandom()
     static let backlogIntervalSeconds = 5.0
+    /// Stats, ready and fatal go to the supervisor through it, never blocking (SupervisorPipe).
+    private let pipe: SupervisorPipe
+    /// The supervisor read nothing of ours for this long: it is stopped, and this instance cannot
+    /// be watched or reloaded, nor report. Let the lease go, so a standby on another host takes
+    /// the table. The supervisor's own stall limit (it kills a worker silent that long), or the
+    /// lease expiry if shorter: a whole instance paused is taken over after the expiry (the standby
+    /// ends the silent holder's session), and a paused supervisor should cost no more than that.
+    /// Each renewal keeps the standby from ending our session, so without this nobody would.
+    let supervisorSilenceLimit: Double
+    /// Whether the supervisor was last seen silent (logged on change).
+    private var supervisorSilent = false
 
     /// The table's name, or `name#index` for a partition's worker.
     var workerName: String { schema.partition.workerName(table: table.name) }
@@ -100,6 +111,8 @@ final class TableWorker {
                           maxConnections: max(8, config.service.maxConcurrentPublishes * 2),
                           tls: HTTPTLSOptions(config.ingestor),  // ingestor.ca_file / client_cert / client_key
                           keptResponseHeaders: ResponseClassifier.headersRead)
+        pipe = SupervisorPipe(supervised: supervised)
+        supervisorSilenceLimit = min(WorkerMessage.stallSeconds, config.service.leaseExpirySeconds)
         runner = DeliveryRunner(transport: http, store: session, host: self, maxConcurrent: config.service.maxConcurrentPublishes)
         runner.log = { [unowned self] event in self.noteDelivery(event) }
         // SIGTERM mid-wave: let what is in flight be answered (well within the supervisor's
@@ -127,13 +140,16 @@ final class TableWorker {
                 let facts = WorkerLoop.Facts(now: now, connected: session.isConnected, leaseHeld: lease.isHeld, leading: lease.reported == .leader,
                                              partitioned: table.partitions > 1, cooldownUntil: leaseCooldownUntil, nextBalanceAt: nextBalanceAt,
                                              mayPublish: lease.mayPublish(now: now), fenceRemaining: lease.fenceRemaining(now: now),
-                                             breakerWait: breaker.waitTime(now: now))
+                                             breakerWait: breaker.waitTime(now: now), supervisorSilent: noteSupervisorSilence(now: now))
                 switch WorkerLoop.next(facts) {
                 case .reconnect:
                     try reconnect()
                     continue
                 case .takeLease:
                     try takeLease()
+                    continue
+                case .releaseLease:
+                    releaseLeaseForSilentSupervisor()
                     continue
                 case .balancePartitions:
                     nextBalanceAt = now + Self.balanceIntervalSeconds
@@ -174,15 +190,18 @@ final class TableWorker {
         } catch Stop.requested {
             handOver()
             try? emitStats()
+            pipe.drain(within: Self.exitDrainSeconds)
             logger.info("worker stopped")
             return ExitStatus.clean
         } catch let Stop.permanent(message) {
             logger.error("worker cannot run: \(message)")
             emit(.fatal(error: message))
+            pipe.drain(within: Self.exitDrainSeconds)
             return ExitStatus.config
         } catch {
             logger.error("worker failed: \(error)")
             emit(.fatal(error: "\(error)"))
+            pipe.drain(within: Self.exitDrainSeconds)
             return ExitStatus.transient
         }
     }
@@ -796,7 +815,40 @@ final class TableWorker {
     }
 
     private func emit(_ message: WorkerMessage) {
-        writeAll(fd: 1, message.encodedLine())
+        pipe.send(message)
+    }
+
+    /// How long an exiting worker waits for a full pipe to take its last lines (a stopped
+    /// supervisor reads them later, or never: it is not waited for longer).
+    static let exitDrainSeconds = 2.0
+
+    /// Is the supervisor silent (see `supervisorSilenceLimit`)? Logs each change.
+    private func noteSupervisorSilence(now: Double) -> Bool {
+        pipe.flush()
+        let silentFor = pipe.supervisorSilentSeconds(now: now)
+        let silent = silentFor >= supervisorSilenceLimit
+        if silent != supervisorSilent {
+            supervisorSilent = silent
+            if silent {
+                logger.warning("the supervisor has read nothing of this worker's reports for \(Int(silentFor)) s (stopped?): letting the lease of this table go and publishing nothing until it reads again, so a standby instance can take over",
+                               metadata: ["limit_seconds": "\(supervisorSilenceLimit)"])
+            } else {
+                logger.notice("the supervisor reads this worker's reports again: trying for the lease")
+            }
+        }
+        return silent
+    }
+
+    /// The supervisor is silent: hand the lease over (a standby takes it without the fence when
+    /// nothing is in flight), else let it go with the session; stand by until it reads again.
+    private func releaseLeaseForSilentSupervisor() {
+        if handOver() {
+            lease.yielded()
+        } else if lease.isHeld {
+            loseLease()
+        }
+        stats.leaseHolder = nil
+        try? emitStats()
     }
 }
 

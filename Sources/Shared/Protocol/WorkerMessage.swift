@@ -103,6 +103,10 @@ public enum WorkerMessage: Sendable, Equatable {
     case fatal(error: String)
 
     public static let maxLineBytes = 64 * 1024
+    /// Each side's patience with the other: the supervisor kills a running worker that reported
+    /// nothing for this long (stats go out at least every second), and a worker whose reports the
+    /// supervisor has not read for this long (or `lease_expiry_seconds`, if shorter) lets its lease go.
+    public static let stallSeconds = 10.0
 
     private struct Envelope: Codable {
         var type: String
