@@ -88,6 +88,11 @@ final class TableWorker {
     let supervisorSilenceLimit: Double
     /// Whether the supervisor was last seen silent (logged on change).
     private var supervisorSilent = false
+    /// Requests in a row the ingestor did not answer within `ingestor.timeout_seconds`.
+    private var timeoutsInARow = 0
+    /// From this many timeouts in a row, /health says the timeout may never be met: with retries
+    /// and the breaker's probes that is a few seconds, and one slow answer is not a problem.
+    static let timeoutsBeforeProblem = 3
 
     /// The table's name, or `name#index` for a partition's worker.
     var workerName: String { schema.partition.workerName(table: table.name) }
@@ -115,6 +120,7 @@ final class TableWorker {
         supervisorSilenceLimit = min(WorkerMessage.stallSeconds, config.service.leaseExpirySeconds)
         runner = DeliveryRunner(transport: http, store: session, host: self, maxConcurrent: config.service.maxConcurrentPublishes)
         runner.log = { [unowned self] event in self.noteDelivery(event) }
+        runner.requestTimeoutSeconds = config.ingestor.timeoutSeconds
         // SIGTERM mid-wave: let what is in flight be answered (well within the supervisor's
         // shutdown timeout), so nothing is left in flight and the lease can be handed over.
         runner.stopDrainSeconds = min(Double(config.ingestor.timeoutSeconds), config.service.shutdownTimeoutSeconds / 2)
@@ -654,12 +660,19 @@ final class TableWorker {
     private func noteDelivery(_ event: DeliveryLogEvent) {
         switch event {
         case .published(let seconds, let item):
+            noteAnswered(timedOut: false)
             stats.publish.record(seconds)
             lastPublishUnix = Date().timeIntervalSince1970
             if logger.logLevel <= .debug {
                 logger.debug("published", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)"])
             }
         case .failed(let error, let response, let item):
+            if case .failure(let transport) = response, transport.isTimeout {
+                stats.publishTimeouts += 1
+                noteAnswered(timedOut: true)
+            } else {
+                noteAnswered(timedOut: false)
+            }
             var meta: Logger.Metadata = ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "error": "\(error)"]
             if case .success(let r) = response {
                 stats.publish.record(r.seconds)
@@ -674,6 +687,25 @@ final class TableWorker {
         case .storeFailed(let error):
             logger.error("cannot write to the tracking table", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Timeouts in a row make an ingestor problem (see `timeoutsBeforeProblem`); any other outcome
+    /// ends it. Logged on change.
+    private func noteAnswered(timedOut: Bool) {
+        guard timedOut else {
+            timeoutsInARow = 0
+            if stats.ingestorProblem != nil {
+                stats.ingestorProblem = nil
+                logger.notice("the ingestor answers within ingestor.timeout_seconds again")
+            }
+            return
+        }
+        timeoutsInARow += 1
+        guard timeoutsInARow >= Self.timeoutsBeforeProblem, stats.ingestorProblem == nil else { return }
+        let seconds = config.ingestor.timeoutSeconds
+        let problem = "\(ResponseClassifier.timeoutText(seconds)) (\(timeoutsInARow) requests in a row timed out): they are retried, but cannot succeed while the ingestor takes longer; raise ingestor.timeout_seconds or find out why the ingestor is slow"
+        stats.ingestorProblem = problem
+        logger.warning("\(problem)", metadata: ["timeout_seconds": "\(seconds)"])
     }
 
     private func copyCounters() {
