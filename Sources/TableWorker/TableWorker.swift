@@ -524,6 +524,13 @@ final class TableWorker {
                 batch = ahead.batch
                 stats.query.record(ahead.seconds)
             } else {
+                do {
+                    try session.prepareIfNeeded()
+                } catch where !error.isConnectionLost && QueryFailure.classify(error) == .table {
+                    // Still failing as the table problem was found: report PostgreSQL's error.
+                    reportTableProblem(error)
+                    return 0
+                }
                 batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
                 if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
             }
@@ -646,8 +653,9 @@ final class TableWorker {
         }
         stats.tableProblem = problem
         // A cached plan may be what fails (a dropped column): the next try prepares afresh. The
-        // session (and the lease) are kept; a statement that cannot prepare yet fails the next try.
-        try? session.reprepare()
+        // session (and the lease) are kept; a statement that cannot prepare yet is prepared again
+        // before the next read (DatabaseSession.prepareIfNeeded), which then meets this error again.
+        if session.prepared { try? session.reprepare() }
     }
 
     private func clearTableProblem() {

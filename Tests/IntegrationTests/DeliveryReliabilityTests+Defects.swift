@@ -169,3 +169,40 @@ extension DeliveryReliabilityTests {
         XCTAssertTrue(s.unexpectedLogLines().isEmpty, s.unexpectedLogLines().joined(separator: "\n"))
     }
 }
+
+extension DeliveryReliabilityTests {
+    /// A column the atomic data query selects is renamed while the instance runs. The first batch
+    /// meets PostgreSQL's 42703; the statement's re-prepare fails the same way and used to leave no
+    /// statement behind, so the retry 5 s later reported "prepared statement does not exist"
+    /// instead. Through several retries, the log and /health keep the real SQLSTATE and message,
+    /// and the table resumes once the column has its name back.
+    func testARenamedQueryColumn_isReportedWithPostgresOwnErrorThroughTheRetries() throws {
+        let database = try makeDatabase()
+        try database.executeScript("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, note text); INSERT INTO items (id) SELECT g FROM generate_series(1, 3) g;")
+        let table = WatchedTable(name: "items", changeColumns: ["v"], atomicDataQuery: "SELECT id, v, note FROM items WHERE id = $PRIMARY_KEY",
+                                 publishEndpoint: "/api/v1/items")
+        let ingestor = try startIngestor()
+        let s = try startInstance(database, ingestor, table: table, instance: "renamed-column")
+        try waitUntil(timeout: 30, "the worker leads") { try s.health().body["components"]?["tables"]?["items"]?["lease"] == "leader" }
+        func problem() throws -> String { try s.health().body["components"]?["tables"]?["items"]?["problem"]?.string ?? "" }
+        try database.execute("ALTER TABLE items RENAME COLUMN note TO remark")
+        try database.execute("UPDATE items SET v = 1 WHERE id = 1")
+        try waitUntil("/health reports the table problem") { try problem().contains("42703") }
+        let reportedAt = Date()
+        // The worker retries every 5 s: two retries, or the wrong error, whichever comes first.
+        try waitUntil(timeout: 20, "two retries of the paused table") {
+            try Date().timeIntervalSince(reportedAt) > 11 || !problem().contains("42703")
+        }
+        let reported = try problem()
+        XCTAssertTrue(reported.contains("column \"note\" does not exist") && reported.contains("SQLSTATE 42703"), reported)
+        let log = s.process.stderrText()
+        XCTAssertFalse(log.contains("prepared statement"), String(log.suffix(3000)))
+        XCTAssertTrue(log.contains("table cannot be published") && log.contains("column \\\"note\\\" does not exist"), String(log.suffix(3000)))
+        XCTAssertEqual(try database.count("SELECT count(*) FROM items_changes WHERE attempts = 0"), 1, "the change is kept, untouched")
+        try database.execute("ALTER TABLE items RENAME COLUMN remark TO note")
+        try waitUntilTrackingTableIsEmpty(database, table)
+        XCTAssertEqual(try ingestor.requests().filter { $0.status == 200 }.count, 1)
+        try waitUntil("the problem is cleared") { try problem().isEmpty }
+        XCTAssertTrue(s.unexpectedLogLines(expected: ["table cannot be published"]).isEmpty, s.unexpectedLogLines(expected: ["table cannot be published"]).joined(separator: "\n"))
+    }
+}
