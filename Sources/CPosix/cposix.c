@@ -7,6 +7,7 @@
 #include <spawn.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -88,4 +89,10 @@ void cposix_malloc_fix_thresholds(int mmap_threshold, int trim_threshold) {
 
 int cposix_malloc_trim(void) {
     return malloc_trim(0);
+}
+
+int cposix_unread_bytes(int fd) {
+    int n = 0;
+    if (ioctl(fd, FIONREAD, &n) != 0) return -1;
+    return n;
 }

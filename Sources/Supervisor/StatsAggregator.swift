@@ -21,6 +21,7 @@ struct TableStats: Sendable {
         s.changesProcessed += finished.changesProcessed
         s.changesPublished += finished.changesPublished
         s.publishFailures += finished.publishFailures
+        s.publishTimeouts += finished.publishTimeouts
         s.publishSuccesses += finished.publishSuccesses
         s.retries += finished.retries
         s.queryErrors += finished.queryErrors
@@ -111,6 +112,8 @@ struct ServiceSnapshot: Sendable {
         if tables.contains(where: { $0.stats.tableProblem != nil }) { return .unhealthy }
         if !tables.contains(where: \.up) { return .unhealthy }
         if tables.contains(where: { !$0.up || $0.stalled || $0.stats.database != .up || $0.stats.circuitBreaker != .closed }) { return .degraded }
+        // Requests that time out every time: retried for ever, delivered never.
+        if tables.contains(where: { $0.stats.ingestorProblem != nil }) { return .degraded }
         return .healthy
     }
 

@@ -36,7 +36,7 @@ final class Supervisor {
     }
 
     /// A running worker silent for this long is stalled (stopped, hung): killed and restarted.
-    static let stallSeconds = 10.0
+    static let stallSeconds = WorkerMessage.stallSeconds
 
     private var config: PublisherConfig
     private let reloadConfig: () throws -> PublisherConfig

@@ -57,6 +57,7 @@ final class DatabaseSession: ChangeStore {
             setUp = true
         }
         batched = try Self.prepareReads(on: connection, query: query, logger: logger)
+        prepared = true
         try connection.execute(schema.listenSQL)  // wake-up from idle (TableWorker.sleepUntilChange)
         twoPhaseCommit = try connection.execute("SELECT current_setting('max_prepared_transactions') <> '0'")[0, 0] == "t"
         epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
@@ -95,13 +96,29 @@ final class DatabaseSession: ChangeStore {
     }
 
     /// Prepare the atomic data statement afresh (after a table problem: a dropped column leaves a
-    /// cached plan that can never run again), without giving up the session and its lease.
+    /// cached plan that can never run again), without giving up the session and its lease. When
+    /// that fails (the column is still gone), nothing is left prepared and `prepared` says so.
     func reprepare() throws(PostgresError) {
         let db = try connection()
+        prepared = false
+        batched = false
         try db.deallocate(name: BatchReader.statementName)
         try db.deallocate(name: BatchReader.batchedStatementName)
         try db.prepare(name: BatchReader.statementName, sql: query.wrapped)
+        prepared = true
         batched = Self.prepareBatched(on: db, query: query, logger: logger)
+    }
+
+    /// Whether the atomic data statement is prepared on this connection. After a re-prepare that
+    /// failed it is not, and the next read must prepare it first (`prepareIfNeeded`): executing
+    /// the missing statement would fail with "prepared statement does not exist", which hides
+    /// PostgreSQL's own error (42703 for a renamed column) behind its consequence.
+    private(set) var prepared = false
+
+    /// Prepare the atomic data statement if a failed re-prepare left it missing; throws
+    /// PostgreSQL's error when it still cannot be prepared.
+    func prepareIfNeeded() throws(PostgresError) {
+        if !prepared { try reprepare() }
     }
 
     /// Whether the whole-batch form of the atomic data query is prepared on this connection

@@ -112,6 +112,8 @@ final class DeliveryRunner {
     /// answered (nothing new starts meanwhile); their answers are applied, so a graceful stop
     /// leaves nothing in flight. 0: abandon them at once.
     var stopDrainSeconds = 0.0
+    /// `ingestor.timeout_seconds`, for the text of a timeout (ResponseClassifier).
+    var requestTimeoutSeconds = 0
     private enum Lost {
         case store(PostgresError)
         case lease(String)
@@ -178,7 +180,7 @@ final class DeliveryRunner {
                         inFlight = max(0, min(indices.count - answered, maxConcurrent))
                         return false
                     }
-                    let outcome = ResponseClassifier.outcome(response, unixNow: host.unixNow)
+                    let outcome = ResponseClassifier.outcome(response, unixNow: host.unixNow, timeoutSeconds: requestTimeoutSeconds)
                     note(outcome, response: response, item: plan.items[index])
                     execute(plan.responded(index, outcome, now: host.now, unit: host.randomUnit()), plan: plan)
                     host.observe(plan.breaker)

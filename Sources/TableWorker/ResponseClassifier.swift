@@ -1,7 +1,9 @@
 // What an ingestor's answer means for delivery, as a pure function (unit-tested line by line).
 //
 // - 2xx: delivered.
-// - 408, 429, 5xx and transport errors: transient, retried with backoff. `Retry-After` (on 429
+// - 408, 429, 5xx and transport errors: transient, retried with backoff. A timeout says which
+//   setting it hit (`ingestor.timeout_seconds` and its value): a request that can never be
+//   answered in time is retried for ever, and the CURLcode alone does not tell an operator why. `Retry-After` (on 429
 //   and 503) is honoured in both RFC 9110 forms, delta-seconds and HTTP-date; a negative or
 //   unparsable value is ignored (the plan floors any value at the configured backoff).
 // - Other statuses (4xx, and 3xx, which are never followed: a redirect could leak the token):
@@ -15,7 +17,7 @@ enum ResponseClassifier {
     /// The only response headers read here: the worker's HTTP client keeps no others.
     static let headersRead: Set<String> = ["retry-after", "location"]
 
-    static func outcome(_ response: Result<HTTPResponse, HTTPTransportError>, unixNow: Double) -> DeliveryOutcome {
+    static func outcome(_ response: Result<HTTPResponse, HTTPTransportError>, unixNow: Double, timeoutSeconds: Int = 0) -> DeliveryOutcome {
         switch response {
         case .success(let r) where r.isSuccess:
             return .delivered
@@ -29,9 +31,16 @@ enum ResponseClassifier {
                 return .rejected("HTTP \(r.status) from ingestor: redirect\(location) not followed; set ingestor.base_url to the final address")
             }
             return .rejected("HTTP \(r.status) from ingestor")
+        case .failure(let error) where error.isTimeout:
+            return .failed("ingestor request failed: \(timeoutText(timeoutSeconds)) (\(error))", retryAfter: nil)
         case .failure(let error):
             return .failed("ingestor request failed: \(error)", retryAfter: nil)
         }
+    }
+
+    /// What a timeout means, in the terms of the configuration.
+    static func timeoutText(_ seconds: Int) -> String {
+        "the ingestor did not answer within ingestor.timeout_seconds = \(seconds) s"
     }
 
     /// Seconds to wait from a Retry-After value: delta-seconds or an IMF-fixdate; nil when

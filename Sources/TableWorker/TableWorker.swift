@@ -77,6 +77,22 @@ final class TableWorker {
     static let balanceIntervalSeconds = 10.0
     private var random = JitterRandom()
     static let backlogIntervalSeconds = 5.0
+    /// Stats, ready and fatal go to the supervisor through it, never blocking (SupervisorPipe).
+    private let pipe: SupervisorPipe
+    /// The supervisor read nothing of ours for this long: it is stopped, and this instance cannot
+    /// be watched or reloaded, nor report. Let the lease go, so a standby on another host takes
+    /// the table. The supervisor's own stall limit (it kills a worker silent that long), or the
+    /// lease expiry if shorter: a whole instance paused is taken over after the expiry (the standby
+    /// ends the silent holder's session), and a paused supervisor should cost no more than that.
+    /// Each renewal keeps the standby from ending our session, so without this nobody would.
+    let supervisorSilenceLimit: Double
+    /// Whether the supervisor was last seen silent (logged on change).
+    private var supervisorSilent = false
+    /// Requests in a row the ingestor did not answer within `ingestor.timeout_seconds`.
+    private var timeoutsInARow = 0
+    /// From this many timeouts in a row, /health says the timeout may never be met: with retries
+    /// and the breaker's probes that is a few seconds, and one slow answer is not a problem.
+    static let timeoutsBeforeProblem = 3
 
     /// The table's name, or `name#index` for a partition's worker.
     var workerName: String { schema.partition.workerName(table: table.name) }
@@ -100,8 +116,11 @@ final class TableWorker {
                           maxConnections: max(8, config.service.maxConcurrentPublishes * 2),
                           tls: HTTPTLSOptions(config.ingestor),  // ingestor.ca_file / client_cert / client_key
                           keptResponseHeaders: ResponseClassifier.headersRead)
+        pipe = SupervisorPipe(supervised: supervised)
+        supervisorSilenceLimit = min(WorkerMessage.stallSeconds, config.service.leaseExpirySeconds)
         runner = DeliveryRunner(transport: http, store: session, host: self, maxConcurrent: config.service.maxConcurrentPublishes)
         runner.log = { [unowned self] event in self.noteDelivery(event) }
+        runner.requestTimeoutSeconds = config.ingestor.timeoutSeconds
         // SIGTERM mid-wave: let what is in flight be answered (well within the supervisor's
         // shutdown timeout), so nothing is left in flight and the lease can be handed over.
         runner.stopDrainSeconds = min(Double(config.ingestor.timeoutSeconds), config.service.shutdownTimeoutSeconds / 2)
@@ -127,13 +146,16 @@ final class TableWorker {
                 let facts = WorkerLoop.Facts(now: now, connected: session.isConnected, leaseHeld: lease.isHeld, leading: lease.reported == .leader,
                                              partitioned: table.partitions > 1, cooldownUntil: leaseCooldownUntil, nextBalanceAt: nextBalanceAt,
                                              mayPublish: lease.mayPublish(now: now), fenceRemaining: lease.fenceRemaining(now: now),
-                                             breakerWait: breaker.waitTime(now: now))
+                                             breakerWait: breaker.waitTime(now: now), supervisorSilent: noteSupervisorSilence(now: now))
                 switch WorkerLoop.next(facts) {
                 case .reconnect:
                     try reconnect()
                     continue
                 case .takeLease:
                     try takeLease()
+                    continue
+                case .releaseLease:
+                    releaseLeaseForSilentSupervisor()
                     continue
                 case .balancePartitions:
                     nextBalanceAt = now + Self.balanceIntervalSeconds
@@ -174,15 +196,18 @@ final class TableWorker {
         } catch Stop.requested {
             handOver()
             try? emitStats()
+            pipe.drain(within: Self.exitDrainSeconds)
             logger.info("worker stopped")
             return ExitStatus.clean
         } catch let Stop.permanent(message) {
             logger.error("worker cannot run: \(message)")
             emit(.fatal(error: message))
+            pipe.drain(within: Self.exitDrainSeconds)
             return ExitStatus.config
         } catch {
             logger.error("worker failed: \(error)")
             emit(.fatal(error: "\(error)"))
+            pipe.drain(within: Self.exitDrainSeconds)
             return ExitStatus.transient
         }
     }
@@ -499,6 +524,13 @@ final class TableWorker {
                 batch = ahead.batch
                 stats.query.record(ahead.seconds)
             } else {
+                do {
+                    try session.prepareIfNeeded()
+                } catch where !error.isConnectionLost && QueryFailure.classify(error) == .table {
+                    // Still failing as the table problem was found: report PostgreSQL's error.
+                    reportTableProblem(error)
+                    return 0
+                }
                 batch = try reader.read(session.connection(), probeFirst: idleDelay > 0, batched: session.batched)
                 if !batch.isEmpty { stats.query.record(monotonicSeconds() - queryStarted) }
             }
@@ -621,8 +653,9 @@ final class TableWorker {
         }
         stats.tableProblem = problem
         // A cached plan may be what fails (a dropped column): the next try prepares afresh. The
-        // session (and the lease) are kept; a statement that cannot prepare yet fails the next try.
-        try? session.reprepare()
+        // session (and the lease) are kept; a statement that cannot prepare yet is prepared again
+        // before the next read (DatabaseSession.prepareIfNeeded), which then meets this error again.
+        if session.prepared { try? session.reprepare() }
     }
 
     private func clearTableProblem() {
@@ -635,12 +668,19 @@ final class TableWorker {
     private func noteDelivery(_ event: DeliveryLogEvent) {
         switch event {
         case .published(let seconds, let item):
+            noteAnswered(timedOut: false)
             stats.publish.record(seconds)
             lastPublishUnix = Date().timeIntervalSince1970
             if logger.logLevel <= .debug {
                 logger.debug("published", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)"])
             }
         case .failed(let error, let response, let item):
+            if case .failure(let transport) = response, transport.isTimeout {
+                stats.publishTimeouts += 1
+                noteAnswered(timedOut: true)
+            } else {
+                noteAnswered(timedOut: false)
+            }
             var meta: Logger.Metadata = ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "error": "\(error)"]
             if case .success(let r) = response {
                 stats.publish.record(r.seconds)
@@ -655,6 +695,25 @@ final class TableWorker {
         case .storeFailed(let error):
             logger.error("cannot write to the tracking table", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Timeouts in a row make an ingestor problem (see `timeoutsBeforeProblem`); any other outcome
+    /// ends it. Logged on change.
+    private func noteAnswered(timedOut: Bool) {
+        guard timedOut else {
+            timeoutsInARow = 0
+            if stats.ingestorProblem != nil {
+                stats.ingestorProblem = nil
+                logger.notice("the ingestor answers within ingestor.timeout_seconds again")
+            }
+            return
+        }
+        timeoutsInARow += 1
+        guard timeoutsInARow >= Self.timeoutsBeforeProblem, stats.ingestorProblem == nil else { return }
+        let seconds = config.ingestor.timeoutSeconds
+        let problem = "\(ResponseClassifier.timeoutText(seconds)) (\(timeoutsInARow) requests in a row timed out): they are retried, but cannot succeed while the ingestor takes longer; raise ingestor.timeout_seconds or find out why the ingestor is slow"
+        stats.ingestorProblem = problem
+        logger.warning("\(problem)", metadata: ["timeout_seconds": "\(seconds)"])
     }
 
     private func copyCounters() {
@@ -796,7 +855,40 @@ final class TableWorker {
     }
 
     private func emit(_ message: WorkerMessage) {
-        writeAll(fd: 1, message.encodedLine())
+        pipe.send(message)
+    }
+
+    /// How long an exiting worker waits for a full pipe to take its last lines (a stopped
+    /// supervisor reads them later, or never: it is not waited for longer).
+    static let exitDrainSeconds = 2.0
+
+    /// Is the supervisor silent (see `supervisorSilenceLimit`)? Logs each change.
+    private func noteSupervisorSilence(now: Double) -> Bool {
+        pipe.flush()
+        let silentFor = pipe.supervisorSilentSeconds(now: now)
+        let silent = silentFor >= supervisorSilenceLimit
+        if silent != supervisorSilent {
+            supervisorSilent = silent
+            if silent {
+                logger.warning("the supervisor has read nothing of this worker's reports for \(Int(silentFor)) s (stopped?): letting the lease of this table go and publishing nothing until it reads again, so a standby instance can take over",
+                               metadata: ["limit_seconds": "\(supervisorSilenceLimit)"])
+            } else {
+                logger.notice("the supervisor reads this worker's reports again: trying for the lease")
+            }
+        }
+        return silent
+    }
+
+    /// The supervisor is silent: hand the lease over (a standby takes it without the fence when
+    /// nothing is in flight), else let it go with the session; stand by until it reads again.
+    private func releaseLeaseForSilentSupervisor() {
+        if handOver() {
+            lease.yielded()
+        } else if lease.isHeld {
+            loseLease()
+        }
+        stats.leaseHolder = nil
+        try? emitStats()
     }
 }
 

@@ -5,6 +5,9 @@
 //
 // Invariants, in the order they are checked:
 // - Nothing is read or sent without a database session: the first step is to connect again.
+// - While the supervisor reads nothing of this worker's reports (stopped: SIGSTOP, a debugger),
+//   the worker lets its lease go, so a standby on another host takes the table, and tries for it
+//   again only once the supervisor reads again.
 // - Without the lease, the only step is to try for it (not during the cool-down after handing a
 //   partition to another instance, so that instance can take it).
 // - A partitioned table's leader looks at how the partitions spread at most every
@@ -31,11 +34,15 @@ struct WorkerLoop: Equatable, Sendable {
         var fenceRemaining: Double? = nil
         /// CircuitBreaker.waitTime at `now`.
         var breakerWait: Double? = nil
+        /// The supervisor has read nothing of ours for the silence limit (TableWorker).
+        var supervisorSilent = false
     }
 
     enum Step: Equatable, Sendable {
         case reconnect
         case takeLease
+        /// Let the lease go: the supervisor does not read (see the header).
+        case releaseLease
         case balancePartitions
         case pause(Double)
         case processBatch
@@ -53,6 +60,7 @@ struct WorkerLoop: Equatable, Sendable {
 
     static func next(_ f: Facts) -> Step {
         guard f.connected else { return .reconnect }
+        if f.supervisorSilent { return f.leaseHeld ? .releaseLease : .pause(1.0) }
         guard f.leaseHeld else {
             return f.now < f.cooldownUntil ? .pause(f.cooldownUntil - f.now) : .takeLease
         }

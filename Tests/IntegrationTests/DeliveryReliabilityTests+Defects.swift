@@ -116,3 +116,93 @@ extension DeliveryReliabilityTests {
         XCTAssertTrue(try p.ingestor.requests().filter { $0.status == 503 }.count >= 4, "the first try and 3 immediate retries")
     }
 }
+
+extension DeliveryReliabilityTests {
+    /// An ingestor that always answers after the timeout: every request is retried and none can
+    /// succeed. After a few timeouts in a row the log and /health say so, naming
+    /// `ingestor.timeout_seconds` and its value, and /metrics counts the timeouts apart from other
+    /// transport errors (a dropped connection counts as a failure, not a timeout). Once the
+    /// ingestor answers in time, the change is delivered and the problem is gone.
+    func testAnIngestorSlowerThanTheTimeout_isReportedWithTheSetting_andTimeoutsAreCountedApart() throws {
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: 3))
+        let ingestor = try startIngestor()
+        let s = try startInstance(database, ingestor, table: items, instance: "slow-ingestor", ingestorTimeoutSeconds: 1) {
+            $0.ingestor.maxRetries = 1
+            $0.ingestor.retryDelaySeconds = 0.1
+            $0.ingestor.maxRetryDelaySeconds = 0.2
+            $0.ingestor.circuitBreakerFailureThreshold = 100
+        }
+        try waitUntil(timeout: 30, "the worker leads") { try s.health().body["components"]?["tables"]?["items"]?["lease"] == "leader" }
+        func table() throws -> JSON? { try s.metrics()["tables"]?["items"] }
+
+        // Other transport errors are failures, not timeouts.
+        try ingestor.setControl(["drop": true])
+        try database.execute("UPDATE items SET v = 1 WHERE id = 1")
+        try waitUntil("the dropped connections fail requests") { (try table()?["publish_failures"]?.int ?? 0) >= 2 }
+        XCTAssertEqual(try table()?["publish_timeouts"], 0)
+        XCTAssertNil(try s.health().body["components"]?["tables"]?["items"]?["ingestor_problem"]?.string)
+
+        try ingestor.setControl(["drop": false, "delay": 1.6])
+        try waitUntil(timeout: 30, "/health names the timeout that cannot be met") {
+            let problem = try s.health().body["components"]?["tables"]?["items"]?["ingestor_problem"]?.string ?? ""
+            return problem.contains("did not answer within ingestor.timeout_seconds = 1 s")
+        }
+        let (status, body) = try s.health()
+        XCTAssertEqual(status, 200, "degraded, not down: \(body)")
+        XCTAssertEqual(body["status"], "degraded")
+        let timeouts = try XCTUnwrap(try table()?["publish_timeouts"]?.int)
+        XCTAssertGreaterThanOrEqual(timeouts, 3)
+        XCTAssertGreaterThanOrEqual(try table()?["publish_failures"]?.int ?? 0, timeouts + 2, "timeouts are also failures; the drops are not timeouts")
+        let prometheus = String(decoding: try s.get("/metrics/prometheus").body, as: UTF8.self)
+        XCTAssertTrue(prometheus.contains("# TYPE atomic_data_publisher_publish_timeouts_total counter"), prometheus)
+        XCTAssertTrue(prometheus.split(separator: "\n").contains { $0.hasPrefix("atomic_data_publisher_publish_timeouts_total{") && !$0.hasSuffix(" 0") })
+        let log = s.process.stderrText()
+        XCTAssertTrue(log.contains("the ingestor did not answer within ingestor.timeout_seconds = 1 s (3 requests in a row timed out)"), String(log.suffix(3000)))
+        XCTAssertTrue(log.split(separator: "\n").contains { $0.contains("publish failed") && $0.contains("did not answer within ingestor.timeout_seconds = 1 s") && $0.contains("CURLcode 28") })
+
+        try ingestor.setControl(["delay": 0])
+        try waitUntil(timeout: 30, "delivered once the ingestor answers in time, and the problem is gone") {
+            try self.sequences(ingestor)["1"]?.last == 1 && s.health().body["components"]?["tables"]?["items"]?["ingestor_problem"] == nil
+        }
+        XCTAssertTrue(s.process.stderrText().contains("the ingestor answers within ingestor.timeout_seconds again"))
+        XCTAssertTrue(s.unexpectedLogLines().isEmpty, s.unexpectedLogLines().joined(separator: "\n"))
+    }
+}
+
+extension DeliveryReliabilityTests {
+    /// A column the atomic data query selects is renamed while the instance runs. The first batch
+    /// meets PostgreSQL's 42703; the statement's re-prepare fails the same way and used to leave no
+    /// statement behind, so the retry 5 s later reported "prepared statement does not exist"
+    /// instead. Through several retries, the log and /health keep the real SQLSTATE and message,
+    /// and the table resumes once the column has its name back.
+    func testARenamedQueryColumn_isReportedWithPostgresOwnErrorThroughTheRetries() throws {
+        let database = try makeDatabase()
+        try database.executeScript("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, note text); INSERT INTO items (id) SELECT g FROM generate_series(1, 3) g;")
+        let table = WatchedTable(name: "items", changeColumns: ["v"], atomicDataQuery: "SELECT id, v, note FROM items WHERE id = $PRIMARY_KEY",
+                                 publishEndpoint: "/api/v1/items")
+        let ingestor = try startIngestor()
+        let s = try startInstance(database, ingestor, table: table, instance: "renamed-column")
+        try waitUntil(timeout: 30, "the worker leads") { try s.health().body["components"]?["tables"]?["items"]?["lease"] == "leader" }
+        func problem() throws -> String { try s.health().body["components"]?["tables"]?["items"]?["problem"]?.string ?? "" }
+        try database.execute("ALTER TABLE items RENAME COLUMN note TO remark")
+        try database.execute("UPDATE items SET v = 1 WHERE id = 1")
+        try waitUntil("/health reports the table problem") { try problem().contains("42703") }
+        let reportedAt = Date()
+        // The worker retries every 5 s: two retries, or the wrong error, whichever comes first.
+        try waitUntil(timeout: 20, "two retries of the paused table") {
+            try Date().timeIntervalSince(reportedAt) > 11 || !problem().contains("42703")
+        }
+        let reported = try problem()
+        XCTAssertTrue(reported.contains("column \"note\" does not exist") && reported.contains("SQLSTATE 42703"), reported)
+        let log = s.process.stderrText()
+        XCTAssertFalse(log.contains("prepared statement"), String(log.suffix(3000)))
+        XCTAssertTrue(log.contains("table cannot be published") && log.contains("column \\\"note\\\" does not exist"), String(log.suffix(3000)))
+        XCTAssertEqual(try database.count("SELECT count(*) FROM items_changes WHERE attempts = 0"), 1, "the change is kept, untouched")
+        try database.execute("ALTER TABLE items RENAME COLUMN remark TO note")
+        try waitUntilTrackingTableIsEmpty(database, table)
+        XCTAssertEqual(try ingestor.requests().filter { $0.status == 200 }.count, 1)
+        try waitUntil("the problem is cleared") { try problem().isEmpty }
+        XCTAssertTrue(s.unexpectedLogLines(expected: ["table cannot be published"]).isEmpty, s.unexpectedLogLines(expected: ["table cannot be published"]).joined(separator: "\n"))
+    }
+}

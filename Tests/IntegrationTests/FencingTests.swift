@@ -152,3 +152,70 @@ extension DeliveryReliabilityTests {
         XCTAssertTrue(b.process.stderrText().contains("showed no sign of life"), "the standby says why it took over")
     }
 }
+
+extension DeliveryReliabilityTests {
+    /// Only the leading instance's supervisor stopped (SIGSTOP; its worker runs on), during a write
+    /// stream: the worker never blocks on its pipe to the supervisor, notices that its reports are
+    /// not read for the silence limit (here the lease expiry, 6 s), and hands the lease over; the
+    /// standby takes it without the fence and publishes. Once the supervisor runs again, the worker
+    /// (the same process: not killed as stalled) stands by; nothing is lost, no key goes backwards,
+    /// and no line reached the supervisor broken.
+    func testAStoppedSupervisor_itsWorkerHandsTheLeaseOver_andTheStandbyPublishes() throws {
+        let keys = 300
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: keys))
+        let ingestor = try startIngestor()
+        try ingestor.setControl(["enforce_epoch": true])
+        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+        let configure: (inout PublisherConfig) -> Void = { $0.service.leaseExpirySeconds = 6 }
+        let a = try startInstance(database, ingestor, table: items, instance: "host-a", configure: configure)
+        try waitUntil(timeout: 30, "host-a leads") { self.leaseState(a) == "leader" }
+        let b = try startInstance(database, ingestor, table: items, instance: "host-b", configure: configure)
+        try waitUntil(timeout: 30, "host-b stands by") { self.leaseState(b) == "standby" }
+        let workerPID = try XCTUnwrap(try a.workerPIDs()["items"])
+        // The worker's pipe to its supervisor, shrunk to one page: it fills within a second of the
+        // SIGSTOP (at 64 KiB it would take longer than the silence limit), so the worker meets a
+        // full pipe while it still leads.
+        let pipe = open("/proc/\(workerPID)/fd/1", O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(pipe, 0, "open the worker's stdout pipe: errno \(errno)")
+        defer { close(pipe) }
+        let F_SETPIPE_SZ: Int32 = 1031, F_GETPIPE_SZ: Int32 = 1032  // fcntl.h, Linux (_GNU_SOURCE)
+        try waitUntil("the pipe is shrunk to one page (refused while it holds more)") { fcntl(pipe, F_SETPIPE_SZ, 4096) >= 0 }
+        let capacity = Int(fcntl(pipe, F_GETPIPE_SZ))
+
+        let writer = BackgroundWriter(database: database.config, name: "stopped-supervisor-writer", rounds: 1_500, perRound: 10, keys: keys, pauseMicroseconds: 10_000)
+        try waitUntil("host-a publishes part of the stream") { try ingestor.requests().count >= 100 }
+        a.process.send(SIGSTOP)
+        let stoppedAt = Date()
+        var resumed = false
+        defer { if !resumed { a.process.send(SIGCONT) } }
+        // A stats line is under 2 KiB: more than capacity - 2 KiB unread leaves no room for the next.
+        try waitUntil("the worker's pipe fills") { (Pipes.unreadBytes(pipe) ?? 0) > capacity - 2048 }
+        try waitUntil(timeout: 60, "host-b publishes while host-a's supervisor is stopped") {
+            try ingestor.requests().contains { $0.header("X-Publisher-Instance") == "host-b" }
+        }
+        let takeover = Date().timeIntervalSince(stoppedAt)
+        XCTAssertTrue(processIsAlive(workerPID), "host-a's worker runs on")
+        let aLog = a.process.stderrText()
+        XCTAssertTrue(aLog.contains("the supervisor has read nothing of this worker's reports"), "host-a's worker says why it let the lease go:\n\(aLog.suffix(3000))")
+        let bLog = b.process.stderrText()
+        XCTAssertTrue(bLog.contains("\"clean_handoff\":\"true\""), "host-b took over from a clean handoff, not by ending a silent holder:\n\(bLog.suffix(3000))")
+        XCTAssertFalse(bLog.contains("showed no sign of life"))
+        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
+        XCTAssertNil(writer.error)
+        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 60)
+
+        a.process.send(SIGCONT)
+        resumed = true
+        try waitUntil(timeout: 30, "host-a's supervisor reads again and its worker stands by") { self.leaseState(a) == "standby" }
+        XCTAssertEqual(try a.workerPIDs()["items"], workerPID, "the supervisor did not take its worker for stalled")
+        try database.execute("UPDATE items SET v = v + 1 WHERE id <= 5")
+        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 30)
+        let payloads = try assertNoKeyWentBackwards(ingestor).payloads
+        XCTAssertEqual(try publishingOrder(ingestor), ["host-a", "host-b"], "host-a sent nothing after the handover")
+        XCTAssertEqual(try a.metrics()["totals"]?["malformed_worker_lines"], 0, "every line reached the supervisor whole")
+        XCTAssertEqual(try a.metrics()["tables"]?["items"]?["restarts"], 0)
+        for s in [a, b] { XCTAssertTrue(s.unexpectedLogLines().isEmpty, s.unexpectedLogLines().joined(separator: "\n")) }
+        print("stopped supervisor: the standby published \(String(format: "%.1f", takeover)) s after the SIGSTOP (silence limit 6 s = lease_expiry_seconds, clean handoff: no fence); \(payloads) payloads")
+    }
+}

@@ -26,6 +26,11 @@ final class ResponseClassifierTests: XCTestCase {
         XCTAssertEqual(outcome(.failure(HTTPTransportError(code: 7, message: "Connection refused", isTimeout: false))),
                        .failed("ingestor request failed: Connection refused (CURLcode 7)", retryAfter: nil))
     }
+    func testATimeout_isTransient_andNamesTheSettingAndItsValue() {
+        let timedOut = HTTPTransportError(code: 28, message: "Operation timed out after 5001 milliseconds with 0 bytes received", isTimeout: true)
+        XCTAssertEqual(ResponseClassifier.outcome(.failure(timedOut), unixNow: 0, timeoutSeconds: 5),
+                       .failed("ingestor request failed: the ingestor did not answer within ingestor.timeout_seconds = 5 s (Operation timed out after 5001 milliseconds with 0 bytes received (CURLcode 28))", retryAfter: nil))
+    }
     func testRetryAfterSeconds() { XCTAssertEqual(outcome(response(429, ["retry-after": " 2 "])), .failed("HTTP 429 from ingestor", retryAfter: 2)) }
     func testRetryAfterNegative_isIgnored() { XCTAssertEqual(outcome(response(503, ["retry-after": "-5"])), .failed("HTTP 503 from ingestor", retryAfter: nil)) }
     func testRetryAfterGarbage_isIgnored() { XCTAssertEqual(outcome(response(503, ["retry-after": "soon"])), .failed("HTTP 503 from ingestor", retryAfter: nil)) }

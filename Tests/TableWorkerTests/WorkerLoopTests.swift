@@ -17,6 +17,12 @@ final class WorkerLoopTests: XCTestCase {
         XCTAssertEqual(WorkerLoop.next(facts { $0.leaseHeld = false; $0.leading = false }), .takeLease)
     }
 
+    func testWhileTheSupervisorReadsNothing_aHolderLetsTheLeaseGo_andNobodyTriesForIt() {
+        XCTAssertEqual(WorkerLoop.next(facts { $0.supervisorSilent = true }), .releaseLease)
+        XCTAssertEqual(WorkerLoop.next(facts { $0.supervisorSilent = true; $0.leaseHeld = false; $0.leading = false }), .pause(1))
+        XCTAssertEqual(WorkerLoop.next(facts { $0.supervisorSilent = true; $0.connected = false }), .reconnect)
+    }
+
     func testAfterHandingAPartitionOver_waitsOutTheCoolDownBeforeTryingAgain() {
         XCTAssertEqual(WorkerLoop.next(facts { $0.leaseHeld = false; $0.cooldownUntil = 103 }), .pause(3))
         XCTAssertEqual(WorkerLoop.next(facts { $0.leaseHeld = false; $0.cooldownUntil = 100 }), .takeLease)

@@ -21,4 +21,7 @@ int cposix_ignore_signal(int sig);
 void cposix_malloc_fix_thresholds(int mmap_threshold, int trim_threshold);
 /* malloc_trim(0): return the free pages of the heap to the kernel. */
 int cposix_malloc_trim(void);
+/* ioctl(FIONREAD): bytes written to the pipe and not read yet (Linux answers on either end).
+   Returns -1 with errno set when the descriptor cannot say. */
+int cposix_unread_bytes(int fd);
 #endif

@@ -62,6 +62,12 @@ public enum Pipes {
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
     }
+
+    /// Bytes written to the pipe `fd` (either end) and not read yet; nil when it cannot say.
+    public static func unreadBytes(_ fd: Int32) -> Int? {
+        let n = cposix_unread_bytes(fd)
+        return n < 0 ? nil : Int(n)
+    }
 }
 
 public enum Spawn {
@@ -99,6 +105,13 @@ public enum Poll {
             if p.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { result.hangup.insert(p.fd) }
         }
         return result
+    }
+
+    /// poll(2) one descriptor for room to write, for up to `timeout` seconds.
+    public static func waitWritable(_ fd: Int32, timeout: Double) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        let ms = Int32(max(0, min(timeout, 3600)) * 1000)
+        return poll(&p, 1, ms) > 0 && p.revents & Int16(POLLOUT) != 0
     }
 }
 

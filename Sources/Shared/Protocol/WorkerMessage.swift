@@ -57,6 +57,8 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     public var changesProcessed = 0
     public var changesPublished = 0
     public var publishFailures = 0
+    /// Of `publishFailures`, the requests the ingestor did not answer within `ingestor.timeout_seconds`.
+    public var publishTimeouts = 0
     /// Requests the ingestor acknowledged with a 2xx (one per key, covering one or more changes).
     public var publishSuccesses = 0
     public var retries = 0
@@ -77,6 +79,9 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     /// Set while the table cannot be published at all (a revoked grant, a dropped column in the
     /// atomic data query): its changes wait in the tracking table. One sentence with the fix.
     public var tableProblem: String?
+    /// Set while the ingestor keeps answering no request within `ingestor.timeout_seconds`:
+    /// one sentence with the value and the fix; cleared by the next answer.
+    public var ingestorProblem: String?
     public var lease = LeaseState.none
     /// The instance holding the lease, when known (this one when leading).
     public var leaseHolder: String?
@@ -89,10 +94,10 @@ public struct WorkerStats: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case changesProcessed = "changes_processed", changesPublished = "changes_published"
-        case publishFailures = "publish_failures", publishSuccesses = "publish_successes", retries, queryErrors = "query_errors"
+        case publishFailures = "publish_failures", publishTimeouts = "publish_timeouts", publishSuccesses = "publish_successes", retries, queryErrors = "query_errors"
         case deadLettered = "dead_lettered", backlog, oldestChangeAgeSeconds = "oldest_change_age_seconds"
         case inFlight = "in_flight", deadLetters = "dead_letters", oldestDeadLetterAgeSeconds = "oldest_dead_letter_age_seconds", query, publish, batch, circuitBreaker = "circuit_breaker", database
-        case lastPublishAt = "last_publish_at", tableProblem = "table_problem"
+        case lastPublishAt = "last_publish_at", tableProblem = "table_problem", ingestorProblem = "ingestor_problem"
         case lease, leaseHolder = "lease_holder", leaseHeldSeconds = "lease_held_seconds", takeovers
     }
 }
@@ -103,6 +108,10 @@ public enum WorkerMessage: Sendable, Equatable {
     case fatal(error: String)
 
     public static let maxLineBytes = 64 * 1024
+    /// Each side's patience with the other: the supervisor kills a running worker that reported
+    /// nothing for this long (stats go out at least every second), and a worker whose reports the
+    /// supervisor has not read for this long (or `lease_expiry_seconds`, if shorter) lets its lease go.
+    public static let stallSeconds = 10.0
 
     private struct Envelope: Codable {
         var type: String

@@ -12,7 +12,7 @@ import Shared
 struct CheckConfig: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "check-config", abstract: "Validate the configuration, connect, and check every watched table and query (like nginx -t).")
     @OptionGroup var global: GlobalOptions
-    @Flag(name: .long, help: "Only validate the files and environment; do not connect (for ExecStartPre: a database that is down at boot is the service's to wait for).")
+    @Flag(name: .long, help: "Only validate the files and environment; do not connect (what `run` checks first: a database that is down at boot is the service's to wait for).")
     var offline = false
 
     func run() throws {

@@ -44,6 +44,7 @@ extension ServiceSnapshot {
             if let e = t.lastExit { entry["last_exit"] = e }
             if let e = t.lastError { entry["last_error"] = e }
             if let p = t.stats.tableProblem { entry["problem"] = p }
+            if let p = t.stats.ingestorProblem { entry["ingestor_problem"] = p }
             entry["lease"] = t.stats.lease.rawValue
             if let holder = t.stats.leaseHolder { entry["leader"] = holder }
             t.addPartition(to: &entry)
@@ -78,7 +79,7 @@ extension ServiceSnapshot {
         let attempts = s.publishSuccesses + s.publishFailures
         return [
             "changes_processed": s.changesProcessed, "changes_published": s.changesPublished,
-            "publish_failures": s.publishFailures, "retries": s.retries, "query_errors": s.queryErrors,
+            "publish_failures": s.publishFailures, "publish_timeouts": s.publishTimeouts, "retries": s.retries, "query_errors": s.queryErrors,
             "dead_lettered": s.deadLettered, "backlog": s.backlog, "oldest_change_age_seconds": s.oldestChangeAgeSeconds,
             "in_flight": s.inFlight, "dead_letters": s.deadLetters, "oldest_dead_letter_age_seconds": s.oldestDeadLetterAgeSeconds,
             "ingestor_success_rate": attempts == 0 ? 1.0 : Double(s.publishSuccesses) / Double(attempts), "publish_successes": s.publishSuccesses,
@@ -98,6 +99,7 @@ extension ServiceSnapshot {
             totals.changesProcessed += t.stats.changesProcessed
             totals.changesPublished += t.stats.changesPublished
             totals.publishFailures += t.stats.publishFailures
+            totals.publishTimeouts += t.stats.publishTimeouts
             totals.publishSuccesses += t.stats.publishSuccesses
             totals.retries += t.stats.retries
             totals.queryErrors += t.stats.queryErrors
@@ -127,6 +129,7 @@ extension ServiceSnapshot {
             entry["lease_held_seconds"] = t.stats.leaseHeldSeconds
             entry["takeovers"] = t.stats.takeovers
             if let p = t.stats.tableProblem { entry["problem"] = p }
+            if let p = t.stats.ingestorProblem { entry["ingestor_problem"] = p }
             t.addPartition(to: &entry)
             perTable[t.name] = entry
         }
@@ -152,6 +155,8 @@ extension ServiceSnapshot {
         family("changes_processed_total", "counter", "Tracking rows read and processed.", perTable { Double($0.stats.changesProcessed) })
         family("changes_published_total", "counter", "Tracking rows acknowledged by the ingestor.", perTable { Double($0.stats.changesPublished) })
         family("publish_failures_total", "counter", "Publishes that failed (transport error or non-2xx).", perTable { Double($0.stats.publishFailures) })
+        family("publish_timeouts_total", "counter", "Publishes the ingestor did not answer within ingestor.timeout_seconds (also counted in publish_failures_total).",
+               perTable { Double($0.stats.publishTimeouts) })
         family("publish_successes_total", "counter", "Publishes the ingestor acknowledged with a 2xx.", perTable { Double($0.stats.publishSuccesses) })
         family("retries_total", "counter", "Changes rescheduled after a failure.", perTable { Double($0.stats.retries) })
         family("query_errors_total", "counter", "Atomic data queries that failed for a key.", perTable { Double($0.stats.queryErrors) })
