@@ -609,7 +609,7 @@ final class TableWorker {
     private func reportTableProblem(_ error: PostgresError) {
         let fix: String
         switch error.sqlState {
-        case "42501": fix = "grant the database user SELECT on every table the atomic data query reads (see README, least privilege)"
+        case "42501": fix = "grant the database user SELECT on every table the atomic data query reads (see docs/database.md, least privilege)"
         case "42P01", "3F000": fix = "a table or schema the atomic data query reads is gone: restore it or fix atomic_data_query"
         case "42703": fix = "a column the atomic data query reads is gone: restore it or fix atomic_data_query"
         case "42883": fix = "a function the atomic data query calls is gone: restore it or fix atomic_data_query"

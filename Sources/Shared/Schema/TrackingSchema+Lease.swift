@@ -10,7 +10,7 @@
 //   requests go out; a confirmation that fails stops new requests at once.
 // - A new holder waits `lease_fence_seconds` (by default the ingestor timeout plus 2 s) before
 //   its first request, so any request the previous holder still had in flight has finished
-//   (README, "Running several hosts").
+//   (docs/delivery.md, "Fencing across hosts").
 // - Every grant gets an epoch (`T_changes_lease`, one row per lease): a bigint that only grows,
 //   written by the holder right after it takes the advisory lock. It starts from the wall clock in
 //   milliseconds and is at least the previous epoch + 1, so it keeps growing across restarts of

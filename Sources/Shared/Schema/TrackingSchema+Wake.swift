@@ -1,4 +1,4 @@
-// Wake-up from idle (README "Polling and wake-up"): the capture trigger notifies only while the
+// Wake-up from idle (docs/delivery.md, "Polling and wake-up"): the capture trigger notifies only while the
 // table's worker sleeps, so writers pay for a notification on the idle-to-busy edge, not per row.
 //
 // Invariants:

@@ -56,8 +56,8 @@ public struct TrackingSchema: Sendable {
     /// the capture function (constants), `backfill` ('B') and `replay` (rows from `T_changes_failed`,
     /// which keeps the CHECK), and a CHECK there cost the application's writers 29-35k
     /// instructions per captured row (PostgreSQL parses and plans it again for every INSERT the
-    /// trigger runs: about a quarter of what the trigger adds to a single-row UPDATE; README
-    /// section 12).
+    /// trigger runs: about a quarter of what the trigger adds to a single-row UPDATE;
+    /// docs/performance.md, "What the capture trigger costs").
     private func columnsDDL(checked: Bool) -> String {
         """
             primary_key text NOT NULL,
@@ -319,7 +319,7 @@ extension TrackingSchema {
         }
         let privilege = try db.execute("SELECT has_table_privilege($1::oid, 'SELECT')", [oid])
         if privilege[0, 0] != "t" {
-            throw SchemaProblem("the database user has no SELECT privilege on \(table.qualifiedName): grant it (see README, least privilege)")
+            throw SchemaProblem("the database user has no SELECT privilege on \(table.qualifiedName): grant it (see docs/database.md, least privilege)")
         }
     }
 
