@@ -101,7 +101,7 @@ package struct ConfigField: Sendable {
                     "How long an open breaker waits before sending one probe."),
 
         ConfigField("service", "polling_interval_seconds", .double(\.service.pollingIntervalSeconds),
-                    "Upper bound of the idle poll's backoff while the worker cannot sleep, and how often a sleeping worker checks for retries that came due (see \"Polling and wake-up\" below; a new change wakes it at once). `config/default.toml` sets `1`."),
+                    "Upper bound of the idle poll's backoff while the worker cannot sleep, and how often a sleeping worker checks for retries that came due (see [polling and wake-up](delivery.md#polling-and-wake-up); a new change wakes it at once). `config/default.toml` sets `1`."),
         ConfigField("service", "batch_size", .int(\.service.batchSize),
                     "Tracking rows read per batch."),
         ConfigField("service", "max_concurrent_publishes", .int(\.service.maxConcurrentPublishes),
