@@ -24,7 +24,7 @@
 
 extension TrackingSchema {
     /// The session-level advisory lock key of this table's lease; a partition's lease adds
-    /// `#<index>/<count>` to the text (issue 9).
+    /// `#<index>/<count>` to the text (each partition has a lease of its own).
     public var leaseKey: Int64 {
         let suffix = partition.isWhole ? "" : "#\(partition.index)/\(partition.count)"
         return Int64(bitPattern: Self.fnv1a("atomic-data-publisher:lease:\(table.qualifiedName)\(suffix)"))

@@ -1,4 +1,4 @@
-// Partitioned tables (issue 9): `partitions = N` splits a table's changes into N shares by a
+// Partitioned tables (a table too hot for one worker): `partitions = N` splits a table's changes into N shares by a
 // stable hash of the primary key, each published by its own worker under its own lease.
 //
 // Invariants:
