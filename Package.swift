@@ -2,8 +2,8 @@
 import PackageDescription
 
 // Shared and TableWorker import FoundationEssentials, never Foundation: full Foundation links
-// FoundationInternationalization and the ICU data (about 45 MB of the static binary; README
-// section 12). TOMLKit imports Foundation, and without MemberImportVisibility its members (the
+// FoundationInternationalization and the ICU data (about 45 MB of the static binary;
+// docs/performance.md, "Memory"). TOMLKit imports Foundation, and without MemberImportVisibility its members (the
 // NSString `contains`, `range(of:)`, ...) would silently win overload resolution in every file
 // of a module that merely depends on it, pulling Foundation back in.
 let essentialsOnly: [SwiftSetting] = [.enableUpcomingFeature("MemberImportVisibility")]
@@ -15,7 +15,7 @@ let package = Package(
         .executable(name: "atomic-data-publisher", targets: ["PublisherCLI"]),
         // The long-running supervisor: `atomic-data-publisher run` checks the configuration and
         // the database, then execs this binary in its place (same PID, same argv). It links
-        // neither libpq nor libcurl (README section 12: 8 MiB of the supervisor's RSS).
+        // neither libpq nor libcurl (docs/performance.md: 8 MiB of the supervisor's RSS).
         .executable(name: "atomic-data-publisher-supervisor", targets: ["Supervisor"]),
         .executable(name: "atomic-data-table-worker", targets: ["TableWorker"]),
     ],

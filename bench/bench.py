@@ -201,6 +201,7 @@ class Bench:
     def __init__(self, a):
         self.a = a
         self.quick = a.quick
+        self.markdown = a.markdown
         self.work = tempfile.mkdtemp(prefix="adp-bench.")
         os.chmod(self.work, 0o755)
         self.publisher = os.path.join(a.bin, "atomic-data-publisher")
@@ -735,18 +736,29 @@ pidfile = {self.work}/pgqd.pid
 
         cpu = open("/proc/cpuinfo").read()
         model = re.search(r"model name\s*:\s*(.*)", cpu)
+        header = (f"atomic-data-publisher bench ({'quick' if self.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M %Z')}, "
+                  f"{os.cpu_count()} CPUs ({model.group(1) if model else '?'}), "
+                  f"PostgreSQL {self.fast.sql('postgres', 'SHOW server_version')[0][0].split()[0]}, release build, "
+                  f"load average at start {self.load0:.1f}, at end {os.getloadavg()[0]:.1f}")
+        rows = [f"| {section} | {fig} ({unit}) | {num(ours)} | {num(peer)} | {num(limit)} | {ratio(ours, peer)} | {ratio(ours, limit)} | {note} |"
+                for section, fig, ours, peer, limit, unit, note, _ in self.rows]
         print()
-        print(f"atomic-data-publisher bench ({'quick' if self.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M %Z')}, "
-              f"{os.cpu_count()} CPUs ({model.group(1) if model else '?'}), "
-              f"PostgreSQL {self.fast.sql('postgres', 'SHOW server_version')[0][0].split()[0]}, release build, "
-              f"load average at start {self.load0:.1f}, at end {os.getloadavg()[0]:.1f}")
-        print("peer = PgQ (pgq.jsontriga + pgqd + a Python consumer, one keep-alive connection); limit = the raw rate it cannot beat")
-        print()
-        print("| section | figure | ours | peer | limit | ours/peer | ours/limit | notes |")
-        print("|---|---|---:|---:|---:|---:|---:|---|")
-        for section, fig, ours, peer, limit, unit, note, _ in self.rows:
-            print(f"| {section} | {fig} ({unit}) | {num(ours)} | {num(peer)} | {num(limit)} | {ratio(ours, peer)} | {ratio(ours, limit)} | {note} |")
+        print("\n".join(table_lines(header, rows, self.markdown)))
         sys.stdout.flush()
+
+
+TABLE_HEAD = ["| section | figure | ours | peer | limit | ours/peer | ours/limit | notes |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+
+
+def table_lines(header, rows, markdown):
+    """The table as printed. With --markdown, exactly the block docs/performance.md keeps between
+    its markers, markers included, so a run's output can replace it as is."""
+    if not markdown:
+        return [header, "peer = PgQ (pgq.jsontriga + pgqd + a Python consumer, one keep-alive connection); "
+                "limit = the raw rate it cannot beat", ""] + TABLE_HEAD + rows
+    return (["<!-- bench/run --markdown: begin -->", "", "```", header, "```", ""] + TABLE_HEAD + rows
+            + ["", "<!-- bench/run --markdown: end -->"])
 
 
 def main():
@@ -755,6 +767,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--drains-only", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print the table as the block docs/performance.md keeps")
     ap.add_argument("--only", default="", help="comma-separated sections to run alone: wake, idle")
     a = ap.parse_args()
     a.keys = 100_000                            # rows in the watched table

@@ -1,4 +1,4 @@
-// Progress of `atomic-data-publisher backfill` (issue 11), as pure arithmetic and text: the
+// Progress of `atomic-data-publisher backfill`, as pure arithmetic and text: the
 // command feeds it counts and the clock, and prints what it renders. Rates and ETAs are over
 // this run only (a resumed run does not count the earlier run's rows as fast ones).
 

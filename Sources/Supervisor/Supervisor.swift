@@ -310,7 +310,7 @@ final class Supervisor {
     /// OpenLDAP and librtmp, which link GnuTLS, and GnuTLS initialises itself when it is loaded
     /// (p11-kit modules included) although the worker never uses it (libcurl speaks TLS through
     /// OpenSSL and only http and https are allowed). Skipping that saves 0.4-1.0 MiB of each
-    /// worker's RSS (issue 10).
+    /// worker's RSS (measured).
     static func workerEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
         var kept = environment.filter { key, _ in
             !key.hasPrefix("ATOMIC_DATA_PUBLISHER_") && !["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY", "LISTEN_FDS", "LISTEN_PID"].contains(key)

@@ -1,8 +1,8 @@
 // atomic-data-publisher-supervisor: the long-running supervisor. `atomic-data-publisher run`
 // loads and checks the configuration, checks the watched tables in the database, then execs this
 // binary with the same argv, ADP_WORKER_PATH and the configuration path set (SupervisorExec). This binary links neither
-// libpq nor libcurl nor ArgumentParser: 8 MiB less resident for the life of the service (README
-// section 12).
+// libpq nor libcurl nor ArgumentParser: 8 MiB less resident for the life of the service
+// (docs/performance.md, "Memory").
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials

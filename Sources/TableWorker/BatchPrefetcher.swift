@@ -1,4 +1,4 @@
-// Reading the next batch while the current one is sent (issue 10: at the defaults a batch's read
+// Reading the next batch while the current one is sent (measured: at the defaults a batch's read
 // took a third of its time, PostgreSQL's, while the worker and nginx waited; then the other way
 // round). A second connection, used only from this type's own thread, reads batch N+1 with the
 // keys of batch N left out, while the worker sends N.

@@ -15,7 +15,7 @@ struct Batch: Sendable {
     /// query failed.
     var atomicData: [String] = []
     /// The error of the atomic data query, by group index, for each key it failed for. Kept apart
-    /// from the data (issue 10): a `Result` per key took 64 bytes where a `String` takes 16.
+    /// from the data, for memory: a `Result` per key took 64 bytes where a `String` takes 16.
     var queryErrors: [Int: PostgresError] = [:]
     /// The query error of group `index`, if its query failed (no hashing when none did: the
     /// usual batch, asked once per key).
@@ -70,7 +70,7 @@ struct BatchReader: Sendable {
         try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         do {
             var batch = Batch()
-            // Rows are grouped as libpq hands them over: no read holds its rows (issue 10). A batch
+            // Rows are grouped as libpq hands them over: no read holds its rows, which bounds a batch's memory. A batch
             // has at most `batchSize` keys (the covered rows are the same keys' rows): reserving
             // them all up front leaves no doubled capacity behind (at batch 5,000 the groups grew
             // to room for 8,192, 0.4 MB more per batch; untouched room is never paged in).

@@ -40,12 +40,26 @@ final class DatabaseSession: ChangeStore {
         name.split(separator: "@", maxSplits: 1).dropFirst().first.map(String.init) ?? name
     }
 
+    /// The log level of a message the server sent on a connection (libpq's notice processor, one
+    /// line such as "NOTICE:  relation ... already exists, skipping"). Server notices go to the
+    /// log rather than raw stderr, but a NOTICE is below an operator's attention: setup is
+    /// idempotent, and its IF NOT EXISTS statements raise one at every start, so NOTICE (and
+    /// DEBUG, LOG, INFO) is logged at debug; a WARNING stays a warning.
+    static func logLevel(ofServerNotice message: String) -> Logger.Level {
+        let severity = message.prefix { $0 != ":" }
+        switch severity {
+        case "WARNING": return .warning
+        case "NOTICE", "INFO", "LOG", "DEBUG", "DEBUG1", "DEBUG2", "DEBUG3", "DEBUG4", "DEBUG5": return .debug
+        default: return .notice
+        }
+    }
+
     /// A fresh connection, set up on the first one. Throws a `PostgresError`, or a `TableWorker.Stop`
     /// for a schema problem (watched table or column missing: a configuration error).
     func open() throws {
         close()
         let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: Self.applicationName(table: schema.partition.workerName(table: schema.table.name), instance: config.resolvedInstanceId)))
-        connection.noticeHandler = { [logger] notice in logger.notice("\(notice)") }  // server NOTICEs to the log, not raw stderr
+        connection.noticeHandler = { [logger] notice in logger.log(level: Self.logLevel(ofServerNotice: notice), "\(notice)") }
         if !setUp {
             do {
                 try schema.install(on: connection)
@@ -85,7 +99,7 @@ final class DatabaseSession: ChangeStore {
         let name = String(decoding: Array("atomic-data-publisher-reader/\(schema.partition.workerName(table: schema.table.name))@\(config.resolvedInstanceId)".utf8.prefix(63)), as: UTF8.self)
         // The heartbeat reports from the worker's own thread only.
         let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: name), heartbeats: false)
-        connection.noticeHandler = { [logger] notice in logger.notice("\(notice)") }
+        connection.noticeHandler = { [logger] notice in logger.log(level: Self.logLevel(ofServerNotice: notice), "\(notice)") }
         do {
             let batched = try prepareReads(on: connection, query: AtomicDataQuery(schema.table.atomicDataQuery), logger: logger)
             return (connection, batched)

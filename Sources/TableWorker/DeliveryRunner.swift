@@ -137,7 +137,7 @@ final class DeliveryRunner {
     }
 
     /// The same, with item `i`'s request made by `request(i)` each time it is sent, so only the
-    /// requests in flight exist (issue 10). `request` must give the same request every time it
+    /// requests in flight exist (a batch's bodies are never all held at once). `request` must give the same request every time it
     /// is asked for the same item (a retry resends the same body under the same Idempotency-Key).
     func run(_ plan: inout DeliveryPlan, request: (Int) -> HTTPRequest) -> DeliveryEnd {
         lost = nil

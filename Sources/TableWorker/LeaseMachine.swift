@@ -21,7 +21,7 @@
 // between the gate and the send, or with a request half sent: the epoch on every request
 // (X-Publisher-Epoch) lets the ingestor refuse those. A worker that finds the lease free at its first try does not
 // wait: a single instance starts publishing at once (the one case left open, a holder that died
-// less than a timeout before this worker's first try, is documented in the README). A takeover
+// less than a timeout before this worker's first try, is documented in docs/operations.md). A takeover
 // after a clean handoff (the previous holder stopped with nothing in flight and said so with its
 // handoff lock, see TableWorker.handOver) does not wait either.
 
@@ -51,7 +51,7 @@ struct LeaseMachine: Equatable, Sendable {
     static let renewSeconds = 2.0
     /// A request may start at most this long after the last confirmation: fence - ingestor
     /// timeout (the argument above), at most `renewSeconds`, and at least 0.2 s (a fence shorter
-    /// than the timeout plus 0.2 s gives up that guarantee; the README says so).
+    /// than the timeout plus 0.2 s gives up that guarantee; docs/delivery.md says so).
     let launchBoundSeconds: Double
     private(set) var state: State = .none
     /// This grant's epoch (TrackingSchema.grantEpoch); nil while no grant is held.

@@ -3,7 +3,7 @@
 //
 // One Idempotency-Key always means one body: within a batch a payload is built from the same
 // inputs (the batch's time and epoch) each time it is sent, so a retry sends it byte for byte
-// (the worker builds each request as it goes out, issue 10); the key is the payload id plus a
+// (the worker builds each request as it goes out, to bound its memory); the key is the payload id plus a
 // digest of the body, so a payload rebuilt later (a new batch, a restart, a replay: another
 // timestamp, retry_count or state) gets a new key, while `id` stays the same for every payload
 // that covers the same changes.

@@ -249,7 +249,7 @@ final class TableWorker {
     }
 
     /// Try to take the table's lease; stand by (and say who leads) when another session holds it,
-    /// or while workers configured with another partition count hold the table (issue 9).
+    /// or while workers configured with another partition count hold the table (so two partition counts never publish at once).
     private func takeLease() throws {
         let acquired: Bool
         var otherGenerations: [TrackingSchema.OtherGeneration] = []
@@ -586,7 +586,7 @@ final class TableWorker {
                                     backoff: Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds),
                                     deadLetterAfter: config.service.deadLetterAfterAttempts)
         var plan = DeliveryPlan(items: items, policy: policy, breaker: breaker)
-        // Each request is built as it is sent (issue 10: 5,000 bodies built up front held ~5 MB
+        // Each request is built as it is sent (building 5,000 bodies built up front held ~5 MB
         // for the whole batch), from inputs fixed for the batch (the time and the epoch read
         // once), so a retry within the batch sends the same bytes under the same Idempotency-Key.
         let unixNow = Date().timeIntervalSince1970
@@ -641,7 +641,7 @@ final class TableWorker {
     private func reportTableProblem(_ error: PostgresError) {
         let fix: String
         switch error.sqlState {
-        case "42501": fix = "grant the database user SELECT on every table the atomic data query reads (see README, least privilege)"
+        case "42501": fix = "grant the database user SELECT on every table the atomic data query reads (see docs/database.md, least privilege)"
         case "42P01", "3F000": fix = "a table or schema the atomic data query reads is gone: restore it or fix atomic_data_query"
         case "42703": fix = "a column the atomic data query reads is gone: restore it or fix atomic_data_query"
         case "42883": fix = "a function the atomic data query calls is gone: restore it or fix atomic_data_query"

@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import XCTest
 
-/// `atomic-data-publisher backfill` (issue 11) against a real database, a real worker and a real
+/// `atomic-data-publisher backfill` against a real database, a real worker and a real
 /// ingestor: existing rows are enqueued as 'B' tracking rows in short chunks, exactly once even
 /// across interruptions, while the service publishes and the application writes.
 final class BackfillTests: IntegrationTestCase {
@@ -289,7 +289,7 @@ final class BackfillTests: IntegrationTestCase {
         XCTAssertEqual(try database.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'items_changes_failed'::regclass AND contype = 'c'"), 1,
                        "one CHECK on operation, replaced rather than added")
         XCTAssertEqual(try database.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'items_changes'::regclass AND contype = 'c'"), 0,
-                       "issue 10: the queue has no CHECK on operation (the owner drops the old one)")
+                       "the queue has no CHECK on operation, which cost the writers (the owner drops the old one)")
         try database.execute("DELETE FROM items_changes")
         try database.execute("DELETE FROM items_changes_failed")
 

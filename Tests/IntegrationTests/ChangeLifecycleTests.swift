@@ -49,7 +49,7 @@ final class ChangeLifecycleTests: IntegrationTestCase {
             trackingID: 2, changedBetween: before...after))
     }
 
-    /// issue 10: the queue has no CHECK on `operation`. A row inserted by hand with a code none of
+    /// The queue has no CHECK on `operation` (it cost every captured row a parse and plan). A row inserted by hand with a code none of
     /// ours writes is published as an update of the key's current state and acknowledged, not
     /// left in the queue.
     func testATrackingRowWithAnUnknownOperationCode_isPublishedAsAnUpdateAndAcknowledged() throws {

@@ -4,7 +4,7 @@ import XCTest
 
 /// The operator's command line against a real database: configuration errors exit 78 with one
 /// clear sentence before anything in the database is touched, the seed's environment variables
-/// override the file, and the least-privilege recipe of the README works as written.
+/// override the file, and the least-privilege recipe of docs/database.md works as written.
 final class CommandLineTests: IntegrationTestCase {
     private let devices = TestTables.devices
 
@@ -83,7 +83,7 @@ final class CommandLineTests: IntegrationTestCase {
         try database.executeScript(try TestTables.devicesSQL())
         var (config, _) = try validConfig(database)
         let good = config.database
-        // A file that points nowhere useful; the six variables of the seed's README fix it.
+        // A file that points nowhere useful; the six variables the seed documents fix it.
         config.database.host = "192.0.2.1"
         config.database.port = 1
         config.database.username = "nobody"
@@ -125,7 +125,7 @@ final class CommandLineTests: IntegrationTestCase {
             _ = try? admin?.execute("DROP ROLE IF EXISTS \(service)")
             _ = try? admin?.execute("DROP ROLE IF EXISTS \(app)")
         }
-        // README, path B: the DBA (here the owner) applies print-sql, then grants exactly this.
+        // docs/database.md, path B: the DBA (here the owner) applies print-sql, then grants exactly this.
         let printed = try publisher(["--config", try writeConfig(config, name: "owner.toml").path, "print-sql"])
         XCTAssertEqual(printed.status, 0, printed.output)
         try database.executeScript(printed.output.components(separatedBy: "\n").filter { !$0.hasPrefix("-- ") }.joined(separator: "\n"))

@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import XCTest
 
-/// Defects found by reading the worker (issue 8), each shown against real PostgreSQL and a real
+/// Defects found by reading the worker's code, each shown against real PostgreSQL and a real
 /// ingestor: these failed before the fix.
 extension DeliveryReliabilityTests {
     /// An atomic query error aborts the snapshot transaction; it must not make every other key run

@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import XCTest
 
-/// Failure modes found by hostile probing (issue 12): a lost privilege, a nullable key, a dropped
+/// Failure modes found by hostile probing: a lost privilege, a nullable key, a dropped
 /// tracking table, ids after a recreation. Real PostgreSQL (a non-superuser role for the grant),
 /// real worker processes, a real ingestor.
 final class HostileProbeTests: IntegrationTestCase {

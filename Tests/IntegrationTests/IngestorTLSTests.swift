@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import XCTest
 
-/// TLS to the ingestor (issue 11) with a real HTTPS server on loopback (dev/ingestor.py with
+/// TLS to the ingestor with a real HTTPS server on loopback (dev/ingestor.py with
 /// --tls-cert/--tls-key/--tls-client-ca) and a throwaway CA: the right CA works, another fails
 /// with a clear transport error, mutual TLS works when the client certificate is given and fails
 /// when it is not; and a worker publishes over mutual TLS end to end.

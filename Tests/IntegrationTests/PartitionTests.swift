@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import XCTest
 
-/// `partitions = N` (issue 9): one table's keys split by a stable hash into N shares, each with its
+/// `partitions = N`: one table's keys split by a stable hash into N shares, each with its
 /// own worker and lease, on a real PostgreSQL with real supervisors.
 extension DeliveryReliabilityTests {
     private func partitioned(_ count: Int) -> WatchedTable {

@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import XCTest
 
-/// TLS to PostgreSQL (issue 11) against a real server started here with `ssl = on` and a
+/// TLS to PostgreSQL against a real server started here with `ssl = on` and a
 /// certificate for "localhost" from a throwaway CA: verify-full needs the right CA and host name,
 /// a failure is one sentence and a configuration failure (exit 78), require works without a CA,
 /// client certificates work, and a rejected login is recognised by its SQLSTATE.

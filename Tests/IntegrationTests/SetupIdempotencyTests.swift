@@ -69,7 +69,7 @@ final class SetupIdempotencyTests: IntegrationTestCase {
         second.stopAndAssertCleanExit()
     }
 
-    /// issue 10: the queue's CHECK on `operation` cost the writers a parse and plan of it at every
+    /// The queue's CHECK on `operation` cost the writers a parse and plan of it at every
     /// captured row. Setup drops the one an older version made when its role owns the tracking
     /// table; a role that does not own it (least privilege, path B) leaves it and still starts.
     func testAnOlderVersionsCheckOnOperation_isDroppedByTheOwner_andLeftAloneByARoleThatDoesNotOwnTheTable() throws {

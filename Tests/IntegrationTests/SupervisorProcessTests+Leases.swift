@@ -3,7 +3,7 @@ import Shared
 import Synchronization
 import XCTest
 
-/// Several instances on one database (issue 9): table leases through PostgreSQL advisory locks.
+/// Several instances on one database, for failover: table leases through PostgreSQL advisory locks.
 extension SupervisorProcessTests {
     private func leaseConfig(_ database: TestDatabase, _ ingestor: Ingestor, tables: [WatchedTable], instance: String) throws -> (PublisherConfig, URL) {
         var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: tables)

@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import XCTest
 
-/// Wake-up from idle (README "Polling and wake-up", TrackingSchema+Wake.swift): a sleeping worker
+/// Wake-up from idle (docs/delivery.md "Polling and wake-up", TrackingSchema+Wake.swift): a sleeping worker
 /// is notified of the first change at once, no change committed as it goes to sleep waits for the
 /// poll, and an idle table costs at most one statement per polling interval.
 final class WakeUpTests: IntegrationTestCase {

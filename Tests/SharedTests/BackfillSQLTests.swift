@@ -2,7 +2,7 @@ import XCTest
 
 @testable import Shared
 
-/// The backfill's SQL text (issue 11): what the integration tests cannot see from outside.
+/// The backfill's SQL text: what the integration tests cannot see from outside.
 final class BackfillSQLTests: XCTestCase {
     private let schema = TrackingSchema(table: WatchedTable(
         name: "items", changeColumns: ["version"], atomicDataQuery: "SELECT 1 WHERE $PRIMARY_KEY IS NOT NULL", publishEndpoint: "/x"))
@@ -30,7 +30,7 @@ final class BackfillSQLTests: XCTestCase {
 
     func testOperationCodes_acceptEveryOperation() {
         XCTAssertEqual(TrackingSchema.operationCodes, "('I', 'U', 'D', 'B')")
-        // The dead letters keep the CHECK; the queue has none (issue 10: it cost the writers a
+        // The dead letters keep the CHECK; the queue has none (it cost the writers a
         // parse and plan of the constraint at every captured row).
         XCTAssertEqual(schema.createTablesSQL.components(separatedBy: #"operation "char" NOT NULL CHECK (operation IN ('I', 'U', 'D', 'B'))"#).count, 2,
                        schema.createTablesSQL)

@@ -3,7 +3,7 @@ import XCTest
 
 @testable import Shared
 
-/// The issue 11 keys: TLS files, keepalives, signing secrets (with _FILE and credentials), and the
+/// The production keys: TLS files, keepalives, signing secrets (with _FILE and credentials), and the
 /// rule that credentials do not travel over plain http to another host.
 final class ConfigTLSAndSigningTests: XCTestCase {
     private var directory: URL!

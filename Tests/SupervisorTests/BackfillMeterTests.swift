@@ -2,7 +2,7 @@ import XCTest
 
 @testable import PublisherCLI
 
-/// The backfill command's progress arithmetic and text (issue 11), one expectation per line.
+/// The backfill command's progress arithmetic and text, one expectation per line.
 final class BackfillMeterTests: XCTestCase {
     private let meter = BackfillMeter(total: 200_000, totalIsEstimate: false, doneAtStart: 0, startedAt: 100)
 

@@ -64,7 +64,7 @@ adp_pg_stop() {
 # Swift runtime linked statically; full RELRO and BIND_NOW, as Debian's hardening has them.
 # (GNU ld's -z pack-relative-relocs would save each process about 0.7 MiB: the relocations the loader
 # reads at start. But ld.bfd 2.40 makes no GNU_RELRO segment for these binaries, and ld.lld keeps
-# every conformance record alive and with them the ICU data: 80 MB binaries. Measured in issue 10.)
+# every conformance record alive and with them the ICU data: 80 MB binaries. Measured.)
 ADP_RELEASE_BUILD=(swift build -c release --static-swift-stdlib --scratch-path .build-release
     -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now)
 

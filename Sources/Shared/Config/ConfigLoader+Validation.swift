@@ -214,7 +214,7 @@ extension ConfigLoader {
             for (position, operation) in table.operations.enumerated() where table.operations[..<position].contains(operation) {
                 throw fail("operations[\(position)]", "'\(operation.rawValue)' is listed twice")
             }
-            // issue 11: backfill rows come from the backfill command, never from the trigger.
+            // Backfill rows come from the backfill command, never from the trigger.
             for (position, operation) in table.operations.enumerated() where !ChangeOperation.triggerOperations.contains(operation) {
                 throw fail("operations[\(position)]", "'\(operation.rawValue)' is not a trigger operation; expected insert, update or delete (run `atomic-data-publisher backfill` to enqueue existing rows)")
             }

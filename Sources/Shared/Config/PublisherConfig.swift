@@ -145,8 +145,9 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     public var operations: [ChangeOperation] = [.insert, .update, .delete]
     public var atomicDataQuery: String
     public var publishEndpoint: String
-    /// issue 9: how many workers (each with its own lease) share this table, each publishing the
-    /// keys whose stable hash falls in its partition. 1: one worker for the whole table.
+    /// How many workers (each with its own lease, so a hot table spreads across cores and hosts)
+    /// share this table, each publishing the keys whose stable hash falls in its partition. 1: one
+    /// worker for the whole table.
     public var partitions = 1
     /// Other tables the atomic data query reads: a change to one of their rows enqueues the key
     /// of the watched row it references, so the document is published again.

@@ -113,7 +113,7 @@ public struct HTTPTLSOptions: Sendable, Equatable {
 }
 
 /// The proxy settings of the environment, read the way libcurl reads them. libcurl looks them up
-/// on every transfer (five `getenv` scans of the whole environment per request, issue 10); a
+/// on every transfer (five `getenv` scans of the whole environment per request, measured); a
 /// daemon's environment does not change while it runs, so HTTPClient reads them once and hands
 /// libcurl the result (CURLOPT_PROXY, CURLOPT_NOPROXY), which turns libcurl's lookup off.
 public struct ProxySettings: Sendable, Equatable {
@@ -257,8 +257,8 @@ public final class HTTPClient: @unchecked Sendable {
     }
 
     /// The same, with request `i` made by `request(i)` just before it is sent (each at most once):
-    /// only the requests in flight exist at any time, however many are performed (issue 10: a
-    /// worker at batch 5000 held 5,000 bodies and header lists for the whole batch).
+    /// only the requests in flight exist at any time, however many are performed (a
+    /// worker at batch 5000 once held 5,000 bodies and header lists for the whole batch).
     ///
     /// `mayLaunch` is asked right before each request starts, every one of them: false ends the
     /// launching (the rest are not sent; what is in flight goes on). The worker's lease gate.

@@ -122,7 +122,7 @@ public func monotonicSeconds() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-/// glibc's heap, for long-running processes whose memory use comes in batches (issue 10: a worker
+/// glibc's heap, for long-running processes whose memory use comes in batches (without it, a worker
 /// kept 12 MiB more after one 100,000-change drain at batch 5000).
 public enum HeapMemory {
     /// Fix the mmap threshold at 128 KiB and the trim threshold at 1 MiB: large buffers (a batch's

@@ -223,7 +223,7 @@ public struct QueryResult: Sendable {
 }
 
 /// A result's rows, kept flat: every value's bytes in one buffer and where each ends in another, so a result of 20,000 rows is two allocations rather than 20,000 row arrays and
-/// 140,000 Strings (issue 10: a worker's batch at 5,000 held 4 MB in that form). A row is made
+/// 140,000 Strings (a worker's batch at 5,000 held 4 MB in that form). A row is made
 /// into `[String?]` when it is read; `value(_:_:)` reads one value.
 public struct QueryRows: RandomAccessCollection, Equatable, ExpressibleByArrayLiteral, Sendable {
     public private(set) var columnCount: Int
@@ -486,7 +486,7 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     /// Runs one statement and hands each row of its result to `body` as libpq holds it, with no
-    /// copy of the result in between (issue 10: at batch 5,000 the tracking rows' read held a
+    /// copy of the result in between (without this, at batch 5,000 the tracking rows' read held a
     /// 20,000-row result three times over: libpq's, a flat copy, then the caller's structs).
     /// `singleRow`: libpq's single-row mode, so libpq never holds more than one row either (a
     /// `PGresult` per row: for large reads). Returns the number of rows; on an error the rows

@@ -29,8 +29,8 @@ public struct ChangeRow: Equatable, Sendable {
     }
 }
 
-/// Every tracking row of one key in a batch: one publish covers them all. Kept compact (issue 10:
-/// a batch of 5,000 keys with 20,000 covered rows held every row of every key, 3.4 MB at peak):
+/// Every tracking row of one key in a batch: one publish covers them all. Kept compact (keeping every
+/// row, a batch of 5,000 keys with 20,000 covered rows held every row of every key, 3.4 MB at peak):
 /// the ids of the rows, the newest row, and the counters' maxima are all a publish needs.
 public struct KeyChanges: Equatable, Sendable {
     public var primaryKey: String
@@ -78,7 +78,7 @@ public struct KeyChanges: Equatable, Sendable {
     }
 
     /// Groups rows by key as they are read, one at a time (the batch's reads hand libpq's rows over
-    /// as they come: issue 10, a batch of 5,000 keys with 20,000 covered rows held every row as a
+    /// as they come: otherwise a batch of 5,000 keys with 20,000 covered rows holds every row as a
     /// `ChangeRow` before grouping, 3.5 MB at peak). Only each key's ids, newest row and counters'
     /// maxima are kept; keys stay in the order they first appear.
     public struct Grouping {

@@ -1,4 +1,4 @@
-// Backfill (issue 11): enqueue the keys of rows that already exist, as tracking rows with
+// Backfill (publishing rows that existed before the trigger): enqueue the keys of rows that already exist, as tracking rows with
 // operation 'B', so the worker publishes their current state like any other change.
 //
 // Invariants:

@@ -1,4 +1,4 @@
-// Dependency capture (README "When a document is published again"): a change to a row of a table
+// Dependency capture (docs/database.md, "When a document is published again"): a change to a row of a table
 // the atomic data query reads enqueues the key of the watched row it references, in the watched
 // table's own tracking table, in the writer's transaction. Everything downstream (queue,
 // coalescing, per-key order, retries, dead letters, leases, partitions) is the watched table's.

@@ -10,7 +10,7 @@
 //   requests go out; a confirmation that fails stops new requests at once.
 // - A new holder waits `lease_fence_seconds` (by default the ingestor timeout plus 2 s) before
 //   its first request, so any request the previous holder still had in flight has finished
-//   (README, "Running several hosts").
+//   (docs/delivery.md, "Fencing across hosts").
 // - Every grant gets an epoch (`T_changes_lease`, one row per lease): a bigint that only grows,
 //   written by the holder right after it takes the advisory lock. It starts from the wall clock in
 //   milliseconds and is at least the previous epoch + 1, so it keeps growing across restarts of
@@ -24,7 +24,7 @@
 
 extension TrackingSchema {
     /// The session-level advisory lock key of this table's lease; a partition's lease adds
-    /// `#<index>/<count>` to the text (issue 9).
+    /// `#<index>/<count>` to the text (each partition has a lease of its own).
     public var leaseKey: Int64 {
         let suffix = partition.isWhole ? "" : "#\(partition.index)/\(partition.count)"
         return Int64(bitPattern: Self.fnv1a("atomic-data-publisher:lease:\(table.qualifiedName)\(suffix)"))

@@ -1,4 +1,4 @@
-// Partitioned tables (issue 9): `partitions = N` splits a table's changes into N shares by a
+// Partitioned tables (a table too hot for one worker): `partitions = N` splits a table's changes into N shares by a
 // stable hash of the primary key, each published by its own worker under its own lease.
 //
 // Invariants:
@@ -40,7 +40,7 @@ extension TrackingSchema {
 
     /// Inside setup's transaction: create the partition index when it is missing (a plain CREATE
     /// INDEX: it holds the application's writes for the build, milliseconds on a drained tracking
-    /// table; README "Changing partitions").
+    /// table; docs/operations.md, "Changing partitions").
     func installPartitionIndex(on db: PostgresConnection) throws(PostgresError) {
         guard table.partitions > 1 else { return }
         let name = "\(schemaIdent).\(quoteIdentifier(partitionIndexName(count: table.partitions)))"

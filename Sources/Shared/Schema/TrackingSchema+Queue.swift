@@ -54,7 +54,7 @@ extension TrackingSchema {
     }
 
     /// Reads of this many rows or more are streamed (libpq's single-row mode): at batch 5,000 the
-    /// covered-rows read's `PGresult` alone was 3.4 MiB of the worker's peak (issue 10). Smaller
+    /// covered-rows read's `PGresult` alone was 3.4 MiB of the worker's peak. Smaller
     /// reads take the whole result at once: a result per row costs more CPU than it saves there.
     static let streamedReadRows = 1000
 
@@ -203,7 +203,7 @@ extension TrackingSchema {
                              _ body: (ChangeRow) -> Void) throws(PostgresError) {
         try db.forEachRow(sql, params, singleRow: limit >= streamedReadRows) { r in
             guard let id = r.int64(0), let key = r.string(1) else { return }
-            // T_changes has no CHECK on operation (issue 10: it cost every captured row a parse and
+            // T_changes has no CHECK on operation (it cost every captured row a parse and
             // plan): a code none of ours wrote (a row inserted by hand) publishes the key's current
             // state as an update, rather than staying in the queue forever.
             let op = r.string(2).flatMap(ChangeOperation.init(code:)) ?? .update
@@ -217,7 +217,7 @@ extension TrackingSchema {
     }
 
     /// A text[] literal: every element double-quoted with \\ and \" escaped, so any key is just data.
-    /// Written as UTF-8 bytes into one buffer (issue 10: per-scalar String appends cost 10k
+    /// Written as UTF-8 bytes into one buffer (per-scalar String appends cost 10k
     /// instructions per key of a batch).
     public static func textArray(_ values: [String]) -> String {
         var size = 2

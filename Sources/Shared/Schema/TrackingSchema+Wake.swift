@@ -1,4 +1,4 @@
-// Wake-up from idle (README "Polling and wake-up"): the capture trigger notifies only while the
+// Wake-up from idle (docs/delivery.md, "Polling and wake-up"): the capture trigger notifies only while the
 // table's worker sleeps, so writers pay for a notification on the idle-to-busy edge, not per row.
 //
 // Invariants:
@@ -13,7 +13,7 @@
 //   worker polls instead), then check for due rows in a new statement, then sleep. No change is
 //   missed: it is either committed before the check (seen) or notified (woken).
 // - Concurrent writers take the shared lock together: they never wait on each other or on it.
-// - Partitions (issue 9): the worker of partition i of N sleeps on the two-key lock
+// - Partitions: the worker of partition i of N sleeps on the two-key lock
 //   (wakeKey32, i); the trigger computes the changed key's partition and tries that one lock (a
 //   primary key change: both keys' partitions). All of a table's workers listen on the one
 //   channel, so a notification wakes every sleeping one; the others find nothing and sleep again.

@@ -23,7 +23,7 @@ import Glibc
 
 public struct TrackingSchema: Sendable {
     public let table: WatchedTable
-    /// The share of the table this schema's queue statements read (issue 9): the whole table, or
+    /// The share of the table this schema's queue statements read: the whole table, or
     /// one partition. Setup and DDL are the same for every partition.
     public let partition: TablePartition
 
@@ -56,8 +56,8 @@ public struct TrackingSchema: Sendable {
     /// the capture function (constants), `backfill` ('B') and `replay` (rows from `T_changes_failed`,
     /// which keeps the CHECK), and a CHECK there cost the application's writers 29-35k
     /// instructions per captured row (PostgreSQL parses and plans it again for every INSERT the
-    /// trigger runs: about a quarter of what the trigger adds to a single-row UPDATE; README
-    /// section 12).
+    /// trigger runs: about a quarter of what the trigger adds to a single-row UPDATE;
+    /// docs/performance.md, "What the capture trigger costs").
     private func columnsDDL(checked: Bool) -> String {
         """
             primary_key text NOT NULL,
@@ -119,11 +119,11 @@ public struct TrackingSchema: Sendable {
     /// Every code the `operation` column accepts: the trigger's I, U, D and the backfill's B.
     public static let operationCodes = "(" + ChangeOperation.allCases.map { "'\($0.code)'" }.joined(separator: ", ") + ")"
 
-    /// issue 11: a tracking table made before `backfill` existed checks `operation IN ('I','U','D')`.
+    /// A tracking table made before `backfill` existed checks `operation IN ('I','U','D')`.
     /// Replace every CHECK on `operation` of `T_changes_failed` that does not accept every code. The
     /// new check is looser than the old one, so the rows already there satisfy it: it is added NOT
-    /// VALID (no scan of the table under ACCESS EXCLUSIVE). issue 10: `T_changes` has no CHECK on
-    /// `operation` any more (see `columnsDDL`): drop the ones an older version made. A no-op when
+    /// VALID (no scan of the table under ACCESS EXCLUSIVE). `T_changes` has no CHECK on
+    /// `operation` any more (it cost the writers; see `columnsDDL`): drop the ones an older version made. A no-op when
     /// the constraints are already right.
     public var upgradeOperationCheckSQL: String {
         """
@@ -200,7 +200,7 @@ public struct TrackingSchema: Sendable {
         let pk = quoteIdentifier(table.primaryKey)
         let insert = "INSERT INTO \(changesTable) (primary_key, operation, change_column_value) VALUES"
         let ops = Set(table.operations)
-        // UPDATE first: the writers' common case takes one TG_OP test (issue 10). One INSERT per
+        // UPDATE first: the writers' common case takes one TG_OP test. One INSERT per
         // event: each INSERT the function runs starts an executor on the tracking table.
         // Wake-up (TrackingSchema+Wake.swift): after each recorded change, notify only while the
         // worker of the key's partition sleeps.
@@ -319,7 +319,7 @@ extension TrackingSchema {
         }
         let privilege = try db.execute("SELECT has_table_privilege($1::oid, 'SELECT')", [oid])
         if privilege[0, 0] != "t" {
-            throw SchemaProblem("the database user has no SELECT privilege on \(table.qualifiedName): grant it (see README, least privilege)")
+            throw SchemaProblem("the database user has no SELECT privilege on \(table.qualifiedName): grant it (see docs/database.md, least privilege)")
         }
     }
 
@@ -337,8 +337,8 @@ extension TrackingSchema {
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
             // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
             // exists, so a least-privilege role can run against objects a DBA created.
-            // issue 11: also the backfill progress table, and an `operation` CHECK that accepts 'B'.
-            // issue 10: and no CHECK on `T_changes.operation` (dropped when this role owns the table).
+            // Also the backfill progress table, and an `operation` CHECK that accepts 'B' (backfill's
+            // code); and no CHECK on `T_changes.operation` (dropped when this role owns the table).
             let existing = try db.execute("""
                 SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
                    AND to_regclass($5) IS NOT NULL AND to_regclass($6) IS NOT NULL

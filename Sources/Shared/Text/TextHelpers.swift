@@ -1,7 +1,7 @@
 // String helpers that stand in for the few NSString-derived methods of full Foundation
 // (trimmingCharacters(in:), replacingOccurrences(of:with:), lastPathComponent, String(format:)).
 // Shared and TableWorker import only FoundationEssentials, which lacks them, so that the worker
-// does not link FoundationInternationalization and the ICU data (about 30 MB; README section 12).
+// does not link FoundationInternationalization and the ICU data (about 30 MB; docs/performance.md).
 // They compare Unicode scalars exactly, never grapheme clusters: a `"` followed by a combining
 // mark is still a quote to double in quoteIdentifier.
 

@@ -1,4 +1,4 @@
-// atomic-data-publisher [--config PATH] [run | check-config | setup | teardown | print-sql | status | replay | backfill]
+// atomic-data-publisher [--config PATH] [run | check-config | setup | teardown | print-sql | status | replay | backfill | config-reference]
 // (DESIGN.md section 2). Every error a user can cause ends in one sentence naming what to fix,
 // and a configuration problem exits 78 before anything in the database is touched. One file per
 // subcommand, beside this one.
@@ -25,7 +25,8 @@ struct AtomicDataPublisher: ParsableCommand {
         commandName: "atomic-data-publisher",
         abstract: "Publish atomic data for changed PostgreSQL rows to an ingestor.",
         version: PublisherVersion.current,
-        subcommands: [Run.self, CheckConfig.self, Setup.self, Teardown.self, PrintSQL.self, Status.self, Replay.self, Backfill.self],
+        subcommands: [Run.self, CheckConfig.self, Setup.self, Teardown.self, PrintSQL.self, Status.self, Replay.self, Backfill.self,
+                      ConfigReferenceCommand.self],
         defaultSubcommand: Run.self)
 
     @OptionGroup var global: GlobalOptions

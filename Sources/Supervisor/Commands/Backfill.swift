@@ -1,5 +1,5 @@
 // atomic-data-publisher backfill --table T [--where SQL] [--batch N] [--rate N/s] [--restart]
-// (issue 11): enqueue the keys of rows that already exist, chunk by chunk, as tracking rows with
+// (publishing rows that existed before the trigger): enqueue the keys of rows that already exist, chunk by chunk, as tracking rows with
 // operation 'B'; the running service publishes them like any change. The SQL and its invariants
 // (one statement per chunk, exactly-once progress, no locks beyond ACCESS SHARE on the
 // application's table) live in TrackingSchema+Backfill.swift.

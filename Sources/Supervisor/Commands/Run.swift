@@ -21,7 +21,7 @@ struct Run: ParsableCommand {
         for warning in warnings { logger.warning("\(warning)") }
         preflight(config, logger: logger)
         // The supervisor itself is another binary without libpq and libcurl (8 MiB less RSS for
-        // the life of the service, README section 12): exec it in this process's place, so the
+        // the life of the service, docs/performance.md): exec it in this process's place, so the
         // PID (systemd's main PID), argv, environment and open descriptors stay the same.
         let supervisor = CommandSupport.supervisorPath()
         setenv("ADP_WORKER_PATH", CommandSupport.workerPath(), 1)

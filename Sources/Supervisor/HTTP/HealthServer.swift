@@ -1,7 +1,7 @@
 // GET /health, /livez, /readyz, /metrics and /metrics/prometheus on
 // health_check_address:health_check_port, served by a small HTTP/1.1 server on a thread of its
 // own (poll(2), non-blocking sockets; it replaced SwiftNIO, which cost the supervisor about
-// 2 MiB of resident code and an event loop: README section 12). The supervisor loop publishes a
+// 2 MiB of resident code and an event loop: docs/performance.md). The supervisor loop publishes a
 // snapshot; the HTTP thread only reads it, so a slow scrape never delays supervision. The store
 // also remembers when the snapshot was published: /livez is the age of that moment (the loop
 // publishes every iteration).

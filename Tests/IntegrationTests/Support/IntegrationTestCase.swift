@@ -195,7 +195,7 @@ class IntegrationTestCase: XCTestCase {
                                            "changed_at", "atomic_data", "metadata"]
     static let metadataKeys: Set<String> = ["service_name", "version", "timestamp", "retry_count", "publisher_epoch"]
 
-    /// `Idempotency-Key: <id>.<16 hex digits of the body's digest>` (README, payload): one key
+    /// `Idempotency-Key: <id>.<16 hex digits of the body's digest>` (docs/delivery.md, "Payload"): one key
     /// always means one body.
     func assertIdempotencyKey(_ request: RecordedRequest, file: StaticString = #filePath, line: UInt = #line) {
         let key = request.header("Idempotency-Key") ?? ""

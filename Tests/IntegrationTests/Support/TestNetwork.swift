@@ -1,7 +1,7 @@
 import Foundation
 import Shared
 
-/// Simulated hosts on one machine (issue 9): a bridge of the test's own with 198.18.0.1/24 (the
+/// Simulated hosts on one machine (for the several-hosts tests): a bridge of the test's own with 198.18.0.1/24 (the
 /// range reserved for benchmark testing), and one network namespace per host, joined to the bridge
 /// by a veth pair (198.18.0.<10+i>/24). Traffic stays on the bridge and the namespaces made here;
 /// `cut` takes a host's link down (no FIN, no RST: a vanished host). Needs root.
