@@ -62,7 +62,7 @@ final class DatabaseSession: ChangeStore {
         connection.noticeHandler = { [logger] notice in logger.log(level: Self.logLevel(ofServerNotice: notice), "\(notice)") }
         if !setUp {
             do {
-                try schema.install(on: connection)
+                try schema.install(on: connection, warn: { [logger] in logger.warning("\($0)") })
             } catch let problem as SchemaProblem {
                 throw TableWorker.Stop.permanent(problem.description)
             } catch let error as PostgresError where !error.isConnectionLost && error.isPermanent {

@@ -840,6 +840,9 @@ final class TableWorker {
                 if !backlog.capturing {
                     throw Stop.permanent("the watched table \(table.qualifiedName) or its capture trigger \(TrackingSchema.triggerName) no longer exists: changes are not being recorded; restore it and run setup, or send SIGHUP to re-install")
                 }
+                if let missing = backlog.missingColumns {
+                    throw Stop.permanent(schema.missingColumnsSentence(missing))
+                }
             } catch let error as PostgresError {
                 if !error.isConnectionLost { try databaseFailed(error) }
             }

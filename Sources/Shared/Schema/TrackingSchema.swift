@@ -266,14 +266,14 @@ public struct TrackingSchema: Sendable {
         \(createFunctionSQL)
         DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
         \(createTriggerSQL)
-        \(printableDependenciesSQL)COMMIT;
+        \(printableDependenciesSQL)\(printableFollowRenamesSQL)COMMIT;
 
         """
     }
 
     public var teardownSQL: String {
         """
-        \(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
+        \(followRenamesTeardownSQL)\(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
         DROP FUNCTION IF EXISTS \(function)();
         DROP TABLE IF EXISTS \(changesTable);
         DROP TABLE IF EXISTS \(failedTable);
@@ -324,9 +324,10 @@ extension TrackingSchema {
     }
 
     /// Create or update the objects, idempotently, in one transaction under an advisory lock.
-    /// Returns true when the trigger was created or replaced.
+    /// Returns true when the trigger was created or replaced. `warn` hears what works but leaves a
+    /// risk (the event trigger that follows column renames could not be created).
     @discardableResult
-    public func install(on db: PostgresConnection) throws -> Bool {
+    public func install(on db: PostgresConnection, warn: (String) -> Void = { _ in }) throws -> Bool {
         try verify(on: db)
         try verifyDependencies(on: db)
         try db.execute("BEGIN")
@@ -376,6 +377,9 @@ extension TrackingSchema {
                 changed = true
             }
             try installDependencies(on: db)
+            if try !installFollowRenames(on: db) {
+                warn(followRenamesMissingWarning)
+            }
             try db.execute("COMMIT")
             return changed
         } catch {

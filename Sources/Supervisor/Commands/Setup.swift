@@ -19,7 +19,7 @@ struct Setup: ParsableCommand {
         let db = CommandSupport.connect(config, purpose: "setup")
         for t in CommandSupport.tables(config, named: table) {
             do {
-                let changed = try TrackingSchema(table: t).install(on: db)
+                let changed = try TrackingSchema(table: t).install(on: db, warn: { CommandSupport.say("warning: \($0)") })
                 CommandSupport.say("\(t.qualifiedName): \(changed ? "trigger installed" : "already up to date")")
             } catch {
                 CommandSupport.fail("setup of \(t.qualifiedName) failed: \(error)", status: ExitStatus.config)
