@@ -17,6 +17,10 @@ final class SupervisorPipe {
     private let fd: Int32
     private let supervised: Bool
     private var outbox: StatsOutbox
+    /// The supervisor is gone (a write failed with EPIPE): nothing will ever be read again, so
+    /// nothing is kept or waited for (an exiting worker after a kill -9 of its supervisor used
+    /// to spin for the whole drain time on the broken pipe).
+    private var readerGone = false
 
     init(fd: Int32 = 1, supervised: Bool) {
         self.fd = fd
@@ -42,7 +46,7 @@ final class SupervisorPipe {
 
     /// Write what the pipe takes now, and look whether the supervisor reads.
     func flush() {
-        guard supervised else { return }
+        guard supervised, !readerGone else { return }
         let now = monotonicSeconds()
         outbox.observed(unreadBytes: Pipes.unreadBytes(fd) ?? 0, at: now)
         while let chunk = outbox.next {
@@ -52,6 +56,10 @@ final class SupervisorPipe {
                 continue
             }
             if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EPIPE {
+                readerGone = true
+                break
+            }
             // EAGAIN: full, the rest waits. EPIPE: the supervisor is gone (stdin EOF says so too).
             break
         }
@@ -68,7 +76,7 @@ final class SupervisorPipe {
         guard supervised else { return }
         let deadline = monotonicSeconds() + seconds
         flush()
-        while !outbox.isEmpty {
+        while !outbox.isEmpty && !readerGone {
             let left = deadline - monotonicSeconds()
             if left <= 0 { return }
             _ = Poll.waitWritable(fd, timeout: left)
