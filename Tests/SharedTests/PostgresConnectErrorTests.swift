@@ -98,4 +98,9 @@ final class PostgresConnectErrorTests: XCTestCase {
         XCTAssertEqual(ConnectionParameters(config, applicationName: "t").safeDescription, "db1:6432,db2:6432/helium (target_session_attrs=primary)")
     }
 
+    func testReadOnlyTransaction_countsAsALostConnection_soTheWorkerReconnects() {
+        XCTAssertTrue(PostgresError(kind: .query, sqlState: "25006", message: "cannot execute UPDATE in a read-only transaction").isConnectionLost)
+        XCTAssertFalse(PostgresError(kind: .query, sqlState: "25006", message: "").isPermanent)
+        XCTAssertFalse(PostgresError(kind: .query, sqlState: "25P02", message: "").isConnectionLost)
+    }
 }

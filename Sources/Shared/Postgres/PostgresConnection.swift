@@ -173,9 +173,17 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
         isRejectedLogin || kind == .tls
     }
 
+    /// The session is gone, or no longer good for the service: reconnect (with backoff).
+    /// 25006 (read_only_sql_transaction) counts: the server this session is on stopped accepting
+    /// writes (a primary demoted by a failover tool and restarted as a standby, or set
+    /// `default_transaction_read_only`), so staying would publish nothing; a new connection lets
+    /// libpq pick the server that is the primary now (target_session_attrs=read-write).
     public var isConnectionLost: Bool {
-        kind == .connection || sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false
+        kind == .connection || sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" || $0 == Self.readOnlyTransaction } ?? false
     }
+
+    /// SQLSTATE read_only_sql_transaction: a write on a standby or in a read-only session.
+    public static let readOnlyTransaction = "25006"
 }
 
 /// One row of a result as libpq holds it, for `PostgresConnection.forEachRow`: valid only inside
