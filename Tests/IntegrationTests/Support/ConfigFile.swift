@@ -62,7 +62,9 @@ enum ConfigFile {
         set("keepalives_interval_seconds", String(c.database.keepalivesIntervalSeconds))
         set("keepalives_count", String(c.database.keepalivesCount))
         set("tcp_user_timeout_seconds", String(c.database.tcpUserTimeoutSeconds))
-        set("target_session_attrs", string(c.database.targetSessionAttrs))
+        // Only when set: the previous release (rolling-upgrade tests) reads these files too, and
+        // refuses a key it does not know.
+        if !c.database.targetSessionAttrs.isEmpty { set("target_session_attrs", string(c.database.targetSessionAttrs)) }
 
         section("ingestor")
         set("base_url", string(c.ingestor.baseURL))
