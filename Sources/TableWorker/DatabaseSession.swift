@@ -60,6 +60,16 @@ final class DatabaseSession: ChangeStore {
         close()
         let connection = try PostgresConnection.connect(ConnectionParameters(config.database, applicationName: Self.applicationName(table: schema.partition.workerName(table: schema.table.name), instance: config.resolvedInstanceId)))
         connection.noticeHandler = { [logger] notice in logger.log(level: Self.logLevel(ofServerNotice: notice), "\(notice)") }
+        // A session that cannot write cannot publish (every acknowledgement is a write): a standby
+        // that libpq accepted (target_session_attrs=any), or a primary with
+        // default_transaction_read_only on. Count it as no connection, so the worker retries with
+        // backoff (a later attempt may find the promoted standby) instead of failing each statement.
+        let settings = try connection.execute("SELECT current_setting('transaction_read_only'), current_setting('max_prepared_transactions') <> '0'")
+        if settings[0, 0] == "on" {
+            throw PostgresError(kind: .connection, sqlState: PostgresError.readOnlyTransaction,
+                                message: "PostgreSQL at \(connection.parameters.safeDescription) accepts no writes (a standby, or default_transaction_read_only is on); list the primary in database.host, with target_session_attrs = \"read-write\"")
+        }
+        twoPhaseCommit = settings[0, 1] == "t"
         if !setUp {
             do {
                 try schema.install(on: connection, warn: { [logger] in logger.warning("\($0)") })
@@ -73,7 +83,6 @@ final class DatabaseSession: ChangeStore {
         batched = try Self.prepareReads(on: connection, query: query, logger: logger)
         prepared = true
         try connection.execute(schema.listenSQL)  // wake-up from idle (TableWorker.sleepUntilChange)
-        twoPhaseCommit = try connection.execute("SELECT current_setting('max_prepared_transactions') <> '0'")[0, 0] == "t"
         epoch = try connection.execute("SELECT to_regclass($1)::oid::text", [schema.changesTable])[0, 0] ?? "0"
         db = connection
     }

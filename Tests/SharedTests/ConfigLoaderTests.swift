@@ -323,7 +323,8 @@ final class ConfigLoaderTests: XCTestCase {
     }
 
     func testApply_intField_rejectsAFloat() {
-        XCTAssertEqual(parseError("[database]\nport = 5432.0\n").problem, "expected an integer, found a floating-point number")
+        // database.port also takes a string list: its own test covers a float there.
+        XCTAssertEqual(parseError("[service]\nbatch_size = 100.0\n").problem, "expected an integer, found a floating-point number")
     }
 
     func testApply_secondsField_acceptsAnIntegerOrAFloat() throws {
@@ -433,7 +434,60 @@ final class ConfigLoaderTests: XCTestCase {
     func testEnvironment_badInteger_isAnErrorNamingTheVariable() {
         let error = configError { _ = try load(["ATOMIC_DATA_PUBLISHER_DATABASE_PORT": "abc"]) }
         XCTAssertEqual(error.key, "ATOMIC_DATA_PUBLISHER_DATABASE_PORT")
-        XCTAssertEqual(error.problem, "expected an integer, found 'abc'")
+        XCTAssertEqual(error.problem, "expected an integer or comma-separated integers, found 'abc'")
+    }
+
+    func testPort_isAnIntegerOrAStringListInTomlAndEnvironment() throws {
+        XCTAssertEqual(try parse("[database]\nport = 6432\n").0.database.ports, [6432])
+        let listed = try parse("[database]\nhost = \"db1,db2\"\nport = \"5432, 5433\"\n").0.database
+        XCTAssertEqual(listed.ports, [5432, 5433])
+        XCTAssertEqual(listed.hosts, ["db1", "db2"])
+        XCTAssertEqual(parseError("[database]\nport = \"5432,x\"\n").key, "database.port")
+        XCTAssertEqual(parseError("[database]\nport = 5432.5\n").problem, "expected an integer or a string of comma-separated integers, found a floating-point number")
+        XCTAssertEqual(try load(["ATOMIC_DATA_PUBLISHER_DATABASE_PORT": "5432,5433"]).config.database.ports, [5432, 5433])
+        XCTAssertEqual(try load(["ATOMIC_DATA_PUBLISHER_DATABASE_PORT": " 6432 "]).config.database.port, 6432)
+    }
+
+    func testValidate_hostAndPortLists_andTargetSessionAttrs() throws {
+        var config = try validConfig()
+        config.database.host = "db1,db2,db3"
+        config.database.ports = [5432]
+        XCTAssertNoThrow(try ConfigLoader.validate(config), "one port for every host")
+        config.database.ports = [5432, 5433, 5434]
+        XCTAssertNoThrow(try ConfigLoader.validate(config), "one port per host")
+        XCTAssertEqual(config.database.resolvedTargetSessionAttrs, "read-write", "several hosts: the primary")
+        config.database.host = "db1"
+        XCTAssertNil(config.database.resolvedTargetSessionAttrs, "one host: libpq's default")
+
+        let twoPortsThreeHosts = try validationError { $0.database.host = "db1,db2,db3"; $0.database.ports = [5432, 5433] }
+        XCTAssertEqual(twoPortsThreeHosts.key, "database.port")
+        XCTAssertEqual(twoPortsThreeHosts.problem, "lists 2 ports for 3 hosts in database.host; give one port for all hosts or one per host")
+        XCTAssertEqual(try validationError { $0.database.host = "db1,db2"; $0.database.ports = [5432, 70000] }.key, "database.port")
+        XCTAssertEqual(try validationError { $0.database.host = "db1,,db2" }.key, "database.host")
+        let attrs = try validationError { $0.database.targetSessionAttrs = "master" }
+        XCTAssertEqual(attrs.key, "database.target_session_attrs")
+        for value in ConfigLoader.targetSessionAttrs {
+            var ok = try validConfig()
+            ok.database.targetSessionAttrs = value
+            XCTAssertNoThrow(try ConfigLoader.validate(ok), value)
+        }
+    }
+
+    func testWorkerConfigLine_keepsOnePortAnInteger_readsAnOlderLine_andCarriesAList() throws {
+        var config = try validConfig()
+        let single = String(decoding: try WorkerConfig(table: "t", config: config).encodedLine(), as: UTF8.self)
+        XCTAssertTrue(single.contains(#""port":5432"#), single)
+        // A line of the previous release: no target_session_attrs.
+        let older = single.replacingOccurrences(of: #","targetSessionAttrs":"""#, with: "")
+        XCTAssertNotEqual(older, single)
+        XCTAssertEqual(try WorkerConfig.decode(Array(older.utf8)).config, config)
+
+        config.database.host = "db1,db2"
+        config.database.ports = [5432, 5433]
+        config.database.targetSessionAttrs = "primary"
+        let line = try WorkerConfig(table: "t", config: config).encodedLine()
+        XCTAssertTrue(String(decoding: line, as: UTF8.self).contains(#""port":"5432,5433""#))
+        XCTAssertEqual(try WorkerConfig.decode(line.dropLast()).config, config)
     }
 
     func testEnvironment_badNumberAndBadFormat_areErrors() {

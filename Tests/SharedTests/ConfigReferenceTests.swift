@@ -31,7 +31,7 @@ final class ConfigReferenceTests: XCTestCase {
 
     func testTypesAndDefaults_comeFromTheFieldAndPublisherConfig() {
         let table = ConfigReference.markdown()
-        XCTAssertTrue(table.contains("| `database.port` | integer | `5432` |"), table)
+        XCTAssertTrue(table.contains("| `database.port` | integer or string | `5432` |"), table)
         XCTAssertTrue(table.contains("| `ingestor.retry_delay_seconds` | number | `5` |"), table)
         XCTAssertTrue(table.contains("| `service.lease_fence_seconds` | number | `-1` |"), table)
         XCTAssertTrue(table.contains("| `ingestor.allow_insecure_http` | boolean | `false` |"), table)

@@ -69,4 +69,38 @@ final class PostgresConnectErrorTests: XCTestCase {
         let tls = Dictionary(uniqueKeysWithValues: ConnectionParameters(config, applicationName: "t").keywords)
         XCTAssertEqual([tls["sslmode"], tls["sslrootcert"], tls["sslcert"], tls["sslkey"]], ["verify-full", "/etc/ca.pem", "/etc/c.pem", "/etc/k.pem"])
     }
+
+    func testKeywords_oneHost_leaveTargetSessionAttrsToLibpq() {
+        var config = DatabaseConfig()
+        config.host = "db1"
+        let keywords = Dictionary(uniqueKeysWithValues: ConnectionParameters(config, applicationName: "t").keywords)
+        XCTAssertEqual(keywords["host"], "db1")
+        XCTAssertEqual(keywords["port"], "5432")
+        XCTAssertNil(keywords["target_session_attrs"])
+        XCTAssertEqual(ConnectionParameters(config, applicationName: "t").safeDescription, "db1:5432/helium")
+    }
+
+    func testKeywords_severalHosts_defaultToReadWrite_andCarryEveryPort() {
+        var config = DatabaseConfig()
+        config.host = "db1, db2"
+        config.ports = [5432, 5433]
+        config.password = "pw"
+        let parameters = ConnectionParameters(config, applicationName: "t")
+        let keywords = Dictionary(uniqueKeysWithValues: parameters.keywords)
+        XCTAssertEqual(keywords["host"], "db1,db2", "blanks around a name are not libpq's to see")
+        XCTAssertEqual(keywords["port"], "5432,5433")
+        XCTAssertEqual(keywords["target_session_attrs"], "read-write")
+        XCTAssertEqual(parameters.safeDescription, "db1:5432,db2:5433/helium (target_session_attrs=read-write)")
+        XCTAssertFalse(parameters.safeDescription.contains("pw"))
+        config.targetSessionAttrs = "primary"
+        XCTAssertEqual(Dictionary(uniqueKeysWithValues: ConnectionParameters(config, applicationName: "t").keywords)["target_session_attrs"], "primary")
+        config.ports = [6432]
+        XCTAssertEqual(ConnectionParameters(config, applicationName: "t").safeDescription, "db1:6432,db2:6432/helium (target_session_attrs=primary)")
+    }
+
+    func testReadOnlyTransaction_countsAsALostConnection_soTheWorkerReconnects() {
+        XCTAssertTrue(PostgresError(kind: .query, sqlState: "25006", message: "cannot execute UPDATE in a read-only transaction").isConnectionLost)
+        XCTAssertFalse(PostgresError(kind: .query, sqlState: "25006", message: "").isPermanent)
+        XCTAssertFalse(PostgresError(kind: .query, sqlState: "25P02", message: "").isConnectionLost)
+    }
 }

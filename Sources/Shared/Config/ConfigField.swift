@@ -7,6 +7,8 @@ package struct ConfigField: Sendable {
     enum Target: Sendable {
         case string(WritableKeyPath<PublisherConfig, String> & Sendable)
         case int(WritableKeyPath<PublisherConfig, Int> & Sendable)
+        /// An integer, or a string of comma-separated integers ("5432,5433").
+        case intList(WritableKeyPath<PublisherConfig, [Int]> & Sendable)
         case double(WritableKeyPath<PublisherConfig, Double> & Sendable)
         case bool(WritableKeyPath<PublisherConfig, Bool> & Sendable)
         case logFormat(WritableKeyPath<PublisherConfig, LogFormat> & Sendable)
@@ -41,9 +43,9 @@ package struct ConfigField: Sendable {
 
     package static let all: [ConfigField] = [
         ConfigField("database", "host", .string(\.database.host),
-                    "PostgreSQL's host name, address, or Unix socket directory (such as `/var/run/postgresql`)."),
-        ConfigField("database", "port", .int(\.database.port),
-                    "PostgreSQL's port."),
+                    "PostgreSQL's host name, address, or Unix socket directory (such as `/var/run/postgresql`); or a comma list of them, tried in order (see [Primary failover](operations.md#primary-failover))."),
+        ConfigField("database", "port", .intList(\.database.ports),
+                    "PostgreSQL's port; with several hosts, one port for all or a string with one per host (`\"5432,5433\"`)."),
         ConfigField("database", "username", .string(\.database.username),
                     "The role the service connects as (see [least privilege](database.md#permissions-least-privilege))."),
         ConfigField("database", "password", .string(\.database.password), secret: true,
@@ -70,6 +72,8 @@ package struct ConfigField: Sendable {
                     "Unanswered probes before the connection is declared dead (libpq `keepalives_count`, server `tcp_keepalives_count`)."),
         ConfigField("database", "tcp_user_timeout_seconds", .int(\.database.tcpUserTimeoutSeconds),
                     "How long sent data may stay unacknowledged before the connection is dropped (libpq and server `tcp_user_timeout`, in ms). `0`: the kernel's default (~15 min). See [Sessions and resources](operations.md#sessions-and-resources)."),
+        ConfigField("database", "target_session_attrs", .string(\.database.targetSessionAttrs),
+                    "Which server of `host`'s list a session may use (libpq's): `any`, `read-write`, `read-only`, `primary`, `standby`, `prefer-standby`. Empty: `read-write` with several hosts, else libpq's default (`any`)."),
 
         ConfigField("ingestor", "base_url", .string(\.ingestor.baseURL),
                     "`http://` or `https://` with a host. Trailing `/` removed; `publish_endpoint` is appended. `user:password@` in it is sent as HTTP Basic authentication; together with `auth_token` it is a configuration error (only one credential can be sent). Never echoed in messages."),

@@ -110,6 +110,11 @@ extension ConfigLoader {
                 throw ConfigError(key: name, problem: "expected an integer\(shown)")
             }
             config[keyPath: keyPath] = int
+        case .intList(let keyPath):
+            guard let list = DatabaseConfig.ports(parsing: trimmed) else {
+                throw ConfigError(key: name, problem: "expected an integer or comma-separated integers\(shown)")
+            }
+            config[keyPath: keyPath] = list
         case .double(let keyPath):
             guard let double = Double(trimmed), double.isFinite else {
                 throw ConfigError(key: name, problem: "expected a number\(shown)")

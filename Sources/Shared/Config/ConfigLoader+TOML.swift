@@ -74,6 +74,17 @@ extension ConfigLoader {
             config[keyPath: keyPath] = try string(value, file: file, key: key)
         case .int(let keyPath):
             config[keyPath: keyPath] = try int(value, file: file, key: key)
+        case .intList(let keyPath):
+            if let int = value.int {
+                config[keyPath: keyPath] = [int]
+            } else if let text = value.string {
+                guard let list = DatabaseConfig.ports(parsing: text) else {
+                    throw ConfigError(file: file, key: key, problem: "expected an integer or a string of comma-separated integers, found '\(text)'")
+                }
+                config[keyPath: keyPath] = list
+            } else {
+                throw typeError(file: file, key: key, expected: "an integer or a string of comma-separated integers", found: value)
+            }
         case .double(let keyPath):
             config[keyPath: keyPath] = try double(value, file: file, key: key)
         case .bool(let keyPath):

@@ -14,6 +14,8 @@ import Darwin
 extension ConfigLoader {
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
     public static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+    /// libpq's (14 and later) values of `target_session_attrs`.
+    public static let targetSessionAttrs = ["any", "read-write", "read-only", "primary", "standby", "prefer-standby"]
     /// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
     public static let maximumIdentifierBytes = 63
     public static let maximumBatchSize = 10_000
@@ -49,7 +51,20 @@ extension ConfigLoader {
 
     private static func validateDatabase(_ database: DatabaseConfig) throws(ConfigError) {
         try nonEmpty(database.host, "database.host")
-        try port(database.port, "database.port")
+        let hosts = database.hosts
+        if hosts.count > 1, let empty = hosts.firstIndex(of: "") {
+            throw ConfigError(key: "database.host", problem: "the list's host \(empty + 1) of \(hosts.count) is empty; separate host names with single commas")
+        }
+        guard !database.ports.isEmpty else { throw ConfigError(key: "database.port", problem: "must name a port") }
+        for value in database.ports { try port(value, "database.port") }
+        // libpq's rule: one port for every host, or one per host.
+        guard database.ports.count == 1 || database.ports.count == hosts.count else {
+            throw ConfigError(key: "database.port", problem: "lists \(database.ports.count) ports for \(hosts.count) host\(hosts.count == 1 ? "" : "s") in database.host; give one port for all hosts or one per host")
+        }
+        guard database.targetSessionAttrs.isEmpty || targetSessionAttrs.contains(database.targetSessionAttrs) else {
+            throw ConfigError(key: "database.target_session_attrs",
+                              problem: "'\(database.targetSessionAttrs)' is not a target_session_attrs; expected one of \(targetSessionAttrs.joined(separator: ", ")), or empty for the default")
+        }
         try nonEmpty(database.username, "database.username")
         try nonEmpty(database.databaseName, "database.database_name")
         guard sslModes.contains(database.sslmode) else {

@@ -38,6 +38,7 @@ package enum ConfigReference {
         switch target {
         case .string, .logFormat: "string"
         case .int: "integer"
+        case .intList: "integer or string"
         case .double: "number"
         case .bool: "boolean"
         }
@@ -47,6 +48,7 @@ package enum ConfigReference {
         switch target {
         case .string(let path): "`\"\(config[keyPath: path])\"`"
         case .int(let path): "`\(config[keyPath: path])`"
+        case .intList(let path): "`\(config[keyPath: path].map(String.init).joined(separator: ","))`"
         case .double(let path): "`\(number(config[keyPath: path]))`"
         case .bool(let path): "`\(config[keyPath: path])`"
         case .logFormat(let path): "`\"\(config[keyPath: path].rawValue)\"`"

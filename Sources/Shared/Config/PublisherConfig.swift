@@ -33,8 +33,10 @@ public struct PublisherConfig: Codable, Sendable, Equatable {
 }
 
 public struct DatabaseConfig: Codable, Sendable, Equatable {
+    /// One host, or a comma list that libpq tries in order (a primary and its standbys).
     public var host = "localhost"
-    public var port = 5432
+    /// One port for every host, or one per host of `host`'s list.
+    public var ports = [5432]
     public var username = "postgres"
     public var password = ""
     public var databaseName = "helium"
@@ -54,7 +56,97 @@ public struct DatabaseConfig: Codable, Sendable, Equatable {
     public var keepalivesIntervalSeconds = 5
     public var keepalivesCount = 3
     public var tcpUserTimeoutSeconds = 30
+    /// libpq's `target_session_attrs`; empty: `read-write` when `host` lists several hosts (so a
+    /// standby listed first, or a standby promoted while the primary is away, is never where the
+    /// service stays), else libpq's own default.
+    public var targetSessionAttrs = ""
     public init() {}
+
+    /// The port when one serves every host (the common case): the first of `ports`. Setting it
+    /// gives every host that port.
+    public var port: Int {
+        get { ports.first ?? 0 }
+        set { ports = [newValue] }
+    }
+
+    /// `host` split at its commas, blanks around each name removed.
+    public var hosts: [String] {
+        host.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingWhitespace() }
+    }
+
+    /// The `target_session_attrs` in effect (see `targetSessionAttrs`); nil: libpq's default.
+    public var resolvedTargetSessionAttrs: String? {
+        if !targetSessionAttrs.isEmpty { return targetSessionAttrs }
+        return hosts.count > 1 ? "read-write" : nil
+    }
+
+    /// `ports` as the `port` key is written: "5432", or "5432,5433" for one port per host.
+    public var portList: String { ports.map(String.init).joined(separator: ",") }
+
+    /// Parses the `port` key's string form ("5432" or "5432, 5433"); nil when a part is not an integer.
+    public static func ports(parsing text: String) -> [Int]? {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingWhitespace() }
+        let ports = parts.compactMap { Int($0) }
+        return ports.count == parts.count ? ports : nil
+    }
+
+    // The supervisor hands this to its workers as JSON (WorkerConfig). `port` stays an integer
+    // when one port serves every host, so a worker binary of the previous release still reads
+    // the line, and keys added since are optional, so this worker still reads an older
+    // supervisor's line (a package upgrade replaces the worker binary under a running supervisor).
+    private enum CodingKeys: String, CodingKey {
+        case host, port, username, password, databaseName, sslmode, sslrootcert, sslcert, sslkey, connectTimeoutSeconds,
+             statementTimeoutSeconds, keepalivesIdleSeconds, keepalivesIntervalSeconds, keepalivesCount, tcpUserTimeoutSeconds,
+             targetSessionAttrs
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        host = try c.decode(String.self, forKey: .host)
+        if let single = try? c.decode(Int.self, forKey: .port) {
+            ports = [single]
+        } else {
+            let text = try c.decode(String.self, forKey: .port)
+            guard let parsed = Self.ports(parsing: text) else {
+                throw DecodingError.dataCorruptedError(forKey: .port, in: c, debugDescription: "not a list of ports: \(text)")
+            }
+            ports = parsed
+        }
+        username = try c.decode(String.self, forKey: .username)
+        password = try c.decode(String.self, forKey: .password)
+        databaseName = try c.decode(String.self, forKey: .databaseName)
+        sslmode = try c.decode(String.self, forKey: .sslmode)
+        sslrootcert = try c.decode(String.self, forKey: .sslrootcert)
+        sslcert = try c.decode(String.self, forKey: .sslcert)
+        sslkey = try c.decode(String.self, forKey: .sslkey)
+        connectTimeoutSeconds = try c.decode(Int.self, forKey: .connectTimeoutSeconds)
+        statementTimeoutSeconds = try c.decode(Int.self, forKey: .statementTimeoutSeconds)
+        keepalivesIdleSeconds = try c.decode(Int.self, forKey: .keepalivesIdleSeconds)
+        keepalivesIntervalSeconds = try c.decode(Int.self, forKey: .keepalivesIntervalSeconds)
+        keepalivesCount = try c.decode(Int.self, forKey: .keepalivesCount)
+        tcpUserTimeoutSeconds = try c.decode(Int.self, forKey: .tcpUserTimeoutSeconds)
+        targetSessionAttrs = try c.decodeIfPresent(String.self, forKey: .targetSessionAttrs) ?? ""
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(host, forKey: .host)
+        if ports.count == 1 { try c.encode(ports[0], forKey: .port) } else { try c.encode(portList, forKey: .port) }
+        try c.encode(username, forKey: .username)
+        try c.encode(password, forKey: .password)
+        try c.encode(databaseName, forKey: .databaseName)
+        try c.encode(sslmode, forKey: .sslmode)
+        try c.encode(sslrootcert, forKey: .sslrootcert)
+        try c.encode(sslcert, forKey: .sslcert)
+        try c.encode(sslkey, forKey: .sslkey)
+        try c.encode(connectTimeoutSeconds, forKey: .connectTimeoutSeconds)
+        try c.encode(statementTimeoutSeconds, forKey: .statementTimeoutSeconds)
+        try c.encode(keepalivesIdleSeconds, forKey: .keepalivesIdleSeconds)
+        try c.encode(keepalivesIntervalSeconds, forKey: .keepalivesIntervalSeconds)
+        try c.encode(keepalivesCount, forKey: .keepalivesCount)
+        try c.encode(tcpUserTimeoutSeconds, forKey: .tcpUserTimeoutSeconds)
+        try c.encode(targetSessionAttrs, forKey: .targetSessionAttrs)
+    }
 }
 
 public struct IngestorConfig: Codable, Sendable, Equatable {

@@ -30,8 +30,13 @@ import Glibc
 import Dispatch
 
 public struct ConnectionParameters: Sendable, Equatable {
-    public var host: String
-    public var port: Int
+    /// One host, or several that libpq tries in order until one accepts the session
+    /// (`targetSessionAttrs` says which servers may).
+    public var hosts: [String]
+    /// One port for every host, or one per host.
+    public var ports: [Int]
+    /// libpq's `target_session_attrs`; nil: libpq's default (`any`, or PGTARGETSESSIONATTRS).
+    public var targetSessionAttrs: String?
     public var username: String
     public var password: String
     public var database: String
@@ -48,8 +53,9 @@ public struct ConnectionParameters: Sendable, Equatable {
     public var applicationName: String
 
     public init(_ config: DatabaseConfig, applicationName: String) {
-        host = config.host
-        port = config.port
+        hosts = config.hosts
+        ports = config.ports
+        targetSessionAttrs = config.resolvedTargetSessionAttrs
         username = config.username
         password = config.password
         database = config.databaseName
@@ -69,8 +75,8 @@ public struct ConnectionParameters: Sendable, Equatable {
     /// libpq's connection keywords and values (the password only when set).
     var keywords: [(String, String)] {
         var pairs: [(String, String)] = [
-            ("host", host),
-            ("port", String(port)),
+            ("host", hosts.joined(separator: ",")),
+            ("port", ports.map(String.init).joined(separator: ",")),
             ("user", username),
             ("dbname", database),
             ("sslmode", sslmode),
@@ -85,6 +91,9 @@ public struct ConnectionParameters: Sendable, Equatable {
             ("tcp_user_timeout", String(tcpUserTimeoutSeconds * 1000)),
         ]
         if !password.isEmpty { pairs.append(("password", password)) }
+        // With several hosts, the session must land on the primary: a standby (listed first, or
+        // still up while the primary is away) would take the session and refuse every write.
+        if let targetSessionAttrs { pairs.append(("target_session_attrs", targetSessionAttrs)) }
         for (key, value) in [("sslrootcert", sslrootcert), ("sslcert", sslcert), ("sslkey", sslkey)] where !value.isEmpty {
             pairs.append((key, value))
         }
@@ -104,8 +113,13 @@ public struct ConnectionParameters: Sendable, Equatable {
         ].joined(separator: " ")
     }
 
-    /// Where we connect, for log lines: no user name, no password.
-    public var safeDescription: String { "\(host):\(port)/\(database)" }
+    /// Where we connect, for log lines: no user name, no password. Every host with its port
+    /// ("db1:5432,db2:5432/helium"), and the target_session_attrs when one is set.
+    public var safeDescription: String {
+        let targets = hosts.enumerated().map { index, host in "\(host):\(ports.count == hosts.count ? ports[index] : ports.first ?? 0)" }
+        let attrs = targetSessionAttrs.map { " (target_session_attrs=\($0))" } ?? ""
+        return "\(targets.joined(separator: ","))/\(database)\(attrs)"
+    }
 }
 
 public struct PostgresError: Error, CustomStringConvertible, Sendable {
@@ -159,9 +173,17 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
         isRejectedLogin || kind == .tls
     }
 
+    /// The session is gone, or no longer good for the service: reconnect (with backoff).
+    /// 25006 (read_only_sql_transaction) counts: the server this session is on stopped accepting
+    /// writes (a primary demoted by a failover tool and restarted as a standby, or set
+    /// `default_transaction_read_only`), so staying would publish nothing; a new connection lets
+    /// libpq pick the server that is the primary now (target_session_attrs=read-write).
     public var isConnectionLost: Bool {
-        kind == .connection || sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false
+        kind == .connection || sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" || $0 == Self.readOnlyTransaction } ?? false
     }
+
+    /// SQLSTATE read_only_sql_transaction: a write on a standby or in a read-only session.
+    public static let readOnlyTransaction = "25006"
 }
 
 /// One row of a result as libpq holds it, for `PostgresConnection.forEachRow`: valid only inside

@@ -48,7 +48,7 @@ enum ConfigFile {
 
         section("database")
         set("host", string(c.database.host))
-        set("port", String(c.database.port))
+        set("port", c.database.ports.count == 1 ? String(c.database.port) : string(c.database.portList))
         set("username", string(c.database.username))
         set("password", string(c.database.password))
         set("database_name", string(c.database.databaseName))
@@ -62,6 +62,9 @@ enum ConfigFile {
         set("keepalives_interval_seconds", String(c.database.keepalivesIntervalSeconds))
         set("keepalives_count", String(c.database.keepalivesCount))
         set("tcp_user_timeout_seconds", String(c.database.tcpUserTimeoutSeconds))
+        // Only when set: the previous release (rolling-upgrade tests) reads these files too, and
+        // refuses a key it does not know.
+        if !c.database.targetSessionAttrs.isEmpty { set("target_session_attrs", string(c.database.targetSessionAttrs)) }
 
         section("ingestor")
         set("base_url", string(c.ingestor.baseURL))
