@@ -54,6 +54,9 @@ public struct DatabaseConfig: Codable, Sendable, Equatable {
     public var keepalivesIntervalSeconds = 5
     public var keepalivesCount = 3
     public var tcpUserTimeoutSeconds = 30
+    /// The PostgreSQL sessions this instance may hold in all (SessionBudget); 0: one per worker
+    /// plus one read-ahead session each.
+    public var maxConnections = 0
     public init() {}
 }
 
