@@ -62,6 +62,7 @@ enum ConfigFile {
         set("keepalives_interval_seconds", String(c.database.keepalivesIntervalSeconds))
         set("keepalives_count", String(c.database.keepalivesCount))
         set("tcp_user_timeout_seconds", String(c.database.tcpUserTimeoutSeconds))
+        set("max_connections", String(c.database.maxConnections))
 
         section("ingestor")
         set("base_url", string(c.ingestor.baseURL))
