@@ -135,7 +135,18 @@ final class ConnectionBudgetTests: IntegrationTestCase {
         config.service.healthCheckAddress = "127.0.0.1"
         config.service.healthCheckPort = try SupervisorProcess.freePort()
         config.logging.level = "info"
-        let supervisor = try SupervisorProcess(configURL: try writeConfig(config), healthPort: config.service.healthCheckPort,
+        let configURL = try writeConfig(config)
+
+        // check-config sees the shortage before anything starts: a warning with the figures, exit 0.
+        let check = try ManagedProcess(name: "check-config", executable: try TestEnvironment.binary(named: "atomic-data-publisher"),
+                                       arguments: ["--config", configURL.path, "check-config"], environment: [:],
+                                       workingDirectory: workDirectory, logDirectory: workDirectory)
+        XCTAssertEqual(check.waitForExit(timeout: 30), .exited(0))
+        let output = check.stdoutLines().joined(separator: "\n")
+        XCTAssertTrue(output.contains("warning: this instance may open up to 3 PostgreSQL sessions (3 workers, database.max_connections = 3) but only 2 are free for role adp (server max_connections 50, 3 reserved for superusers, "), output)
+        XCTAssertTrue(output.contains("; role CONNECTION LIMIT 2 with 0 in use): not even one session per worker fits, so 1 of the 3 workers would wait for a session"), output)
+
+        let supervisor = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort,
                                                directory: workDirectory, name: "supervisor")
         supervisors.append(supervisor)
 
