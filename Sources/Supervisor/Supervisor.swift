@@ -119,10 +119,7 @@ final class Supervisor {
 
     /// One worker per table, or per partition of a partitioned table, in configuration order.
     static func workerEntries(_ config: PublisherConfig) -> [(name: String, table: WatchedTable, partition: TablePartition)] {
-        config.service.watchedTables.flatMap { table in
-            let shares = table.partitions > 1 ? (0..<table.partitions).map { TablePartition(index: $0, count: table.partitions) } : [.whole]
-            return shares.map { (name: $0.workerName(table: table.name), table: table, partition: $0) }
-        }
+        config.workerEntries
     }
 
     private var restartPolicy: RestartPolicy {
@@ -154,6 +151,7 @@ final class Supervisor {
             || { var a = next.service; var b = config.service; a.watchedTables = []; b.watchedTables = []; return a != b }()
         let entries = Self.workerEntries(next)
         let newNames = Set(entries.map(\.name))
+        let previous = config
         config = next
         instanceId = next.resolvedInstanceId
         let now = monotonicSeconds()
@@ -164,7 +162,10 @@ final class Supervisor {
         }
         for (name, table, partition) in entries {
             if var existing = workers[name] {
+                // A table added or removed can move the others' read-ahead rights (a configured
+                // budget): a worker keeps the share it was started with, so it restarts with its new one.
                 let changed = globalChanged || existing.table != table
+                    || SessionShare.of(workerName: name, in: previous)?.sessions != SessionShare.of(workerName: name, in: next)?.sessions
                 existing.table = table
                 existing.partition = partition
                 existing.removeWhenStopped = false
@@ -289,7 +290,7 @@ final class Supervisor {
             // The worker gets its own table's slice of the configuration, nothing of the others.
             var slice = config
             slice.service.watchedTables = config.service.watchedTables.filter { $0.name == worker.table.name }
-            let line = try WorkerConfig(table: worker.table.name, config: slice).encodedLine()
+            let line = try WorkerConfig(table: worker.table.name, config: slice, share: SessionShare.of(workerName: name, in: config)).encodedLine()
             let child = try ChildProcess.spawn(path: workerPath, table: worker.table.name, partition: worker.partition.isWhole ? nil : worker.partition.index,
                                                configLine: line, environment: Self.workerEnvironment())
             workers[name]!.child = child

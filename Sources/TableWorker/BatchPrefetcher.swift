@@ -14,6 +14,9 @@
 //   read again on the worker's own session.
 // - Errors on the second connection are never acted on: the batch is read again on the worker's
 //   session, which reports them the usual way.
+// - The second connection counts against the instance's session budget (SessionBudget): a worker
+//   whose share has no read-ahead session never opens it, and one the server refuses (too many
+//   connections) is not asked for again for a while, so a full server is not hammered.
 
 import Dispatch
 import Logging
@@ -35,6 +38,8 @@ final class BatchPrefetcher: @unchecked Sendable {
         var batch: Batch?
         var seconds = 0.0
         var finishedAt = 0.0
+        /// The server refused the second connection (SQLSTATE 53300).
+        var refused = false
         init(token: Token) { self.token = token }
 
         /// Wait up to `seconds` for the read to end (it stays ended for later calls).
@@ -50,11 +55,16 @@ final class BatchPrefetcher: @unchecked Sendable {
     /// How long the worker waits for a read ahead before reading the batch in turn on its own
     /// session (a read ahead stuck on a dead connection must not hold the loop up longer).
     static let maximumWaitSeconds = 5.0
+    /// After the server refused the second connection, no read ahead for this long (each batch is
+    /// read in turn on the worker's session meanwhile).
+    static let refusedPauseSeconds = 60.0
 
     private let config: PublisherConfig
     private let schema: TrackingSchema
     private let reader: BatchReader
     private let logger: Logger
+    /// This worker's share of the session budget includes a read-ahead session.
+    let enabled: Bool
     private let queue = DispatchQueue(label: "atomic-data-publisher.prefetch")
     /// The worker's thread only: the read to take next, and the last one started (while that one
     /// runs, no other starts: none queues behind a stuck one).
@@ -66,7 +76,8 @@ final class BatchPrefetcher: @unchecked Sendable {
     private var connection: PostgresConnection?
     private var batched = false
 
-    init(config: PublisherConfig, schema: TrackingSchema, reader: BatchReader, logger: Logger) {
+    init(config: PublisherConfig, schema: TrackingSchema, reader: BatchReader, enabled: Bool, logger: Logger) {
+        self.enabled = enabled
         self.config = config
         self.schema = schema
         self.reader = reader
@@ -76,7 +87,11 @@ final class BatchPrefetcher: @unchecked Sendable {
     /// Start reading the batch after this one, without `keys` (the batch being sent). `batched`:
     /// the worker's session uses the whole-batch atomic data statement.
     func start(token: Token, excludingKeys keys: [String], batched allowed: Bool) {
-        if let last, !last.wait(0) { return }
+        guard enabled else { return }
+        if let last {
+            guard last.wait(0) else { return }
+            if last.refused && monotonicSeconds() - last.finishedAt < Self.refusedPauseSeconds { return }
+        }
         let read = Read(token: token)
         pending = read
         last = read
@@ -86,6 +101,12 @@ final class BatchPrefetcher: @unchecked Sendable {
             do {
                 let db = try readerConnection()
                 read.batch = try reader.read(db, batched: allowed && batched, excludingKeys: keys)
+            } catch let error as PostgresError where error.sqlState == "53300" {
+                // Not an error of ours to act on, but the operator's to know: the budget leaves
+                // room the server does not have (SessionRefusal says what to change).
+                read.refused = true
+                logger.warning("PostgreSQL refused the read-ahead connection (too many connections): batches are read in turn for \(Int(Self.refusedPauseSeconds)) s; lower database.max_connections or make room on the server",
+                               metadata: ["error": "\(error)"])
             } catch {
                 logger.debug("reading the next batch ahead failed; it is read again in turn", metadata: ["error": "\(error)"])
                 closeOnQueue()

@@ -97,7 +97,11 @@ final class TableWorker {
     /// The table's name, or `name#index` for a partition's worker.
     var workerName: String { schema.partition.workerName(table: table.name) }
 
-    init(config: PublisherConfig, table: WatchedTable, partition: TablePartition = .whole, supervised: Bool, logger: Logger) {
+    /// This worker's part of the instance's session budget (SessionBudget).
+    let sessions: SessionShare
+
+    init(config: PublisherConfig, table: WatchedTable, partition: TablePartition = .whole, sessions: SessionShare, supervised: Bool, logger: Logger) {
+        self.sessions = sessions
         self.config = config
         self.table = table
         self.supervised = supervised
@@ -105,7 +109,7 @@ final class TableWorker {
         schema = TrackingSchema(table: table, partition: partition)
         session = DatabaseSession(config: config, schema: schema, logger: logger)
         reader = BatchReader(schema: schema, batchSize: config.service.batchSize)
-        prefetcher = BatchPrefetcher(config: config, schema: schema, reader: reader, logger: logger)
+        prefetcher = BatchPrefetcher(config: config, schema: schema, reader: reader, enabled: sessions.sessions >= 2, logger: logger)
         builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
                                  resetSeconds: config.ingestor.circuitBreakerResetSeconds)
@@ -224,6 +228,10 @@ final class TableWorker {
                 sessionGeneration += 1
                 stats.database = .up
                 if attempt > 0 || reconnecting { logger.notice("database connection restored") }
+                if stats.databaseProblem != nil {
+                    stats.databaseProblem = nil
+                    logger.notice("PostgreSQL accepted this worker's session again")
+                }
                 return
             } catch let error as PostgresError {
                 if error.isConfigurationFailure {  // a rejected login or a TLS verification failure: exit 78
@@ -241,6 +249,14 @@ final class TableWorker {
                 }
                 stats.database = .down
                 let delay = Backoff(initial: 0.5, maximum: 30).delay(attempt: attempt, unit: randomUnit())
+                // No room on the server is the operator's to fix, not a crash: say what to change
+                // (in /health and /readyz too) and keep trying; the supervisor never restarts a
+                // worker for it (it keeps reporting while it waits).
+                let refusal = SessionRefusal.matches(error) ? SessionRefusal.sentence(error, share: sessions, role: config.database.username) : nil
+                if let refusal, refusal != stats.databaseProblem {
+                    logger.warning("\(refusal)", metadata: ["error": "\(error)"])
+                }
+                stats.databaseProblem = refusal
                 logger.warning("database unavailable, retrying", metadata: ["error": "\(error)", "retry_in_seconds": "\((delay * 10).rounded() / 10)"])
                 attempt += 1
                 try pause(delay)

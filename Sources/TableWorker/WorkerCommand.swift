@@ -49,8 +49,9 @@ struct WorkerCommand: ParsableCommand {
             if let supervisorPid, getppid() != supervisorPid { throw ExitCode(ExitStatus.clean) }
         }
         let resolved: PublisherConfig
+        var sessionShare: SessionShare?
         do {
-            resolved = try loadConfig()
+            (resolved, sessionShare) = try loadConfig()
         } catch {
             LogSetup.bootstrap(level: "info", format: .json)
             let message = "\(error)"
@@ -84,22 +85,25 @@ struct WorkerCommand: ParsableCommand {
         if !share.isWhole { metadata["partition"] = "\(share.index)" }
         LogSetup.bootstrap(level: resolved.logging.level, format: resolved.logging.format, metadata: metadata)
         let logger = Logger(label: "atomic-data-table-worker")
-        let worker = TableWorker(config: resolved, table: watched, partition: share, supervised: configStdin, logger: logger)
+        let sessions = sessionShare ?? SessionShare.of(workerName: share.workerName(table: watched.name), in: resolved)
+            ?? SessionShare(sessions: 2, budget: SessionBudget(resolved))
+        let worker = TableWorker(config: resolved, table: watched, partition: share, sessions: sessions, supervised: configStdin, logger: logger)
         let status = worker.run()
         if status != 0 { throw ExitCode(status) }
     }
 
-    private func loadConfig() throws -> PublisherConfig {
+    /// The configuration, and the session share the supervisor computed (nil: standalone).
+    private func loadConfig() throws -> (PublisherConfig, SessionShare?) {
         if configStdin {
             guard let line = readLine(fd: 0) else {
                 throw ConfigError(problem: "expected one line of WorkerConfig JSON on stdin")
             }
             let decoded = try WorkerConfig.decode(line)
-            return decoded.config
+            return (decoded.config, decoded.share)
         }
         let loaded = try ConfigLoader.load(explicitPath: config, environment: ProcessInfo.processInfo.environment)
         try ConfigLoader.validate(loaded.config)
-        return loaded.config
+        return (loaded.config, nil)
     }
 
     /// Read one line from `fd` byte by byte (the rest of the pipe stays unread: it is only

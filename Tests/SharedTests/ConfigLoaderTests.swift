@@ -296,7 +296,7 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertTrue(error.problem.contains("'hotspots'"), error.problem)
     }
 
-    func testApply_legacyPoolKeys_areAcceptedWithAWarningEach() throws {
+    func testApply_legacyPoolKeys_areAcceptedWithAWarningEach_butMaxConnectionsIsTheSessionBudget() throws {
         let (config, warnings) = try parse("""
             [database]
             max_connections = 10
@@ -305,9 +305,33 @@ final class ConfigLoaderTests: XCTestCase {
             idle_timeout_seconds = 600
             max_lifetime_seconds = 1800
             """)
-        XCTAssertEqual(config, PublisherConfig())
-        XCTAssertEqual(warnings.count, 5)
-        XCTAssertTrue(warnings.contains { $0.contains("database.max_connections") && $0.contains("test.toml") }, "\(warnings)")
+        var expected = PublisherConfig()
+        expected.database.maxConnections = 10
+        XCTAssertEqual(config, expected)
+        XCTAssertEqual(warnings.count, 4)
+        XCTAssertTrue(warnings.contains { $0.contains("database.min_connections") && $0.contains("test.toml") }, "\(warnings)")
+        XCTAssertFalse(warnings.contains { $0.contains("ignoring database.max_connections") }, "\(warnings)")
+    }
+
+    func testValidate_maxConnectionsBelowTheWorkers_isAnErrorNamingBothNumbers() throws {
+        let error = try validationError { config in
+            config.service.watchedTables[0].partitions = 4
+            config.database.maxConnections = 3
+        }
+        XCTAssertEqual(error.key, "database.max_connections")
+        XCTAssertTrue(error.problem.contains("is 3, below the 4 workers"), error.problem)
+        XCTAssertTrue(error.problem.contains("partitions = N counts N"), error.problem)
+        XCTAssertTrue(error.problem.contains("at least 4"), error.problem)
+    }
+
+    func testValidate_maxConnectionsEqualToTheWorkers_orAutomatic_isValid() throws {
+        var config = try validConfig()
+        config.database.maxConnections = SessionBudget(config).workers
+        XCTAssertNoThrow(try ConfigLoader.validate(config))
+        config.database.maxConnections = 0
+        XCTAssertNoThrow(try ConfigLoader.validate(config))
+        config.database.maxConnections = -1
+        XCTAssertEqual(configError({ try ConfigLoader.validate(config) }).key, "database.max_connections")
     }
 
     func testApply_wrongType_namesKeyExpectedAndFoundType() {
@@ -564,15 +588,21 @@ final class ConfigLoaderTests: XCTestCase {
     func testEnvironment_unknownPrefixedVariable_isAWarningNotAnError() throws {
         let loaded = try load([
             "ATOMIC_DATA_PUBLISHER_DATABASE_HOSTNAME": "x",
-            "ATOMIC_DATA_PUBLISHER_DATABASE_MAX_CONNECTIONS": "10",
+            "ATOMIC_DATA_PUBLISHER_DATABASE_MIN_CONNECTIONS": "10",
             "PATH": "/usr/bin",
         ])
         XCTAssertEqual(loaded.config, PublisherConfig())
         XCTAssertEqual(loaded.warnings.count, 2)
         XCTAssertTrue(loaded.warnings.contains("ignoring unknown environment variable ATOMIC_DATA_PUBLISHER_DATABASE_HOSTNAME"),
                       "\(loaded.warnings)")
-        XCTAssertTrue(loaded.warnings.contains { $0.contains("ATOMIC_DATA_PUBLISHER_DATABASE_MAX_CONNECTIONS") && $0.contains("connection") },
+        XCTAssertTrue(loaded.warnings.contains { $0.contains("ATOMIC_DATA_PUBLISHER_DATABASE_MIN_CONNECTIONS") && $0.contains("connection") },
                       "\(loaded.warnings)")
+    }
+
+    func testEnvironment_maxConnections_setsTheSessionBudget() throws {
+        let loaded = try load(["ATOMIC_DATA_PUBLISHER_DATABASE_MAX_CONNECTIONS": "35"])
+        XCTAssertEqual(loaded.config.database.maxConnections, 35)
+        XCTAssertEqual(loaded.warnings, [])
     }
 
     // MARK: Validation

@@ -49,6 +49,14 @@ final class ProbesTests: XCTestCase {
                        .fail("table b: permission denied for table b"))
     }
 
+    func testReadiness_whenTheServerRefusesAStartingWorkersSession_saysWhyRatherThanStarting() {
+        var refused = table("b", state: "starting", database: .down)
+        refused.stats.databaseProblem = "PostgreSQL refused this worker's session, too many connections (SQLSTATE 53300): ..."
+        XCTAssertEqual(snapshot([table("a", state: "starting"), refused]).readiness,
+                       .fail("table b: PostgreSQL refused this worker's session, too many connections (SQLSTATE 53300): ..."))
+        XCTAssertEqual(snapshot([table("a"), refused]).health, .degraded)
+    }
+
     func testReadiness_whenAWorkerIsBackingOff_isNotReady() {
         XCTAssertEqual(snapshot([table("a", state: "backing_off", database: .unknown)]).readiness, .fail("table a: worker backing_off"))
     }

@@ -74,6 +74,8 @@ package struct ConfigField: Sendable {
                     "How long sent data may stay unacknowledged before the connection is dropped (libpq and server `tcp_user_timeout`, in ms). `0`: the kernel's default (~15 min). See [Sessions and resources](operations.md#sessions-and-resources)."),
         ConfigField("database", "target_session_attrs", .string(\.database.targetSessionAttrs),
                     "Which server of `host`'s list a session may use (libpq's): `any`, `read-write`, `read-only`, `primary`, `standby`, `prefer-standby`. Empty: `read-write` with several hosts, else libpq's default (`any`)."),
+        ConfigField("database", "max_connections", .int(\.database.maxConnections),
+                    "The PostgreSQL sessions this instance may hold in all: one per worker (a table with `partitions = N` has N), the rest read batches ahead, one per worker at most. At least the number of workers. `0`: automatic, two per worker. See [Sessions and resources](operations.md#sessions-and-resources)."),
 
         ConfigField("ingestor", "base_url", .string(\.ingestor.baseURL),
                     "`http://` or `https://` with a host. Trailing `/` removed; `publish_endpoint` is appended. `user:password@` in it is sent as HTTP Basic authentication; together with `auth_token` it is a configuration error (only one credential can be sent). Never echoed in messages."),
@@ -151,14 +153,15 @@ package struct ConfigField: Sendable {
     static var ingestorSigningSecret: ConfigField { named("ingestor", "signing_secret") }
     static var ingestorPreviousSigningSecret: ConfigField { named("ingestor", "previous_signing_secret") }
 
-    /// The original service's connection-pool keys: accepted with a warning so its config files
-    /// keep loading, and ignored, because each table worker holds exactly one connection.
+    /// The original service's other connection-pool keys: accepted with a warning so its config
+    /// files keep loading, and ignored, because each worker holds its own sessions, never a pool
+    /// (`max_connections` became the instance's session budget, SessionBudget).
     static let legacyPoolKeys: Set<String> = [
-        "max_connections", "min_connections", "acquire_timeout_seconds", "idle_timeout_seconds", "max_lifetime_seconds",
+        "min_connections", "acquire_timeout_seconds", "idle_timeout_seconds", "max_lifetime_seconds",
     ]
 
     static func legacyPoolKeyWarning(_ name: String, file: String?) -> String {
         let source = file.map { "\($0): " } ?? ""
-        return "\(source)ignoring \(name): connection-pool settings no longer apply, each table worker holds one connection"
+        return "\(source)ignoring \(name): connection-pool settings no longer apply, each table worker holds its own sessions (database.max_connections caps them)"
     }
 }

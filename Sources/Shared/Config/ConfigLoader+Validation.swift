@@ -26,6 +26,18 @@ extension ConfigLoader {
         try validateService(config.service)
         try validateLogging(config.logging)
         try validateWatchedTables(config.service.watchedTables)
+        try validateSessionBudget(config)
+    }
+
+    /// Each worker needs one session: a budget below that could never run them all.
+    private static func validateSessionBudget(_ config: PublisherConfig) throws(ConfigError) {
+        try atLeast(0, config.database.maxConnections, "database.max_connections")
+        let budget = SessionBudget(config)
+        guard budget.configured, budget.limit < budget.workers else { return }
+        let partitioned = config.service.watchedTables.filter { $0.partitions > 1 }.count
+        let counted = partitioned == 0 ? "" : " (a table with partitions = N counts N)"
+        throw ConfigError(key: "database.max_connections",
+                          problem: "is \(budget.limit), below the \(budget.workers) workers this configuration starts\(counted), which need one PostgreSQL session each; set it to at least \(budget.workers) (\(2 * budget.workers) lets every worker read ahead), or 0 for automatic")
     }
 
     /// Letters, digits and underscores, not starting with a digit, at most 63 bytes.

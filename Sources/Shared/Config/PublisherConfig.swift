@@ -60,6 +60,9 @@ public struct DatabaseConfig: Codable, Sendable, Equatable {
     /// standby listed first, or a standby promoted while the primary is away, is never where the
     /// service stays), else libpq's own default.
     public var targetSessionAttrs = ""
+    /// The PostgreSQL sessions this instance may hold in all (SessionBudget); 0: one per worker
+    /// plus one read-ahead session each.
+    public var maxConnections = 0
     public init() {}
 
     /// The port when one serves every host (the common case): the first of `ports`. Setting it
@@ -97,7 +100,7 @@ public struct DatabaseConfig: Codable, Sendable, Equatable {
     private enum CodingKeys: String, CodingKey {
         case host, port, username, password, databaseName, sslmode, sslrootcert, sslcert, sslkey, connectTimeoutSeconds,
              statementTimeoutSeconds, keepalivesIdleSeconds, keepalivesIntervalSeconds, keepalivesCount, tcpUserTimeoutSeconds,
-             targetSessionAttrs
+             targetSessionAttrs, maxConnections
     }
 
     public init(from decoder: any Decoder) throws {
@@ -126,6 +129,7 @@ public struct DatabaseConfig: Codable, Sendable, Equatable {
         keepalivesCount = try c.decode(Int.self, forKey: .keepalivesCount)
         tcpUserTimeoutSeconds = try c.decode(Int.self, forKey: .tcpUserTimeoutSeconds)
         targetSessionAttrs = try c.decodeIfPresent(String.self, forKey: .targetSessionAttrs) ?? ""
+        maxConnections = try c.decodeIfPresent(Int.self, forKey: .maxConnections) ?? 0
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -146,6 +150,7 @@ public struct DatabaseConfig: Codable, Sendable, Equatable {
         try c.encode(keepalivesCount, forKey: .keepalivesCount)
         try c.encode(tcpUserTimeoutSeconds, forKey: .tcpUserTimeoutSeconds)
         try c.encode(targetSessionAttrs, forKey: .targetSessionAttrs)
+        try c.encode(maxConnections, forKey: .maxConnections)
     }
 }
 

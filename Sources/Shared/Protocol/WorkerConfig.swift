@@ -12,10 +12,15 @@ import Glibc
 public struct WorkerConfig: Codable, Sendable, Equatable {
     public var table: String
     public var config: PublisherConfig
+    /// This worker's part of the instance's session budget (SessionBudget). The supervisor
+    /// computes it, because `config` carries this table only; nil: the worker computes it from
+    /// `config` itself.
+    public var share: SessionShare?
 
-    public init(table: String, config: PublisherConfig) {
+    public init(table: String, config: PublisherConfig, share: SessionShare? = nil) {
         self.table = table
         self.config = config
+        self.share = share
     }
 
     public func encodedLine() throws -> [UInt8] {

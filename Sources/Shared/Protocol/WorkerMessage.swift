@@ -82,6 +82,9 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     /// Set while the ingestor keeps answering no request within `ingestor.timeout_seconds`:
     /// one sentence with the value and the fix; cleared by the next answer.
     public var ingestorProblem: String?
+    /// Set while PostgreSQL refuses this worker's session (too many connections): one sentence
+    /// with the numbers and what to change; cleared once connected.
+    public var databaseProblem: String?
     public var lease = LeaseState.none
     /// The instance holding the lease, when known (this one when leading).
     public var leaseHolder: String?
@@ -97,7 +100,7 @@ public struct WorkerStats: Codable, Sendable, Equatable {
         case publishFailures = "publish_failures", publishTimeouts = "publish_timeouts", publishSuccesses = "publish_successes", retries, queryErrors = "query_errors"
         case deadLettered = "dead_lettered", backlog, oldestChangeAgeSeconds = "oldest_change_age_seconds"
         case inFlight = "in_flight", deadLetters = "dead_letters", oldestDeadLetterAgeSeconds = "oldest_dead_letter_age_seconds", query, publish, batch, circuitBreaker = "circuit_breaker", database
-        case lastPublishAt = "last_publish_at", tableProblem = "table_problem", ingestorProblem = "ingestor_problem"
+        case lastPublishAt = "last_publish_at", tableProblem = "table_problem", ingestorProblem = "ingestor_problem", databaseProblem = "database_problem"
         case lease, leaseHolder = "lease_holder", leaseHeldSeconds = "lease_held_seconds", takeovers
     }
 }

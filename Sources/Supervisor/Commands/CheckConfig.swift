@@ -35,6 +35,14 @@ struct CheckConfig: ParsableCommand {
                 CommandSupport.say("FAILED  \(table.name): \(error)")
             }
         }
+        // A problem of room, not of configuration: a warning, and the exit status stays 0.
+        do {
+            if let warning = try ServerSessions.read(on: db, instance: config.resolvedInstanceId).warning(SessionBudget(config)) {
+                CommandSupport.say("warning: \(warning)")
+            }
+        } catch {
+            CommandSupport.say("warning: cannot compare the session budget with the server's free sessions: \(error)")
+        }
         if failed > 0 {
             CommandSupport.fail("\(failed) of \(config.service.watchedTables.count) watched tables failed the check", status: ExitStatus.config)
         }

@@ -6,7 +6,8 @@
 //   ingestor or the workers: restarting the process cures none of their outages, and a liveness
 //   probe that failed during one would turn an outage into a restart loop.
 // - Readiness says "it can publish now": every table's worker is running, connected to its
-//   database, no table has failed and none reports a problem (a revoked grant, a broken query).
+//   database, no table has failed and none reports a problem (a revoked grant, a broken query, a
+//   session the server refuses).
 //   It is what /health reports as `ready`.
 
 #if canImport(FoundationEssentials)
@@ -54,6 +55,11 @@ extension ServiceSnapshot {
         if tables.isEmpty { return .fail("no watched tables") }
         if let t = tables.first(where: { $0.state == "failed" }) {
             return .fail("table \(t.name) failed" + (t.lastError.map { ": \($0)" } ?? ""))
+        }
+        // Before "worker starting": a worker the server refuses keeps starting, and the refusal
+        // is the reason worth reading (which limit, what to change).
+        if let t = tables.first(where: { $0.stats.databaseProblem != nil }), let problem = t.stats.databaseProblem {
+            return .fail("table \(t.name): \(problem)")
         }
         if let t = tables.first(where: { !$0.up }) {
             return .fail("table \(t.name): worker \(t.state)")

@@ -45,6 +45,7 @@ extension ServiceSnapshot {
             if let e = t.lastError { entry["last_error"] = e }
             if let p = t.stats.tableProblem { entry["problem"] = p }
             if let p = t.stats.ingestorProblem { entry["ingestor_problem"] = p }
+            if let p = t.stats.databaseProblem { entry["database_problem"] = p }
             entry["lease"] = t.stats.lease.rawValue
             if let holder = t.stats.leaseHolder { entry["leader"] = holder }
             t.addPartition(to: &entry)
@@ -130,6 +131,7 @@ extension ServiceSnapshot {
             entry["takeovers"] = t.stats.takeovers
             if let p = t.stats.tableProblem { entry["problem"] = p }
             if let p = t.stats.ingestorProblem { entry["ingestor_problem"] = p }
+            if let p = t.stats.databaseProblem { entry["database_problem"] = p }
             t.addPartition(to: &entry)
             perTable[t.name] = entry
         }

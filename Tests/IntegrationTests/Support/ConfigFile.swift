@@ -65,6 +65,7 @@ enum ConfigFile {
         // Only when set: the previous release (rolling-upgrade tests) reads these files too, and
         // refuses a key it does not know.
         if !c.database.targetSessionAttrs.isEmpty { set("target_session_attrs", string(c.database.targetSessionAttrs)) }
+        if c.database.maxConnections != 0 { set("max_connections", String(c.database.maxConnections)) }
 
         section("ingestor")
         set("base_url", string(c.ingestor.baseURL))
