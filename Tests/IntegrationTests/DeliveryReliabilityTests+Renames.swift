@@ -72,4 +72,38 @@ extension DeliveryReliabilityTests {
         XCTAssertEqual(last["1"]?.body["atomic_data"]?[0]?["v2"], .number(100), "the update naming the new column was published")
         XCTAssertEqual(last["2"]?.body["operation"], "delete")
     }
+
+    /// Path A without a superuser: setup works, and says that renames are not followed and how to
+    /// get the event trigger.
+    func testSetupByARoleThatIsNotASuperuser_warnsThatRenamesAreNotFollowed() throws {
+        let database = try makeDatabase()
+        let role = "adp_owner_\(database.name.suffix(8))"
+        addTeardownBlock { [server] in
+            guard let server else { return }
+            let admin = try? PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-it-cleanup"))
+            _ = try? admin?.execute("DROP OWNED BY \(role)")
+            _ = try? admin?.execute("DROP ROLE IF EXISTS \(role)")
+        }
+        try database.executeScript("""
+            CREATE ROLE \(role) LOGIN;
+            GRANT CONNECT ON DATABASE \(quoteIdentifier(database.name)) TO \(role);
+            GRANT USAGE, CREATE ON SCHEMA public TO \(role);
+            \(itemsSQL(keys: 3))
+            ALTER TABLE items OWNER TO \(role);
+            """)
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: "http://127.0.0.1:9", tables: [items])
+        config.database.username = role
+        let url = try writeConfig(config, name: "owner.toml")
+        let setup = try runPublisher(["--config", url.path, "setup"])
+        XCTAssertEqual(setup.status, 0, setup.output)
+        XCTAssertTrue(setup.output.contains("warning: renaming a column that the capture of public.items names (RENAME COLUMN) would make the application's writes to it fail"), setup.output)
+        XCTAssertTrue(setup.output.contains("apply `print-sql` as one"), setup.output)
+        XCTAssertEqual(try database.value("SELECT count(*)::text FROM pg_event_trigger WHERE evtname LIKE 'adp_items_%'"), "0")
+        // A superuser's setup creates it, and the owner's next setup is quiet.
+        XCTAssertEqual(try runPublisher(["--config", try writeConfig(ConfigFile.forTests(database: database.config, ingestorURL: "http://127.0.0.1:9", tables: [items]), name: "superuser.toml").path, "setup"]).status, 0)
+        XCTAssertEqual(try database.value("SELECT count(*)::text FROM pg_event_trigger WHERE evtname LIKE 'adp_items_%'"), "1")
+        let quiet = try runPublisher(["--config", url.path, "setup"])
+        XCTAssertEqual(quiet.status, 0, quiet.output)
+        XCTAssertFalse(quiet.output.contains("warning"), quiet.output)
+    }
 }

@@ -155,7 +155,7 @@ extension TrackingSchema {
     }
 
     public var followRenamesMissingWarning: String {
-        "a RENAME COLUMN of a column \\(table.qualifiedName)'s capture names would make the application's writes to that table fail until setup runs again: the event trigger \\(followRenamesTriggerName) that follows renames needs a superuser to create it; apply `print-sql` as one (docs/database.md, renamed columns)"
+        "renaming a column that the capture of \(table.qualifiedName) names (RENAME COLUMN) would make the application's writes to it fail until setup runs again: the event trigger \(followRenamesTriggerName) that follows renames needs a superuser to create it; apply `print-sql` as one (docs/database.md, renamed columns)"
     }
 
     /// The configured columns that no longer exist, as `"column" of schema.table` phrases (empty
