@@ -15,6 +15,8 @@
 //   it, or the ingestor answers 409: this grant's epoch is stale), nothing more is sent, and the
 //   owed reschedules and dead letters are dropped: the rows may belong to another instance now.
 //   Acknowledgements of 2xx answers are still owed: they are true whoever leads.
+// - Batch mode: a request carries the documents of one packed group; its answer (BatchAnswer)
+//   settles each of them, and the gate, the 409 and the acknowledgement rules apply per request.
 
 import Shared
 
