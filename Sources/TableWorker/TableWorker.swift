@@ -607,9 +607,10 @@ final class TableWorker {
                                     deadLetterAfter: config.service.deadLetterAfterAttempts)
         let limits = builder.batchURL == nil ? nil : RequestLimits(documents: config.service.maxDocumentsPerRequest, bytes: config.service.maxRequestBytes)
         var plan = DeliveryPlan(items: items, policy: policy, breaker: breaker, limits: limits)
-        // Each request is built as it is sent (building 5,000 bodies built up front held ~5 MB
-        // for the whole batch), from inputs fixed for the batch (the time and the epoch read
-        // once), so a retry within the batch sends the same bytes under the same Idempotency-Key.
+        // Each document is built as it is sent (building 5,000 bodies built up front held ~5 MB
+        // for the whole batch; batch mode builds a wave's documents when it packs them), from
+        // inputs fixed for the batch (the time and the epoch read once), so a retry within the
+        // batch sends the same bytes under the same Idempotency-Key.
         let unixNow = Date().timeIntervalSince1970
         let epoch = session.epoch
         let lease = (name: schema.leaseName, epoch: self.lease.epoch ?? 0)
