@@ -103,7 +103,7 @@ INSERT INTO {t} (id) SELECT g FROM generate_series(1, {rows}) g;
 QUERY = "SELECT id, counter, payload, updated_at FROM {t} WHERE id = $PRIMARY_KEY"
 
 
-def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None, partitions=1):
+def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None, partitions=1, batch=False):
     service = service or {}
     lines = ["[database]", 'host = "127.0.0.1"', f"port = {pg.port}", 'username = "postgres"', f'database_name = "{db}"',
              "[ingestor]", f'base_url = "http://127.0.0.1:{ingestor_port}"', "[service]"]
@@ -111,6 +111,8 @@ def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=Non
     for t in tables:
         lines += ["[[service.watched_tables]]", f'name = "{t}"', 'change_column = "counter"',
                   f'atomic_data_query = "{QUERY.format(t=t)}"', f'publish_endpoint = "/{t}"', f"partitions = {partitions}"]
+        if batch:
+            lines += [f'batch_publish_endpoint = "/{t}/batch"']
     lines += ["[logging]", 'level = "warning"']
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -218,11 +220,11 @@ class Bench:
         self.pgs = [self.durable, self.fast]
         for db in ("adp", "peer", "idle"):
             self.fast.sql("postgres", f"CREATE DATABASE {db}")
-        for db in ("adp", "peer") if not self.a.only else ():
+        for db in ("adp", "peer") if not self.a.only or "batch" in self.a.only else ():
             self.fast.sql(db, ITEMS_DDL.format(t="items", rows=self.a.keys))
             self.fast.sql(db, "VACUUM ANALYZE items")
             self.fast.sql(db, "CREATE EXTENSION pg_stat_statements")
-        if not self.a.only:
+        if not self.a.only or "batch" in self.a.only:
             self.fast.sql("peer", "CREATE EXTENSION pgq")
         self.start_nginx()
         port_file = os.path.join(self.work, "ingestor.port")
@@ -329,9 +331,9 @@ http {{
     def backlog(self, db, table):
         return self.fast.sql(db, f"SELECT count(*) FROM {table}")[0][0]
 
-    def drain_ours(self, label, n, service, commit, measure_rss=False, partitions=1):
+    def drain_ours(self, label, n, service, commit, measure_rss=False, partitions=1, batch=False):
         cfg = publisher_config(os.path.join(self.work, f"drain-{label}.toml"), self.fast, "adp", self.nginx_port, service=service,
-                               partitions=partitions)
+                               partitions=partitions, batch=batch)
         commit()
         assert self.backlog("adp", "items_changes") >= n * 0.99, "backlog not committed"
         off = self.log_offset()
@@ -351,6 +353,34 @@ http {{
         t = self.arrivals_since(off)
         rate = n / (max(t) - min(t)) if len(t) > 1 else 0
         return rate, len(t), mem, cpu
+
+    # ---------- batched delivery ----------
+    def batch_rows(self, single, batch, peer):
+        """Batch mode against single-document mode and PgQ, from drains of the same run."""
+        n = self.a.distinct
+        med = lambda rs, f: statistics.median(f(r) for r in rs)
+        rate, single_rate, peer_rate = med(batch, lambda r: r[0]), med(single, lambda r: r[0]), med(peer, lambda r: r[0])
+        runs = lambda rs: "/".join(f"{r[0]:.0f}" for r in rs)
+        self.add("batch", f"{n:,} distinct keys, batch mode (defaults: 100 documents a request)", rate, peer_rate,
+                 getattr(self, "limit", None), "documents/s",
+                 note=f"runs {runs(batch)}; {rate / single_rate:.1f}x single-document mode ({single_rate:.0f}/s, runs {runs(single)}), "
+                      f"{rate / peer_rate:.1f}x PgQ; requests {'/'.join(str(r[1]) for r in batch)} (single {'/'.join(str(r[1]) for r in single)})")
+        self.add("batch", f"{n:,} distinct keys: the worker's CPU per document, batch mode", med(batch, lambda r: r[3][0]),
+                 med(single, lambda r: r[3][0]), unit="us", higher_is_better=False,
+                 note="peer column: single-document mode in the same run; runs " + "/".join(f"{r[3][0]:.1f}" for r in batch))
+
+    def batch_alone(self):
+        """--only batch: the batch-mode drain, single-document mode and PgQ, nothing else."""
+        n, reps = self.a.distinct, (1 if self.quick else 2)
+        self.setup_ours()
+        self.start_pgqd()
+        log(f"batch: {n:,} distinct keys drained in batch mode, single-document mode and by PgQ, x{reps}")
+        runs = {"single": [], "batch": [], "peer": []}
+        for _ in range(reps):
+            runs["single"].append(self.drain_ours("defaults", n, {}, lambda: self.commit_distinct("adp", n)))
+            runs["batch"].append(self.drain_ours("batch", n, {}, lambda: self.commit_distinct("adp", n), batch=True))
+            runs["peer"].append(self.drain_peer("distinct", n, lambda: self.commit_distinct("peer", n)))
+        self.batch_rows(runs["single"], runs["batch"], runs["peer"])
 
     # ---------- the PgQ peer ----------
     def start_pgqd(self):
@@ -632,7 +662,7 @@ pidfile = {self.work}/pgqd.pid
         if a.only:
             self.start()
             for section in a.only.split(","):
-                {"wake": self.idle_wakeup, "idle": self.idle_tables, "memory": self.memory_alone}[section]()
+                {"wake": self.idle_wakeup, "idle": self.idle_tables, "memory": self.memory_alone, "batch": self.batch_alone}[section]()
             self.print_table()
             return
         self.start()
@@ -642,7 +672,7 @@ pidfile = {self.work}/pgqd.pid
 
         # Our service and the peer, alternated per repetition so both see the same machine.
         self.start_pgqd()
-        drains = {k: [] for k in ("def", "part4", "tuned", "over", "peer", "peer_over")}
+        drains = {k: [] for k in ("def", "part4", "tuned", "over", "peer", "peer_over", "batch")}
         mem = {}
         log(f"drains: {n:,} distinct keys (defaults; batch 5000 / 16 in flight), {a.changes} changes over {a.over_keys} keys; same for the PgQ peer")
         for rep in range(reps):
@@ -652,6 +682,8 @@ pidfile = {self.work}/pgqd.pid
             drains["part4"].append(r)
             r = self.drain_peer("distinct", n, lambda: self.commit_distinct("peer", n))
             drains["peer"].append(r)
+            r = self.drain_ours("batch", n, {}, lambda: self.commit_distinct("adp", n), batch=True)
+            drains["batch"].append(r)
             r = self.drain_ours("tuned", n, {"batch_size": 5000, "max_concurrent_publishes": 16},
                                 lambda: self.commit_distinct("adp", n))
             drains["tuned"].append(r)
@@ -679,6 +711,7 @@ pidfile = {self.work}/pgqd.pid
         self.add("cpu", f"{n:,} distinct keys: PostgreSQL's CPU per change (all its processes), defaults", cpu(drains["def"], 1),
                  cpu(drains["peer"], 1), unit="us", higher_is_better=False,
                  note="peer: PgQ's drain (pgqd's ticks and the consumer's reads); tuned " + "/".join(f"{r[3][1]:.0f}" for r in drains["tuned"]))
+        self.batch_rows(drains["def"], drains["batch"], drains["peer"])
         self.add("drain", f"{a.changes:,} changes over {a.over_keys} keys, defaults", statistics.median(r[0] for r in drains["over"]),
                  peer_over, self.limit, "changes/s",
                  note=f"requests {'/'.join(str(r[1]) for r in drains['over'])} (ideal {a.over_keys}), peer {a.changes}")
@@ -768,7 +801,7 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--drains-only", action="store_true")
     ap.add_argument("--markdown", action="store_true", help="print the table as the block docs/performance.md keeps")
-    ap.add_argument("--only", default="", help="comma-separated sections to run alone: wake, idle")
+    ap.add_argument("--only", default="", help="comma-separated sections to run alone: wake, idle, memory, batch")
     a = ap.parse_args()
     a.keys = 100_000                            # rows in the watched table
     a.distinct = 50_000                         # distinct-key drain

@@ -7,7 +7,11 @@ control endpoints, so tests can make it fail, stall or refuse a key:
   POST   /_control   {"status": 500}            answer every publish with 500
                      {"status": 200}            back to normal
                      {"stall": true}            accept, read, never answer (until told otherwise)
-                     {"fail_keys": {"42": 400}} answer 400 for payloads whose primary_key is 42
+                     {"fail_keys": {"42": 400}} answer 400 for payloads whose primary_key is 42 (a batch
+                                                that holds one: the whole request, unless batch_results)
+                     {"batch_results": true}    answer a batch (a JSON array of payloads) 200 with per-item
+                                                results, {"results": [{"id", "status"}, ...]}: each
+                                                document's fail_keys status, else 200 (also --batch-results)
                      {"retry_after": 2}         add Retry-After to 429/503 answers
                      {"delay": 1.5}             wait this long before answering (then answer normally)
                      {"drop": true}             read and record the request (status 0), then close the
@@ -18,7 +22,8 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                                                 highest X-Publisher-Epoch per X-Publisher-Lease and
                                                 answer 409 to a request with a lower one
   GET    /_requests  every publish received, in order: {"path", "headers", "body", "status"}
-                     (plus "verified" when --webhook-secret is given)
+                     (plus "verified" when --webhook-secret is given, and "results" for a batch
+                     answered per item); a batch is one request whose body is the list
   DELETE /_requests  forget them
   GET    /_health    200
   GET    /_bytes?n=N a 200 whose body is N bytes (for response-size limits)
@@ -43,7 +48,8 @@ from urllib.parse import parse_qs, urlparse
 
 lock = threading.Lock()
 requests = []
-control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None, "enforce_epoch": False, "drop": False}
+control = {"status": 200, "stall": False, "fail_keys": {}, "retry_after": None, "delay": 0, "keep": None, "enforce_epoch": False, "drop": False,
+           "batch_results": False}
 epochs = {}  # X-Publisher-Lease -> the highest X-Publisher-Epoch accepted
 args = None
 verifiers = []  # standardwebhooks.Webhook, one per --webhook-secret
@@ -120,6 +126,14 @@ class Handler(BaseHTTPRequestHandler):
             key = body.get("primary_key") if isinstance(body, dict) else None
             if key is not None and str(key) in control["fail_keys"]:
                 status = int(control["fail_keys"][str(key)])
+            results = None
+            if isinstance(body, list):
+                # A batch: its documents' fail_keys statuses, per item or for the whole request.
+                codes = [int(control["fail_keys"].get(str(d.get("primary_key")), 200)) if isinstance(d, dict) else 400 for d in body]
+                if control["batch_results"] and status < 300:
+                    results = [{"id": d.get("id") if isinstance(d, dict) else None, "status": c} for d, c in zip(body, codes)]
+                else:
+                    status = next((c for c in codes if c >= 300), status)
             retry_after = control["retry_after"]
             delay = control["delay"]
             if verified is False:
@@ -135,8 +149,9 @@ class Handler(BaseHTTPRequestHandler):
                     else:
                         epochs[lease] = int(epoch)
             keep = control["keep"]
-            if keep is not None and isinstance(body, dict):
-                record = {"path": self.path, "headers": {}, "body": {k: body.get(k) for k in keep},
+            if keep is not None and isinstance(body, (dict, list)):
+                kept = [{k: d.get(k) for k in keep} if isinstance(d, dict) else d for d in body] if isinstance(body, list) else {k: body.get(k) for k in keep}
+                record = {"path": self.path, "headers": {}, "body": kept,
                           "status": 0 if stall or drop else status, "at": time.time()}
             else:
                 record = {"path": self.path, "headers": dict(self.headers.items()), "body": body,
@@ -145,6 +160,8 @@ class Handler(BaseHTTPRequestHandler):
                 record["verified"] = verified
             if stale:
                 record["stale_epoch"] = True
+            if results is not None:
+                record["results"] = results
             requests.append(record)
         if stale:
             self._reply(409, {"error": "stale epoch for this lease"})
@@ -163,11 +180,16 @@ class Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         if args.print and status < 300:
-            print(f"--- {self.path} ({status})\n{json.dumps(body, indent=2)}", flush=True)
+            if isinstance(body, list):
+                print(f"--- {self.path} ({status}, a batch of {len(body)})", flush=True)
+                for document, result in zip(body, results or [None] * len(body)):
+                    print(("" if result is None else f"({result['status']}) ") + json.dumps(document, indent=2), flush=True)
+            else:
+                print(f"--- {self.path} ({status})\n{json.dumps(body, indent=2)}", flush=True)
         extra = {}
         if retry_after is not None and status in (429, 503):
             extra["Retry-After"] = str(retry_after)
-        self._reply(status, extra=extra)
+        self._reply(status, {"results": results} if results is not None else None, extra=extra)
 
 
 def _verifies(verifier, raw, headers):
@@ -210,9 +232,11 @@ def main():
     p.add_argument("--tls-key")
     p.add_argument("--tls-client-ca")
     p.add_argument("--webhook-secret", action="append", default=[])
+    p.add_argument("--batch-results", action="store_true", help="answer a batch 200 with per-item results (see batch_results above)")
     p.add_argument("--enforce-epoch", action="store_true", help="refuse (409) a request whose X-Publisher-Epoch is below the highest seen for its X-Publisher-Lease")
     args = p.parse_args()
     control["enforce_epoch"] = args.enforce_epoch
+    control["batch_results"] = args.batch_results
     if args.webhook_secret:
         try:
             from standardwebhooks.webhooks import Webhook

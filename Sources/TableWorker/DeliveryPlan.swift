@@ -16,6 +16,13 @@
 // - The circuit breaker decides how many may be sent; once it opens, keys that already failed are
 //   rescheduled and keys never sent are left untouched in the table.
 // - On shutdown nothing is acknowledged that was not answered 2xx.
+// - Batch mode (`limits` set): the items sent at once are packed into requests of at most
+//   `limits.documents` items and `limits.bytes` of body (an item larger alone goes alone). Each
+//   item is in one request at most, so a key is never twice in one request nor in two requests
+//   in flight. The breaker counts requests, not documents (a failed request of 100 documents is
+//   one failure, as one failed document is in single mode), and its permits are requests: the
+//   half-open probe is one request. A request's transient failure retries its documents together,
+//   after one delay (Retry-After applies to the whole request), so the retry resends the same set.
 
 import Shared
 
@@ -48,8 +55,37 @@ struct DeliveryItem: Equatable, Sendable {
     var knownFailure: DeliveryOutcome? = nil
 }
 
+/// Batch mode's packing: the most documents and bytes of body per request.
+struct RequestLimits: Equatable, Sendable {
+    var documents: Int
+    var bytes: Int
+
+    /// Greedy packing in order: an item joins the current request while it stays within both
+    /// limits (`size(i)` is item i's body; a JSON array adds one byte per item and one more);
+    /// an item larger than `bytes` alone still goes, alone.
+    func pack(_ indices: [Int], size: (Int) -> Int) -> [[Int]] {
+        var requests: [[Int]] = []
+        var current: [Int] = []
+        var bytes = 1
+        for index in indices {
+            let itemBytes = size(index) + 1
+            if !current.isEmpty && (current.count >= documents || bytes + itemBytes > self.bytes) {
+                requests.append(current)
+                current = []
+                bytes = 1
+            }
+            current.append(index)
+            bytes += itemBytes
+        }
+        if !current.isEmpty { requests.append(current) }
+        return requests
+    }
+}
+
 enum DeliveryAction: Equatable, Sendable {
     case send([Int])
+    /// Batch mode: one request per inner list (its items' documents, in that order).
+    case sendRequests([[Int]])
     case acknowledge([Int64])
     case reschedule(item: Int, error: String, afterSeconds: Double, attemptsMade: Int, permanent: Bool)
     case deadLetter(item: Int, error: String, attemptsMade: Int)
@@ -64,15 +100,18 @@ struct DeliveryPlan: Sendable {
 
     let items: [DeliveryItem]
     let policy: DeliveryPolicy
+    /// Batch mode when set.
+    let limits: RequestLimits?
     private(set) var breaker: CircuitBreaker
     private(set) var states: [ItemState]
     /// Requests sent per item in this batch.
     private(set) var tries: [Int]
     private var lastFailure: [Int: (error: String, retryAfter: Double?)] = [:]
 
-    init(items: [DeliveryItem], policy: DeliveryPolicy, breaker: CircuitBreaker) {
+    init(items: [DeliveryItem], policy: DeliveryPolicy, breaker: CircuitBreaker, limits: RequestLimits? = nil) {
         self.items = items
         self.policy = policy
+        self.limits = limits
         self.breaker = breaker
         states = Array(repeating: .queued(notBefore: 0), count: items.count)
         tries = Array(repeating: 0, count: items.count)
@@ -89,7 +128,8 @@ struct DeliveryPlan: Sendable {
     // MARK: events
 
     /// The batch begins: settle the keys whose query already failed, then send what may be sent.
-    mutating func started(now: Double, unit: Double) -> [DeliveryAction] {
+    /// `size(i)`: item i's body in bytes (batch mode packs by it).
+    mutating func started(now: Double, unit: Double, size: (Int) -> Int = { _ in 0 }) -> [DeliveryAction] {
         var actions: [DeliveryAction] = []
         for (index, item) in items.enumerated() {
             guard let failure = item.knownFailure else { continue }
@@ -104,51 +144,82 @@ struct DeliveryPlan: Sendable {
                 break
             }
         }
-        return actions + due(now: now)
+        return actions + due(now: now, size: size)
     }
 
     /// Send every queued item whose time has come, as far as the breaker permits.
-    mutating func due(now: Double) -> [DeliveryAction] {
+    mutating func due(now: Double, size: (Int) -> Int = { _ in 0 }) -> [DeliveryAction] {
         let ready = states.indices.filter { if case .queued(let t) = states[$0] { t <= now } else { false } }
         if ready.isEmpty { return [] }
         // Half-open lets exactly one request through: the probe must answer first.
         if case .halfOpen = breaker.state, inFlight > 0 { return [] }
         let permits = breaker.permits(now: now)
-        let sending = permits.map { Array(ready.prefix($0)) } ?? ready
+        let requests = limits.map { $0.pack(ready, size: size) } ?? ready.map { [$0] }
+        let sending = permits.map { Array(requests.prefix($0)) } ?? requests
         if sending.isEmpty { return settleBlocked(unit: 0.5) }
-        for index in sending {
+        for index in sending.joined() {
             states[index] = .inFlight
             tries[index] += 1
         }
-        return [.send(sending)]
+        return limits == nil ? [.send(sending.map { $0[0] })] : [.sendRequests(sending)]
     }
 
-    /// The answer to item `index` arrived.
+    /// The answer to item `index` arrived (single mode: its own request).
     mutating func responded(_ index: Int, _ outcome: DeliveryOutcome, now: Double, unit: Double) -> [DeliveryAction] {
-        guard states[index] == .inFlight else { return [] }
-        switch outcome {
-        case .delivered:
-            breaker.recordSuccess()
-            states[index] = .done
-            lastFailure[index] = nil
-            return [.acknowledge(items[index].ids)]
-        case .rejected(let error):
-            states[index] = .done
-            return [permanentFailure(index, error: error, attemptsMade: tries[index], unit: unit)]
-        case .failed(let error, let retryAfter):
-            breaker.recordTransientFailure(now: now)
-            lastFailure[index] = (error, retryAfter)
-            if tries[index] <= policy.maxRetries, breaker.waitTime(now: now) == nil {
-                let delay = retryAfter.map { clamp($0) } ?? policy.backoff.fullJitter(attempt: tries[index] - 1, unit: unit)
-                states[index] = .queued(notBefore: now + delay)
-                return []
+        requestAnswered([index], [outcome], now: now, unit: unit)
+    }
+
+    /// The answer to one request arrived: `outcomes[k]` is what became of the document of item
+    /// `indices[k]` (the request's own outcome for every one of them, unless the ingestor answered
+    /// per item). The request counts once towards the breaker: a success when any document was
+    /// delivered, a transient failure when none was and any failed transiently.
+    mutating func requestAnswered(_ indices: [Int], _ outcomes: [DeliveryOutcome], now: Double, unit: Double) -> [DeliveryAction] {
+        let answered = indices.indices.filter { states[indices[$0]] == .inFlight }
+        if answered.isEmpty { return [] }
+        var delivered = false, transient = false
+        var retryAfter: Double?
+        for k in answered {
+            switch outcomes[k] {
+            case .delivered: delivered = true
+            case .failed(_, let after):
+                transient = true
+                if let after { retryAfter = max(retryAfter ?? 0, after) }
+            case .rejected: break
             }
-            states[index] = .done
-            var actions: [DeliveryAction] = [.reschedule(item: index, error: error, afterSeconds: rescheduleDelay(index, retryAfter: retryAfter, unit: unit),
-                                                         attemptsMade: tries[index], permanent: false)]
-            if breaker.waitTime(now: now) != nil { actions += settleBlocked(unit: unit) }
-            return actions
         }
+        if delivered {
+            breaker.recordSuccess()
+        } else if transient {
+            breaker.recordTransientFailure(now: now)
+        }
+        let blocked = breaker.waitTime(now: now) != nil
+        // One delay for the request's transient failures, so they are retried together.
+        let tried = answered.map { tries[indices[$0]] }.max() ?? 1
+        let retryDelay = retryAfter.map { clamp($0) } ?? policy.backoff.fullJitter(attempt: tried - 1, unit: unit)
+        var actions: [DeliveryAction] = []
+        for k in answered {
+            let index = indices[k]
+            switch outcomes[k] {
+            case .delivered:
+                states[index] = .done
+                lastFailure[index] = nil
+                actions.append(.acknowledge(items[index].ids))
+            case .rejected(let error):
+                states[index] = .done
+                actions.append(permanentFailure(index, error: error, attemptsMade: tries[index], unit: unit))
+            case .failed(let error, let after):
+                lastFailure[index] = (error, after)
+                if tries[index] <= policy.maxRetries, !blocked {
+                    states[index] = .queued(notBefore: now + retryDelay)
+                } else {
+                    states[index] = .done
+                    actions.append(.reschedule(item: index, error: error, afterSeconds: rescheduleDelay(index, retryAfter: after, unit: unit),
+                                               attemptsMade: tries[index], permanent: false))
+                }
+            }
+        }
+        if blocked && transient { actions += settleBlocked(unit: unit) }
+        return actions
     }
 
     /// A request of the last `.send` was never started (the transport stopped launching).

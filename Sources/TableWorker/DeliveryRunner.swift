@@ -15,6 +15,8 @@
 //   it, or the ingestor answers 409: this grant's epoch is stale), nothing more is sent, and the
 //   owed reschedules and dead letters are dropped: the rows may belong to another instance now.
 //   Acknowledgements of 2xx answers are still owed: they are true whoever leads.
+// - Batch mode: a request carries the documents of one packed group; its answer (BatchAnswer)
+//   settles each of them, and the gate, the 409 and the acknowledgement rules apply per request.
 
 import Shared
 
@@ -140,20 +142,62 @@ final class DeliveryRunner {
     /// requests in flight exist (a batch's bodies are never all held at once). `request` must give the same request every time it
     /// is asked for the same item (a retry resends the same body under the same Idempotency-Key).
     func run(_ plan: inout DeliveryPlan, request: (Int) -> HTTPRequest) -> DeliveryEnd {
+        run(&plan, size: { _ in 0 }, request: { request($0[0]) }, outcomes: { [self] _, response in
+            let outcome = ResponseClassifier.outcome(response, unixNow: host.unixNow, timeoutSeconds: requestTimeoutSeconds)
+            return ([outcome], false)
+        })
+    }
+
+    /// Batch mode (the plan has `limits`): item `i`'s document is `document(i)` (the same bytes
+    /// every time it is asked, as above), and a request carries several, made by `request`. A
+    /// document is built when the plan packs it (its size decides the packing) and kept only
+    /// until its request is made, so only the documents of one wave exist at once.
+    func run(_ plan: inout DeliveryPlan, document: (Int) -> Payload, request: ([Payload]) -> HTTPRequest) -> DeliveryEnd {
+        var built: [Int: Payload] = [:]
+        var payloadIds: [Int: String] = [:]
+        return run(&plan, size: { index in
+            let payload = built[index] ?? document(index)
+            built[index] = payload
+            payloadIds[index] = payload.id
+            return payload.body.count
+        }, request: { indices in
+            let payloads = indices.map { index in built.removeValue(forKey: index) ?? document(index) }
+            return request(payloads)
+        }, outcomes: { [self] indices, response in
+            BatchAnswer.outcomes(response, documentIds: indices.map { payloadIds[$0] ?? "" }, unixNow: host.unixNow, timeoutSeconds: requestTimeoutSeconds)
+        }, sent: { indices in
+            // Documents packed but not sent now (the half-open probe takes one request) are built
+            // again when their turn comes: only a wave's documents are held.
+            for index in built.keys where !indices.contains(index) { built[index] = nil }
+        })
+    }
+
+    /// The loop of both modes: `size(i)` for the plan's packing, `request(items)` makes the
+    /// request of those items, `outcomes(items, response)` says what became of each of them and
+    /// whether the answer refused this grant's epoch; `sent` sees which items a wave carries.
+    private func run(_ plan: inout DeliveryPlan, size: (Int) -> Int, request: ([Int]) -> HTTPRequest,
+                     outcomes: ([Int], Result<HTTPResponse, HTTPTransportError>) -> (outcomes: [DeliveryOutcome], staleEpoch: Bool),
+                     sent: (Set<Int>) -> Void = { _ in }) -> DeliveryEnd {
         lost = nil
         abandonedInFlight = false
         var stop = false
-        var actions = plan.started(now: host.now, unit: host.randomUnit())
+        var actions = plan.started(now: host.now, unit: host.randomUnit(), size: size)
         while true {
             host.observe(plan.breaker)
             execute(actions, plan: plan)
             for action in actions {
-                guard case .send(let indices) = action else { continue }
-                counters.retries += indices.filter { plan.tries[$0] > 1 }.count
-                inFlight = min(indices.count, maxConcurrent)
+                let requests: [[Int]]
+                switch action {
+                case .send(let indices): requests = indices.map { [$0] }
+                case .sendRequests(let groups): requests = groups
+                default: continue
+                }
+                sent(Set(requests.joined()))
+                counters.retries += requests.joined().filter { plan.tries[$0] > 1 }.count
+                inFlight = min(requests.count, maxConcurrent)
                 var answered = 0
                 var stopAt: Double?
-                let results = transport.perform(count: indices.count, request: { request(indices[$0]) }, maxConcurrent: maxConcurrent, shouldAbort: { [self] in
+                let results = transport.perform(count: requests.count, request: { request(requests[$0]) }, maxConcurrent: maxConcurrent, shouldAbort: { [self] in
                     if lost != nil { return true }
                     switch host.tick(inFlight: inFlight) {
                     case .go: break
@@ -173,33 +217,36 @@ final class DeliveryRunner {
                     return false
                 }, onComplete: { [self] position, response in
                     answered += 1
-                    let index = indices[position]
-                    if case .success(let r) = response, r.status == staleEpochStatus {
-                        // Not this key's failure: another grant of the lease is newer than ours.
+                    let indices = requests[position]
+                    let answer = outcomes(indices, response)
+                    var staleEpoch = answer.staleEpoch
+                    if case .success(let r) = response, r.status == staleEpochStatus { staleEpoch = true }
+                    if staleEpoch {
+                        // Not these keys' failure: another grant of the lease is newer than ours.
                         leaseLost("the ingestor refused this grant's epoch as stale (HTTP 409)")
-                        inFlight = max(0, min(indices.count - answered, maxConcurrent))
+                        inFlight = max(0, min(requests.count - answered, maxConcurrent))
                         return false
                     }
-                    let outcome = ResponseClassifier.outcome(response, unixNow: host.unixNow, timeoutSeconds: requestTimeoutSeconds)
-                    note(outcome, response: response, item: plan.items[index])
-                    execute(plan.responded(index, outcome, now: host.now, unit: host.randomUnit()), plan: plan)
+                    note(answer.outcomes, response: response, items: indices.map { plan.items[$0] })
+                    execute(plan.requestAnswered(indices, answer.outcomes, now: host.now, unit: host.randomUnit()), plan: plan)
                     host.observe(plan.breaker)
-                    inFlight = max(0, min(indices.count - answered, maxConcurrent))
+                    inFlight = max(0, min(requests.count - answered, maxConcurrent))
                     // An open breaker stops the rest of the wave from being sent at all.
                     return plan.breaker.waitTime(now: host.now) == nil && lost == nil
                 })
                 inFlight = 0
                 if stopAt != nil { stop = true }  // drained (or abandoned): stop after this wave
                 // Requests that were not answered: never started, or abandoned in flight.
-                for (position, index) in indices.enumerated() where plan.states[index] == .inFlight {
-                    if case .failure(let error) = results[position], error.code == HTTPClient.notSentCode {
+                for (position, indices) in requests.enumerated() {
+                    guard case .failure(let error) = results[position], error.code == HTTPClient.notSentCode else { continue }
+                    for index in indices where plan.states[index] == .inFlight {
                         execute(plan.notSent(index, now: host.now, unit: host.randomUnit()), plan: plan)
                     }
                 }
             }
             flushAcks()
             if stop || plan.isFinished || lost != nil { break }
-            actions = plan.due(now: host.now)
+            actions = plan.due(now: host.now, size: size)
             if actions.isEmpty {
                 guard let wake = plan.nextWake else { break }
                 switch host.wait(max(0, wake - host.now)) {
@@ -208,7 +255,7 @@ final class DeliveryRunner {
                 case .leaseLost: leaseLost("the table's lease was lost while a retry waited")
                 }
                 if stop || lost != nil { break }
-                actions = plan.due(now: host.now)
+                actions = plan.due(now: host.now, size: size)
             }
         }
         if stop || lost != nil {
@@ -267,7 +314,7 @@ final class DeliveryRunner {
     private func execute(_ actions: [DeliveryAction], plan: DeliveryPlan) {
         for action in actions {
             switch action {
-            case .send:
+            case .send, .sendRequests:
                 break  // sends are performed by `run`
             case .acknowledge(let ids):
                 counters.successes += 1
@@ -311,20 +358,30 @@ final class DeliveryRunner {
         }
     }
 
-    private func note(_ outcome: DeliveryOutcome, response: Result<HTTPResponse, HTTPTransportError>, item: DeliveryItem) {
-        switch outcome {
-        case .delivered:
-            if case .success(let r) = response { log(.published(seconds: r.seconds, item: item)) }
-        case .rejected(let error), .failed(let error, _):
-            counters.failures += 1
-            log(.failed(error: error, response: response, item: item))
+    /// Counts each document's outcome; logs a failure once per request when the whole request
+    /// failed (one line for a hundred documents that one 503 failed), else once per document.
+    private func note(_ outcomes: [DeliveryOutcome], response: Result<HTTPResponse, HTTPTransportError>, items: [DeliveryItem]) {
+        let wholeRequestFailed: Bool
+        if case .success(let r) = response { wholeRequestFailed = !r.isSuccess } else { wholeRequestFailed = true }
+        for (position, (outcome, item)) in zip(outcomes, items).enumerated() {
+            switch outcome {
+            case .delivered:
+                if case .success(let r) = response { log(.published(seconds: r.seconds, item: item)) }
+            case .rejected(let error), .failed(let error, _):
+                counters.failures += 1
+                if !wholeRequestFailed || position == 0 {
+                    log(.failed(error: error, response: response, item: item, documents: wholeRequestFailed ? items.count : 1))
+                }
+            }
         }
     }
 }
 
 enum DeliveryLogEvent {
     case published(seconds: Double, item: DeliveryItem)
-    case failed(error: String, response: Result<HTTPResponse, HTTPTransportError>, item: DeliveryItem)
+    /// `documents`: how many documents the failed request carried (1 in single mode, or for a
+    /// per-item failure); the line names the first.
+    case failed(error: String, response: Result<HTTPResponse, HTTPTransportError>, item: DeliveryItem, documents: Int)
     case deadLettered(item: DeliveryItem, error: String)
     case storeFailed(PostgresError)
 }

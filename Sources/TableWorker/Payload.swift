@@ -127,6 +127,8 @@ struct Payload: Equatable {
 /// Builds the HTTP request for a payload: URL, headers (DESIGN.md section 5), body.
 struct RequestBuilder {
     let url: String
+    /// Batch mode's URL (`batch_publish_endpoint`); nil: one document per request.
+    let batchURL: String?
     let authToken: String
     let instance: String
     /// `Bearer <token>`, built once (empty: no Authorization header).
@@ -137,6 +139,7 @@ struct RequestBuilder {
         var base = config.ingestor.baseURL
         while base.hasSuffix("/") { base.removeLast() }
         url = base + table.publishEndpoint
+        batchURL = table.batchPublishEndpoint.isEmpty ? nil : base + table.batchPublishEndpoint
         authToken = config.ingestor.authToken
         authorization = authToken.isEmpty ? "" : "Bearer " + authToken
         instance = config.resolvedInstanceId
@@ -164,5 +167,31 @@ struct RequestBuilder {
             headers += signer.headers(id: payload.id, timestamp: Int(unixNow), body: payload.body)
         }
         return HTTPRequest(url: url, headers: headers, body: payload.body)
+    }
+
+    /// Batch mode: one request whose body is the JSON array of the documents, each exactly as
+    /// it would be sent alone, in order. Its Idempotency-Key is `<first document's id>+<count>.`
+    /// and the digest of the whole body, so the same documents with the same bodies (an
+    /// immediate retry) have the same key, and any other set another; the Standard Webhooks
+    /// message id is `<first document's id>+<count>` (as a single document's is its id), and
+    /// the signature covers the whole body.
+    func request(for payloads: [Payload], unixNow: Double, lease: (name: String, epoch: Int64)? = nil) -> HTTPRequest {
+        let batch = Self.batchPayload(payloads)
+        var request = request(for: batch, unixNow: unixNow, lease: lease)
+        request.url = batchURL ?? url
+        return request
+    }
+
+    /// The documents as one array, under the id the batch's key starts with.
+    static func batchPayload(_ payloads: [Payload]) -> Payload {
+        var body: [UInt8] = []
+        body.reserveCapacity(payloads.reduce(2) { $0 + $1.body.count + 1 })
+        body.append(0x5B)  // [
+        for (index, payload) in payloads.enumerated() {
+            if index > 0 { body.append(0x2C) }
+            body.append(contentsOf: payload.body)
+        }
+        body.append(0x5D)  // ]
+        return Payload(id: (payloads.first?.id ?? "") + "+" + String(payloads.count), body: body)
     }
 }

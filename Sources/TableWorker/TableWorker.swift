@@ -119,6 +119,10 @@ final class TableWorker {
                           connectTimeoutMilliseconds: min(10, config.ingestor.timeoutSeconds) * 1000,
                           maxConnections: max(8, config.service.maxConcurrentPublishes * 2),
                           tls: HTTPTLSOptions(config.ingestor),  // ingestor.ca_file / client_cert / client_key
+                          // Room for a batch's per-item answers (about 60 bytes a document): a
+                          // truncated list could not be read, and the 2xx would stand for all.
+                          maximumBodyBytes: table.batchPublishEndpoint.isEmpty ? HTTPClient.defaultMaximumBodyBytes
+                              : max(HTTPClient.defaultMaximumBodyBytes, config.service.maxDocumentsPerRequest * 256),
                           keptResponseHeaders: ResponseClassifier.headersRead)
         pipe = SupervisorPipe(supervised: supervised)
         supervisorSilenceLimit = min(WorkerMessage.stallSeconds, config.service.leaseExpirySeconds)
@@ -601,28 +605,39 @@ final class TableWorker {
         let policy = DeliveryPolicy(maxRetries: config.ingestor.maxRetries,
                                     backoff: Backoff(initial: config.ingestor.retryDelaySeconds, maximum: config.ingestor.maxRetryDelaySeconds),
                                     deadLetterAfter: config.service.deadLetterAfterAttempts)
-        var plan = DeliveryPlan(items: items, policy: policy, breaker: breaker)
-        // Each request is built as it is sent (building 5,000 bodies built up front held ~5 MB
-        // for the whole batch), from inputs fixed for the batch (the time and the epoch read
-        // once), so a retry within the batch sends the same bytes under the same Idempotency-Key.
+        let limits = builder.batchURL == nil ? nil : RequestLimits(documents: config.service.maxDocumentsPerRequest, bytes: config.service.maxRequestBytes)
+        var plan = DeliveryPlan(items: items, policy: policy, breaker: breaker, limits: limits)
+        // Each document is built as it is sent (building 5,000 bodies built up front held ~5 MB
+        // for the whole batch; batch mode builds a wave's documents when it packs them), from
+        // inputs fixed for the batch (the time and the epoch read once), so a retry within the
+        // batch sends the same bytes under the same Idempotency-Key.
         let unixNow = Date().timeIntervalSince1970
         let epoch = session.epoch
         let lease = (name: schema.leaseName, epoch: self.lease.epoch ?? 0)
-        let request: (Int) -> HTTPRequest = { [builder, table] index in
-            guard batch.queryError(index) == nil else {
-                return HTTPRequest(url: builder.url)  // never sent: the item is settled before sending
-            }
+        let document: (Int) -> Payload = { [table] index in
             let group = batch.groups[index]
-            return builder.request(for: Payload.build(table: table, epoch: epoch, changes: group, atomicData: batch.atomicData[index], unixNow: unixNow,
-                                                      retryCount: group.attempts, leaseEpoch: lease.epoch),
-                                   unixNow: Date().timeIntervalSince1970, lease: lease)
+            return Payload.build(table: table, epoch: epoch, changes: group, atomicData: batch.atomicData[index], unixNow: unixNow,
+                                 retryCount: group.attempts, leaseEpoch: lease.epoch)
         }
         // A full batch: more is probably due. Read the next batch (without this one's keys) on the
         // second connection while this one is sent (BatchPrefetcher says why that is safe).
         if batch.dueCount >= config.service.batchSize {
             prefetcher.start(token: prefetchToken, excludingKeys: batch.groups.map(\.primaryKey), batched: session.batched)
         }
-        let end = runner.run(&plan, request: request)
+        let end: DeliveryEnd
+        if limits != nil {
+            // Items whose query failed are settled before anything is sent: never asked for.
+            end = runner.run(&plan, document: document, request: { [builder] payloads in
+                builder.request(for: payloads, unixNow: Date().timeIntervalSince1970, lease: lease)
+            })
+        } else {
+            end = runner.run(&plan, request: { [builder] index in
+                guard batch.queryError(index) == nil else {
+                    return HTTPRequest(url: builder.url)  // never sent: the item is settled before sending
+                }
+                return builder.request(for: document(index), unixNow: Date().timeIntervalSince1970, lease: lease)
+            })
+        }
         if runner.abandonedInFlight { abandonedAt = monotonicSeconds() }
         breaker = plan.breaker
         noteBreaker()
@@ -690,7 +705,7 @@ final class TableWorker {
             if logger.logLevel <= .debug {
                 logger.debug("published", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)"])
             }
-        case .failed(let error, let response, let item):
+        case .failed(let error, let response, let item, let documents):
             if case .failure(let transport) = response, transport.isTimeout {
                 stats.publishTimeouts += 1
                 noteAnswered(timedOut: true)
@@ -705,6 +720,7 @@ final class TableWorker {
                     logger.debug("ingestor response body", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "body": "\(String(r.bodyText.prefix(2000)))"])
                 }
             }
+            if documents > 1 { meta["documents"] = "\(documents)" }
             logger.warning("publish failed", metadata: meta)
         case .deadLettered(let item, let error):
             logger.error("change moved to dead letters", metadata: ["primary_key": "\(item.primaryKey)", "change_id": "\(item.ids.last ?? 0)", "error": "\(error)"])

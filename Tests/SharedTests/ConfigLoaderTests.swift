@@ -204,6 +204,38 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertEqual(try JSONDecoder().decode(WatchedTable.self, from: Data(old.utf8)).partitions, 1)
     }
 
+    func testApply_batchPublishEndpoint_isOptional_aPath_andCarriedByTheWorkerLine() throws {
+        XCTAssertEqual(try parse(Self.watchedTable()).0.service.watchedTables.first?.batchPublishEndpoint, "")
+        let (config, _) = try parse(Self.watchedTable("change_column = \"updated_at\"\nbatch_publish_endpoint = \"/b\""))
+        XCTAssertEqual(config.service.watchedTables.first?.batchPublishEndpoint, "/b")
+        let error = try validationError { $0.service.watchedTables[0].batchPublishEndpoint = "b" }
+        XCTAssertEqual(error.key, "service.watched_tables[0].batch_publish_endpoint")
+        var table = Self.hotspots
+        table.batchPublishEndpoint = "/batch"
+        XCTAssertEqual(try JSONDecoder().decode(WatchedTable.self, from: JSONEncoder().encode(table)).batchPublishEndpoint, "/batch")
+        let old = #"{"name":"t","changeColumns":["v"],"atomicDataQuery":"SELECT $PRIMARY_KEY","publishEndpoint":"/t"}"#
+        XCTAssertEqual(try JSONDecoder().decode(WatchedTable.self, from: Data(old.utf8)).batchPublishEndpoint, "")
+    }
+
+    func testRequestLimits_defaultAndBounds_andAnOlderWorkerLineMeansTheDefaults() throws {
+        let config = try validConfig()
+        XCTAssertEqual(config.service.maxDocumentsPerRequest, 100)
+        XCTAssertEqual(config.service.maxRequestBytes, 1_048_576)
+        for bad in [0, 10_001] {
+            XCTAssertEqual(try validationError { $0.service.maxDocumentsPerRequest = bad }.key, "service.max_documents_per_request")
+        }
+        XCTAssertEqual(try validationError { $0.service.maxRequestBytes = 1023 }.key, "service.max_request_bytes")
+        var service = config.service
+        service.maxDocumentsPerRequest = 7
+        var line = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(service)) as? [String: Any])
+        XCTAssertEqual(try JSONDecoder().decode(ServiceConfig.self, from: JSONSerialization.data(withJSONObject: line)).maxDocumentsPerRequest, 7)
+        line["maxDocumentsPerRequest"] = nil
+        line["maxRequestBytes"] = nil
+        let older = try JSONDecoder().decode(ServiceConfig.self, from: JSONSerialization.data(withJSONObject: line))
+        XCTAssertEqual(older.maxDocumentsPerRequest, 100)
+        XCTAssertEqual(older.maxRequestBytes, 1_048_576)
+    }
+
     func testTablePartition_workerNames() {
         XCTAssertEqual(TablePartition.whole.workerName(table: "items"), "items")
         XCTAssertEqual(TablePartition(index: 2, count: 4).workerName(table: "items"), "items#2")

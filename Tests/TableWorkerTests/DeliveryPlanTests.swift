@@ -175,4 +175,80 @@ final class DeliveryPlanTests: XCTestCase {
         XCTAssertEqual(c("22012"), .key)
         XCTAssertEqual(c("P0001"), .key)
     }
+    // MARK: batch mode
+
+    private func batchPlan(_ n: Int, documents: Int = 3, bytes: Int = 1000, threshold: Int = 5) -> DeliveryPlan {
+        DeliveryPlan(items: items(n), policy: policy, breaker: CircuitBreaker(failureThreshold: threshold, resetSeconds: 60),
+                     limits: RequestLimits(documents: documents, bytes: bytes))
+    }
+
+    func testBatchPacking_respectsBothLimits_inOrder_andAnOversizeDocumentGoesAlone() {
+        let limits = RequestLimits(documents: 3, bytes: 100)
+        let sizes = [10, 10, 10, 10, 200, 40, 40, 40]
+        // [10,10,10] is full by count; 10 then 200 (alone, too big for any request); 40+40 = 83 with commas and brackets.
+        XCTAssertEqual(limits.pack(Array(sizes.indices), size: { sizes[$0] }), [[0, 1, 2], [3], [4], [5, 6], [7]])
+        XCTAssertEqual(RequestLimits(documents: 100, bytes: 1000).pack([], size: { _ in 1 }), [])
+    }
+
+    func testBatchStart_sendsEachKeyInOneRequestOnly() {
+        var p = batchPlan(7)
+        XCTAssertEqual(p.started(now: 0, unit: 0.5, size: { _ in 10 }), [.sendRequests([[0, 1, 2], [3, 4, 5], [6]])])
+        XCTAssertEqual(p.due(now: 1000, size: { _ in 10 }), [], "in flight: never in a second request")
+    }
+
+    func testBatch2xx_acknowledgesEveryDocumentOfTheRequest_andNothingElse() {
+        var p = batchPlan(4)
+        _ = p.started(now: 0, unit: 0.5, size: { _ in 10 })
+        XCTAssertEqual(p.requestAnswered([0, 1, 2], Array(repeating: .delivered, count: 3), now: 1, unit: 0.5),
+                       [.acknowledge([1, 2]), .acknowledge([11, 12]), .acknowledge([21, 22])])
+        XCTAssertFalse(p.isFinished, "the second request is still in flight")
+    }
+
+    func testBatchTransientFailure_countsOnceTowardTheBreaker_andRetriesTheSameSetTogether_afterRetryAfter() {
+        var p = batchPlan(3, threshold: 2)
+        _ = p.started(now: 0, unit: 0.5, size: { _ in 10 })
+        let failed = DeliveryOutcome.failed("HTTP 503", retryAfter: 7)
+        XCTAssertEqual(p.requestAnswered([0, 1, 2], Array(repeating: failed, count: 3), now: 10, unit: 0.5), [])
+        XCTAssertEqual(p.breaker.reported, .closed, "one failed request of three documents is one failure, not three")
+        XCTAssertEqual(p.nextWake, 17, "Retry-After applies to the whole request")
+        XCTAssertEqual(p.due(now: 16.9, size: { _ in 10 }), [])
+        XCTAssertEqual(p.due(now: 17, size: { _ in 10 }), [.sendRequests([[0, 1, 2]])], "retried together: the same set, so the same Idempotency-Key")
+    }
+
+    func testBatchPerItemAnswers_settleEachDocumentByItsOwnStatus() {
+        var p = batchPlan(3)
+        _ = p.started(now: 0, unit: 0.5, size: { _ in 10 })
+        let actions = p.requestAnswered([0, 1, 2], [.delivered, .rejected("HTTP 400 from ingestor (per-item result)"), .failed("HTTP 503", retryAfter: nil)],
+                                        now: 1, unit: 0.5)
+        XCTAssertEqual(actions, [.acknowledge([1, 2]), .reschedule(item: 1, error: "HTTP 400 from ingestor (per-item result)", afterSeconds: 0.75, attemptsMade: 1, permanent: true)])
+        XCTAssertEqual(p.breaker.consecutiveFailures, 0, "a request that delivered anything is a success for the breaker")
+        XCTAssertEqual(p.due(now: 100, size: { _ in 10 }), [.sendRequests([[2]])], "only the transient one is retried")
+    }
+
+    func testBatchPerItemRejection_deadLettersByTheUsualRule() {
+        var p = DeliveryPlan(items: [DeliveryItem(ids: [1]), DeliveryItem(ids: [2], attempts: 2, permanentFailures: 2)], policy: policy,
+                             breaker: CircuitBreaker(failureThreshold: 5, resetSeconds: 60), limits: RequestLimits(documents: 10, bytes: 1000))
+        _ = p.started(now: 0, unit: 0.5, size: { _ in 10 })
+        XCTAssertEqual(p.requestAnswered([0, 1], [.delivered, .rejected("HTTP 400")], now: 1, unit: 0.5),
+                       [.acknowledge([1]), .deadLetter(item: 1, error: "HTTP 400", attemptsMade: 1)])
+    }
+
+    func testBatchBreaker_opensOnFailedRequests_andItsHalfOpenProbeIsOneRequest() {
+        var p = batchPlan(9, threshold: 2)
+        XCTAssertEqual(p.started(now: 0, unit: 0.5, size: { _ in 10 }), [.sendRequests([[0, 1, 2], [3, 4, 5], [6, 7, 8]])])
+        let failed = Array(repeating: DeliveryOutcome.failed("HTTP 503", retryAfter: nil), count: 3)
+        XCTAssertEqual(p.requestAnswered([0, 1, 2], failed, now: 1, unit: 0.5), [])
+        let actions = p.requestAnswered([3, 4, 5], failed, now: 1, unit: 0.5)
+        XCTAssertEqual(p.breaker.reported, .open)
+        XCTAssertEqual(actions.count, 6, "the failed documents are rescheduled: \(actions)")
+        for index in 6...8 { _ = p.notSent(index, now: 1, unit: 0.5) }
+        XCTAssertTrue(p.isFinished)
+
+        var probe = DeliveryPlan(items: items(9), policy: policy, breaker: p.breaker, limits: RequestLimits(documents: 3, bytes: 1000))
+        XCTAssertEqual(probe.started(now: 61, unit: 0.5, size: { _ in 10 }), [.sendRequests([[0, 1, 2]])], "half-open: one request")
+        XCTAssertEqual(probe.due(now: 61, size: { _ in 10 }), [], "nothing more until the probe answers")
+        _ = probe.requestAnswered([0, 1, 2], Array(repeating: .delivered, count: 3), now: 62, unit: 0.5)
+        XCTAssertEqual(probe.breaker.reported, .closed)
+        XCTAssertEqual(probe.due(now: 62, size: { _ in 10 }), [.sendRequests([[3, 4, 5], [6, 7, 8]])])
+    }
 }

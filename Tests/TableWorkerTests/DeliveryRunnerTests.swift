@@ -14,7 +14,8 @@ final class DeliveryRunnerTests: XCTestCase {
     /// order (libcurl may finish several per poll, in any order), and the answer is computed when
     /// it comes back (so `answer` can move the fake clock).
     final class FakeTransport: IngestTransport {
-        /// The answer to a request, by its body text (one body per key in these tests).
+        /// The answer to a request, by its body text (one body per key in these tests; in batch
+        /// mode, the array of the request's documents).
         var answer: (String) -> Result<HTTPResponse, HTTPTransportError> = { _ in .success(HTTPResponse(status: 200, body: [], headers: [:], seconds: 0.001)) }
         private(set) var sent: [String] = []
         var maxSeenConcurrency = 0
@@ -287,5 +288,55 @@ final class DeliveryRunnerTests: XCTestCase {
         try runner.flushPending()  // after the reconnect
         XCTAssertEqual(store.acknowledged.flatMap { $0 }.sorted(), [1, 2], "answered 2xx before the loss: acknowledged on the new connection")
         XCTAssertTrue(runner.pending.isEmpty)
+    }
+    // MARK: batch mode
+
+    private func batchSetUp(_ n: Int, documents: Int) -> (DeliveryRunner, FakeTransport, FakeStore, DeliveryPlan) {
+        let transport = FakeTransport(), store = FakeStore(), host = FakeHost()
+        let runner = DeliveryRunner(transport: transport, store: store, host: host, maxConcurrent: 2, ackGroupSize: 1, ackInterval: 0)
+        let items = (0..<n).map { DeliveryItem(ids: [Int64($0 + 1)], primaryKey: "\($0)") }
+        let plan = DeliveryPlan(items: items, policy: policy, breaker: CircuitBreaker(failureThreshold: 5, resetSeconds: 60),
+                                limits: RequestLimits(documents: documents, bytes: 1 << 20))
+        return (runner, transport, store, plan)
+    }
+
+    private func document(_ index: Int) -> Payload { Payload(id: "t:\(index)", body: Array("{\"k\":\(index)}".utf8)) }
+    private func batchRequest(_ payloads: [Payload]) -> HTTPRequest {
+        HTTPRequest(url: "http://127.0.0.1/batch", body: RequestBuilder.batchPayload(payloads).body)
+    }
+
+    func testBatch_sendsArraysOfTheDocuments_andPerItemAnswersSettleEachOne() {
+        var (runner, transport, store, plan) = batchSetUp(10, documents: 4)
+        transport.answer = { body in
+            let results = body.contains(#"{"k":5}"#) ? #"{"results":[{"id":"t:4","status":200},{"id":"t:5","status":400}]}"# : #"{"ok":true}"#
+            return .success(HTTPResponse(status: 200, body: Array(results.utf8), headers: [:], seconds: 0))
+        }
+        XCTAssertEqual(String(describing: runner.run(&plan, document: document, request: batchRequest)), "finished")
+        XCTAssertEqual(transport.sent, [#"[{"k":0},{"k":1},{"k":2},{"k":3}]"#, #"[{"k":4},{"k":5},{"k":6},{"k":7}]"#, #"[{"k":8},{"k":9}]"#])
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }.sorted(), [1, 2, 3, 4, 5, 7, 8, 9, 10], "everything but the document answered 400")
+        XCTAssertEqual(store.rescheduled.map(\.ids), [[6]])
+        XCTAssertEqual(store.rescheduled.first?.permanent, 1, "a per-item 400 is a permanent failure of that document")
+        XCTAssertEqual(runner.counters.failures, 1)
+    }
+
+    func testBatch_aFailedRequestIsRetriedWithTheSameBody() {
+        var (runner, transport, store, plan) = batchSetUp(3, documents: 10)
+        var answers = 0
+        transport.answer = { _ in
+            answers += 1
+            return .success(HTTPResponse(status: answers == 1 ? 503 : 200, body: [], headers: [:], seconds: 0))
+        }
+        XCTAssertEqual(String(describing: runner.run(&plan, document: document, request: batchRequest)), "finished")
+        XCTAssertEqual(transport.sent.count, 2)
+        XCTAssertEqual(transport.sent[0], transport.sent[1], "the retry resends the same documents, byte for byte")
+        XCTAssertEqual(store.acknowledged.flatMap { $0 }.sorted(), [1, 2, 3])
+        XCTAssertEqual(runner.counters.retries, 3, "three documents were sent again")
+    }
+
+    func testBatch_aPerItem409_losesTheLease_andAcknowledgesNothingOfThatRequest() {
+        var (runner, transport, store, plan) = batchSetUp(2, documents: 10)
+        transport.answer = { _ in .success(HTTPResponse(status: 200, body: Array(#"{"results":[{"id":"t:1","status":409}]}"#.utf8), headers: [:], seconds: 0)) }
+        guard case .leaseLost = runner.run(&plan, document: document, request: batchRequest) else { return XCTFail("expected leaseLost") }
+        XCTAssertTrue(store.acknowledged.isEmpty && store.rescheduled.isEmpty)
     }
 }

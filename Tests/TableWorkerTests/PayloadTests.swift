@@ -96,4 +96,29 @@ final class PayloadTests: XCTestCase {
         let payload = Payload(id: "public.items:1:2", body: Array("foobar".utf8))
         XCTAssertEqual(payload.idempotencyKey, "public.items:1:2.85944171f73967e8")
     }
+    func testBatchRequest_isTheArrayOfTheDocuments_toTheBatchEndpoint_underOneKeyAndOneSignature() throws {
+        var config = PublisherConfig()
+        config.ingestor.baseURL = "http://127.0.0.1:9/"
+        config.ingestor.signingSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        config.service.instanceId = "host-a"
+        var table = table()
+        table.batchPublishEndpoint = "/items/batch"
+        let builder = RequestBuilder(config: config, table: table)
+        let documents = [Payload(id: "public.items:1:5", body: Array(#"{"a":1}"#.utf8)), Payload(id: "public.items:1:9", body: Array(#"{"b":2}"#.utf8))]
+        let request = builder.request(for: documents, unixNow: 1_800_000_000, lease: (name: "public.items", epoch: 7))
+        XCTAssertEqual(request.url, "http://127.0.0.1:9/items/batch")
+        XCTAssertEqual(String(decoding: request.body, as: UTF8.self), #"[{"a":1},{"b":2}]"#)
+        let headers = Dictionary(request.headers, uniquingKeysWith: { $1 })
+        XCTAssertEqual(headers["Idempotency-Key"], "public.items:1:5+2." + Payload.digestHex(request.body))
+        XCTAssertEqual(headers["X-Publisher-Epoch"], "7")
+        XCTAssertEqual(headers["X-Publisher-Instance"], "host-a")
+        XCTAssertEqual(headers["webhook-id"], "public.items:1:5+2")
+        let signer = try WebhookSigner(secret: config.ingestor.signingSecret)
+        XCTAssertEqual(headers["webhook-signature"], signer.signature(id: "public.items:1:5+2", timestamp: 1_800_000_000, body: request.body))
+        // The same documents later (a retry): the same key; another set: another key.
+        let again = Dictionary(builder.request(for: documents, unixNow: 1_800_000_009).headers, uniquingKeysWith: { $1 })
+        XCTAssertEqual(again["Idempotency-Key"], headers["Idempotency-Key"])
+        let other = Dictionary(builder.request(for: [documents[0]], unixNow: 1_800_000_000).headers, uniquingKeysWith: { $1 })
+        XCTAssertNotEqual(other["Idempotency-Key"], headers["Idempotency-Key"])
+    }
 }

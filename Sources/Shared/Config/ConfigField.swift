@@ -132,6 +132,10 @@ package struct ConfigField: Sendable {
                     "How often a standby tries to take a lease (one `pg_try_advisory_lock`)."),
         ConfigField("service", "lease_expiry_seconds", .double(\.service.leaseExpirySeconds),
                     "A standby ends the database session of a lease holder that shows no sign of life (no renewal, no statement) for this long, and takes over after the fence: a paused host keeps its sessions and lock alive. At least 6 (the holder renews every 2 s). See [Running several hosts](operations.md#running-several-hosts)."),
+        ConfigField("service", "max_documents_per_request", .int(\.service.maxDocumentsPerRequest),
+                    "Batch mode (a watched table's `batch_publish_endpoint`): the most documents in one request, 1 to 10000 (see [Batched delivery](delivery.md#batched-delivery))."),
+        ConfigField("service", "max_request_bytes", .int(\.service.maxRequestBytes),
+                    "Batch mode: the most bytes of body in one request, at least 1024; a document larger alone is sent alone."),
 
         ConfigField("logging", "level", .string(\.logging.level),
                     "`trace`, `debug`, `info`, `notice`, `warning`, `error`, `critical`"),

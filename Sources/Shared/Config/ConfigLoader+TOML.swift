@@ -151,7 +151,7 @@ extension ConfigLoader {
 
     private static let watchedTableKeys = [
         "name", "schema", "primary_key", "change_column", "change_columns", "operations", "atomic_data_query", "publish_endpoint",
-        "partitions", "dependencies",
+        "batch_publish_endpoint", "partitions", "dependencies",
     ]
 
     private static let dependencyKeys = ["table", "schema", "key_column", "key_columns", "change_columns"]
@@ -218,6 +218,7 @@ extension ConfigLoader {
                                    atomicDataQuery: try requiredString("atomic_data_query"),
                                    publishEndpoint: try requiredString("publish_endpoint"))
         if let schema = try optionalString("schema") { watched.schema = schema }
+        if let batch = try optionalString("batch_publish_endpoint") { watched.batchPublishEndpoint = batch }
         if let primaryKey = try optionalString("primary_key") { watched.primaryKey = primaryKey }
         if let value = table["operations"] {
             let key = "\(prefix).operations"

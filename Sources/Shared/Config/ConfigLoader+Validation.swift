@@ -175,6 +175,10 @@ extension ConfigLoader {
             throw ConfigError(key: "service.batch_size", problem: "must be at most \(maximumBatchSize), found \(service.batchSize)")
         }
         try atLeast(1, service.maxConcurrentPublishes, "service.max_concurrent_publishes")
+        guard (1...10_000).contains(service.maxDocumentsPerRequest) else {
+            throw ConfigError(key: "service.max_documents_per_request", problem: "must be between 1 and 10000, found \(service.maxDocumentsPerRequest)")
+        }
+        try atLeast(1024, service.maxRequestBytes, "service.max_request_bytes")
         try port(service.healthCheckPort, "service.health_check_port")
         try nonEmpty(service.healthCheckAddress, "service.health_check_address")
         try atLeast(1, service.deadLetterAfterAttempts, "service.dead_letter_after_attempts")
@@ -255,6 +259,9 @@ extension ConfigLoader {
             }
             guard table.publishEndpoint.hasPrefix("/") else {
                 throw fail("publish_endpoint", "must be a path starting with '/', found '\(table.publishEndpoint)'")
+            }
+            guard table.batchPublishEndpoint.isEmpty || table.batchPublishEndpoint.hasPrefix("/") else {
+                throw fail("batch_publish_endpoint", "must be a path starting with '/', found '\(table.batchPublishEndpoint)'")
             }
 
             try validateDependencies(of: table, prefix: prefix, context: context)

@@ -200,8 +200,35 @@ public struct ServiceConfig: Codable, Sendable, Equatable {
     /// statement) for this long, and takes over after the fence: a paused host (SIGSTOP, a frozen
     /// VM) keeps its TCP sessions, and so its lock, alive. The holder renews every 2 s.
     public var leaseExpirySeconds = 30.0
+    /// Batch mode (a watched table's `batch_publish_endpoint`): at most this many documents, and
+    /// at most this many bytes of body, per request. A document larger alone is sent alone.
+    public var maxDocumentsPerRequest = 100
+    public var maxRequestBytes = 1_048_576
     public var watchedTables: [WatchedTable] = []
     public init() {}
+
+    // Keys added since the first release are optional in the worker's config line, so this
+    // worker still reads an older supervisor's line (a package upgrade replaces the worker binary
+    // under a running supervisor).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        pollingIntervalSeconds = try c.decode(Double.self, forKey: .pollingIntervalSeconds)
+        batchSize = try c.decode(Int.self, forKey: .batchSize)
+        maxConcurrentPublishes = try c.decode(Int.self, forKey: .maxConcurrentPublishes)
+        healthCheckPort = try c.decode(Int.self, forKey: .healthCheckPort)
+        healthCheckAddress = try c.decode(String.self, forKey: .healthCheckAddress)
+        deadLetterAfterAttempts = try c.decode(Int.self, forKey: .deadLetterAfterAttempts)
+        shutdownTimeoutSeconds = try c.decode(Double.self, forKey: .shutdownTimeoutSeconds)
+        restartDelaySeconds = try c.decode(Double.self, forKey: .restartDelaySeconds)
+        maxRestartDelaySeconds = try c.decode(Double.self, forKey: .maxRestartDelaySeconds)
+        instanceId = try c.decode(String.self, forKey: .instanceId)
+        leaseFenceSeconds = try c.decode(Double.self, forKey: .leaseFenceSeconds)
+        leaseRetrySeconds = try c.decode(Double.self, forKey: .leaseRetrySeconds)
+        leaseExpirySeconds = try c.decode(Double.self, forKey: .leaseExpirySeconds)
+        maxDocumentsPerRequest = try c.decodeIfPresent(Int.self, forKey: .maxDocumentsPerRequest) ?? 100
+        maxRequestBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestBytes) ?? 1_048_576
+        watchedTables = try c.decode([WatchedTable].self, forKey: .watchedTables)
+    }
 }
 
 public enum ChangeOperation: String, Codable, Sendable, CaseIterable {
@@ -242,6 +269,9 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     public var operations: [ChangeOperation] = [.insert, .update, .delete]
     public var atomicDataQuery: String
     public var publishEndpoint: String
+    /// Batch mode when set: the table's documents go as JSON arrays to base_url + this path
+    /// (`publish_endpoint` is then unused, so a config can switch back). Empty: one per request.
+    public var batchPublishEndpoint = ""
     /// How many workers (each with its own lease, so a hot table spreads across cores and hosts)
     /// share this table, each publishing the keys whose stable hash falls in its partition. 1: one
     /// worker for the whole table.
@@ -268,7 +298,7 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     public var qualifiedName: String { "\(schema).\(name)" }
 
     private enum CodingKeys: String, CodingKey {
-        case name, schema, primaryKey, changeColumns, operations, atomicDataQuery, publishEndpoint, partitions, dependencies
+        case name, schema, primaryKey, changeColumns, operations, atomicDataQuery, publishEndpoint, batchPublishEndpoint, partitions, dependencies
     }
 
     public init(from decoder: any Decoder) throws {
@@ -280,6 +310,7 @@ public struct WatchedTable: Codable, Sendable, Equatable {
         operations = try c.decodeIfPresent([ChangeOperation].self, forKey: .operations) ?? [.insert, .update, .delete]
         atomicDataQuery = try c.decode(String.self, forKey: .atomicDataQuery)
         publishEndpoint = try c.decode(String.self, forKey: .publishEndpoint)
+        batchPublishEndpoint = try c.decodeIfPresent(String.self, forKey: .batchPublishEndpoint) ?? ""
         partitions = try c.decodeIfPresent(Int.self, forKey: .partitions) ?? 1
         dependencies = try c.decodeIfPresent([Dependency].self, forKey: .dependencies) ?? []
     }

@@ -97,6 +97,9 @@ enum ConfigFile {
         set("lease_fence_seconds", number(c.service.leaseFenceSeconds))
         set("lease_retry_seconds", number(c.service.leaseRetrySeconds))
         set("lease_expiry_seconds", number(c.service.leaseExpirySeconds))
+        // Batch mode's keys only when not the defaults: the previous release refuses keys it does not know.
+        if c.service.maxDocumentsPerRequest != 100 { set("max_documents_per_request", String(c.service.maxDocumentsPerRequest)) }
+        if c.service.maxRequestBytes != 1_048_576 { set("max_request_bytes", String(c.service.maxRequestBytes)) }
 
         for table in c.service.watchedTables {
             lines.append("")
@@ -108,6 +111,7 @@ enum ConfigFile {
             set("operations", "[" + table.operations.map { string($0.rawValue) }.joined(separator: ", ") + "]")
             set("atomic_data_query", string(table.atomicDataQuery))
             set("publish_endpoint", string(table.publishEndpoint))
+            if !table.batchPublishEndpoint.isEmpty { set("batch_publish_endpoint", string(table.batchPublishEndpoint)) }
             if table.partitions != 1 { set("partitions", String(table.partitions)) }
             for dependency in table.dependencies {
                 lines.append("")

@@ -11,8 +11,20 @@ struct RecordedRequest: CustomStringConvertible {
     let status: Int
     /// Whether the Standard Webhooks signature verified (only when started with webhook secrets).
     var verified: Bool? = nil
+    /// A batch answered per item: each document's status, by its id.
+    var results: [String: Int]? = nil
 
     func header(_ name: String) -> String? { headers[name.lowercased()] }
+
+    /// The documents it carried: a batch's array, or the one payload.
+    var documents: [JSON] { body.array ?? [body] }
+
+    /// The documents the ingestor acknowledged: all of a 2xx, less those its per-item results refused.
+    var acknowledgedDocuments: [JSON] {
+        guard (200..<300).contains(status) else { return [] }
+        guard let results else { return documents }
+        return documents.filter { (200..<300).contains(results[$0["id"]?.string ?? ""] ?? status) }
+    }
 
     var description: String { "\(status) POST \(path) \(body)" }
 }
@@ -108,7 +120,11 @@ final class Ingestor {
             }
             var lowered: [String: String] = [:]
             for (name, value) in headers { lowered[name.lowercased()] = value.string ?? value.description }
-            return RecordedRequest(path: path, headers: lowered, body: body, status: status, verified: item["verified"]?.bool)
+            var results: [String: Int]?
+            if let list = item["results"]?.array {
+                results = Dictionary(list.compactMap { r in r["id"]?.string.flatMap { id in r["status"]?.int.map { (id, $0) } } }, uniquingKeysWith: { $1 })
+            }
+            return RecordedRequest(path: path, headers: lowered, body: body, status: status, verified: item["verified"]?.bool, results: results)
         }
     }
 
