@@ -119,12 +119,7 @@ final class CommandLineTests: IntegrationTestCase {
         let ingestor = try startIngestor()
         let suffix = String(database.name.suffix(8))
         let service = "adp_svc_\(suffix)", app = "adp_app_\(suffix)"
-        addTeardownBlock { [server] in
-            guard let server else { return }
-            let admin = try? PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-it-cleanup"))
-            _ = try? admin?.execute("DROP ROLE IF EXISTS \(service)")
-            _ = try? admin?.execute("DROP ROLE IF EXISTS \(app)")
-        }
+        dropRolesAtTeardown(service, app)
         // docs/database.md, path B: the DBA (here the owner) applies print-sql, then grants exactly this.
         let printed = try publisher(["--config", try writeConfig(config, name: "owner.toml").path, "print-sql"])
         XCTAssertEqual(printed.status, 0, printed.output)

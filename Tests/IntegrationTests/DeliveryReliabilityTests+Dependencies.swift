@@ -310,41 +310,16 @@ extension DeliveryReliabilityTests {
         config.service.maxRestartDelaySeconds = 0.5
         let configURL = try writeConfig(config)
         addDiagnostics { Self.trackingTableSummary(database, self.hotspots) }
-        func launch() throws -> SupervisorProcess {
-            let s = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory,
-                                          name: "supervisor-\(supervisors.count + 1)")
-            supervisors.append(s)
-            try waitUntil("the supervisor's worker runs") { try s.workerPIDs()["hotspots"] != nil }
-            return s
-        }
-        var supervisor = try launch()
         // The application inserts rewards, 10 per transaction, for random hotspots.
-        let writer = BackgroundWriter(database: database.config, name: "dependency-crash-writer", rounds: rewards / 10, perRound: 10, keys: keys,
-                                      pauseMicroseconds: 1_000, statement: "INSERT INTO rewards (hotspot_id, amount) VALUES ($1, 1)")
-        var kills = 0
-        while kills < 6 || !writer.isDone {
-            Thread.sleep(forTimeInterval: Double.random(in: 0.1...0.4))
-            if kills == 3 {
-                supervisor.process.send(SIGKILL)
-                _ = supervisor.process.waitForExit(timeout: 5)
-                supervisor = try launch()
-                kills += 1
-                continue
-            }
-            if kills < 6, let pid = try? supervisor.workerPIDs()["hotspots"] {
-                kill(pid, SIGKILL)
-                kills += 1
-                try waitUntil("the killed worker is replaced") {
-                    guard let next = try supervisor.workerPIDs()["hotspots"] else { return false }
-                    return next != pid
-                }
-            }
+        let (supervisor, writer) = try killStorm(configURL: configURL, healthPort: config.service.healthCheckPort, worker: "hotspots", workerKills: 6) {
+            BackgroundWriter(database: database.config, name: "dependency-crash-writer", rounds: rewards / 10, perRound: 10, keys: keys,
+                             pauseMicroseconds: 1_000, statement: "INSERT INTO rewards (hotspot_id, amount) VALUES ($1, 1)")
         }
         XCTAssertNil(writer.error, "the writer failed")
         XCTAssertEqual(try databaseRewardCounts(database).values.reduce(0, +), rewards)
         try waitUntilEveryHotspotIsCurrent(database, ingestor, timeout: 120)
         let payloads = try assertNoRewardCountWentBackwards(ingestor)
-        print("dependency crash test: \(rewards) rewards inserted, 5 worker kills + 1 supervisor kill: \(payloads) payloads acknowledged, \(try trackingRowsWritten(database)) tracking rows written")
+        print("dependency crash test: \(rewards) rewards inserted, 6 worker kills + 1 supervisor kill: \(payloads) payloads acknowledged, \(try trackingRowsWritten(database)) tracking rows written")
         XCTAssertEqual(supervisor.process.stop(), .exited(0))
     }
 

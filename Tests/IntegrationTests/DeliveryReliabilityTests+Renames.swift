@@ -78,12 +78,7 @@ extension DeliveryReliabilityTests {
     func testSetupByARoleThatIsNotASuperuser_warnsThatRenamesAreNotFollowed() throws {
         let database = try makeDatabase()
         let role = "adp_owner_\(database.name.suffix(8))"
-        addTeardownBlock { [server] in
-            guard let server else { return }
-            let admin = try? PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-it-cleanup"))
-            _ = try? admin?.execute("DROP OWNED BY \(role)")
-            _ = try? admin?.execute("DROP ROLE IF EXISTS \(role)")
-        }
+        dropRolesAtTeardown(role)
         try database.executeScript("""
             CREATE ROLE \(role) LOGIN;
             GRANT CONNECT ON DATABASE \(quoteIdentifier(database.name)) TO \(role);

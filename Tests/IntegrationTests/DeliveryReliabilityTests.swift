@@ -253,37 +253,11 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
         let configURL = try writeConfig(config)
         addDiagnostics { Self.trackingTableSummary(database, self.items) }
 
-        func launch() throws -> SupervisorProcess {
-            let s = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory,
-                                          name: "supervisor-\(supervisors.count + 1)")
-            supervisors.append(s)
-            try waitUntil("the supervisor's worker runs") { try s.workerPIDs()["items"] != nil }
-            return s
-        }
-        var supervisor = try launch()
-
         // The writer: 20,000 increments over 500 keys, 10 per transaction, from its own thread.
-        let writer = BackgroundWriter(database: database.config, name: "crash-test-writer", rounds: changes / 10, perRound: 10, keys: keys)
-
-        var workerKills = 0
-        var supervisorKilled = false
-        while workerKills < 10 || !writer.isDone {
-            Thread.sleep(forTimeInterval: Double.random(in: 0.1...0.5))
-            if workerKills == 5 && !supervisorKilled {
-                supervisor.process.send(SIGKILL)
-                supervisorKilled = true
-                _ = supervisor.process.waitForExit(timeout: 5)
-                supervisor = try launch()
-                continue
-            }
-            if workerKills < 10, let pid = try? supervisor.workerPIDs()["items"] {
-                kill(pid, SIGKILL)
-                workerKills += 1
-                try waitUntil("the killed worker is replaced") {
-                    guard let next = try supervisor.workerPIDs()["items"] else { return false }
-                    return next != pid
-                }
-            }
+        let workerKills = 10
+        let (supervisor, writer) = try killStorm(configURL: configURL, healthPort: config.service.healthCheckPort, worker: "items",
+                                                 workerKills: workerKills) {
+            BackgroundWriter(database: database.config, name: "crash-test-writer", rounds: changes / 10, perRound: 10, keys: keys)
         }
         XCTAssertNil(writer.error, "the writer failed")
         try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
@@ -301,6 +275,44 @@ final class DeliveryReliabilityTests: IntegrationTestCase {
     }
 
     // MARK: - helpers
+
+    /// Starts a supervisor on `configURL`, then the writer (once the worker runs: its setup made
+    /// the trigger), and while the writer runs kills the worker `worker` with SIGKILL `workerKills`
+    /// times at random moments 0.1-0.5 s apart, and the supervisor itself once halfway (a new one
+    /// is started). Returns the supervisor running at the end, and the writer.
+    func killStorm(configURL: URL, healthPort: Int, worker: String, workerKills: Int,
+                   startWriter: () -> BackgroundWriter) throws -> (SupervisorProcess, BackgroundWriter) {
+        func launch() throws -> SupervisorProcess {
+            let s = try SupervisorProcess(configURL: configURL, healthPort: healthPort, directory: workDirectory,
+                                          name: "supervisor-\(supervisors.count + 1)")
+            supervisors.append(s)
+            try waitUntil("the supervisor's worker runs") { try s.workerPIDs()[worker] != nil }
+            return s
+        }
+        var supervisor = try launch()
+        let writer = startWriter()
+        var kills = 0
+        var supervisorKilled = false
+        while kills < workerKills || !writer.isDone {
+            Thread.sleep(forTimeInterval: Double.random(in: 0.1...0.5))
+            if kills == workerKills / 2 && !supervisorKilled {
+                supervisor.process.send(SIGKILL)
+                supervisorKilled = true
+                _ = supervisor.process.waitForExit(timeout: 5)
+                supervisor = try launch()
+                continue
+            }
+            if kills < workerKills, let pid = try? supervisor.workerPIDs()[worker] {
+                kill(pid, SIGKILL)
+                kills += 1
+                try waitUntil("the killed worker is replaced") {
+                    guard let next = try supervisor.workerPIDs()[worker] else { return false }
+                    return next != pid
+                }
+            }
+        }
+        return (supervisor, writer)
+    }
 
     func runPublisher(_ arguments: [String]) throws -> (status: Int32, output: String) {
         try run(try TestEnvironment.binary(named: "atomic-data-publisher").path, arguments)

@@ -19,10 +19,7 @@ final class HostileProbeTests: IntegrationTestCase {
         try database.executeScript(itemsSQL)
         try TrackingSchema(table: items).install(on: try PostgresConnection.connect(ConnectionParameters(database.config, applicationName: "test")))
         let role = "adp_svc_\(database.name.suffix(8))"
-        addTeardownBlock { [server] in
-            guard let server else { return }
-            _ = try? PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-it-cleanup")).execute("DROP ROLE IF EXISTS \(role)")
-        }
+        dropRolesAtTeardown(role)
         try database.executeScript("""
             CREATE ROLE \(role) LOGIN;
             GRANT CONNECT ON DATABASE \(quoteIdentifier(database.name)) TO \(role);

@@ -85,12 +85,7 @@ final class SetupIdempotencyTests: IntegrationTestCase {
         try database.execute(oldCheck)
         let oid = try XCTUnwrap(try triggerOID(database))
         let role = "adp_nonowner_\(database.name.suffix(8))"
-        addTeardownBlock { [server] in
-            guard let server else { return }
-            let admin = try? PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-it-cleanup"))
-            _ = try? admin?.execute("DROP OWNED BY \(role)")
-            _ = try? admin?.execute("DROP ROLE IF EXISTS \(role)")
-        }
+        dropRolesAtTeardown(role)
         try database.executeScript("""
             CREATE ROLE \(role);
             GRANT USAGE ON SCHEMA public TO \(role);

@@ -66,6 +66,19 @@ class IntegrationTestCase: XCTestCase {
     }
 
     /// Write `config` as TOML into the work directory; returns its path.
+    /// Roles live in the server, not in the test's database: drop them (and what they own in the
+    /// test's database) when the test ends, whatever happened.
+    func dropRolesAtTeardown(_ roles: String...) {
+        addTeardownBlock { [server] in
+            guard let server else { return }
+            let admin = try? PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-it-cleanup"))
+            for role in roles {
+                _ = try? admin?.execute("DROP OWNED BY \(role)")
+                _ = try? admin?.execute("DROP ROLE IF EXISTS \(role)")
+            }
+        }
+    }
+
     func writeConfig(_ config: PublisherConfig, name: String = "config.toml") throws -> URL {
         let url = workDirectory.appendingPathComponent(name)
         try ConfigFile.write(config, to: url)

@@ -104,11 +104,6 @@ final class ReplicatedPostgresServers {
     }
 
     private func run(_ tool: String, _ arguments: [String]) throws {
-        let path = bin.appendingPathComponent(tool).path
-        if Self.runsAsRoot {
-            try runTool("/sbin/runuser", ["-u", "postgres", "--", path] + arguments, logDirectory: logs)
-        } else {
-            try runTool(path, arguments, logDirectory: logs)
-        }
+        try runServerTool(tool, in: bin, arguments, logDirectory: logs)
     }
 }

@@ -99,12 +99,7 @@ final class TLSPostgresServer {
     private static var runsAsRoot: Bool { getuid() == 0 }
 
     private func run(_ tool: String, _ arguments: [String]) throws {
-        let path = bin.appendingPathComponent(tool).path
-        if Self.runsAsRoot {
-            try runTool("/sbin/runuser", ["-u", "postgres", "--", path] + arguments, logDirectory: logs)
-        } else {
-            try runTool(path, arguments, logDirectory: logs)
-        }
+        try runServerTool(tool, in: bin, arguments, logDirectory: logs)
     }
 
     private static func binDirectory() throws -> URL {

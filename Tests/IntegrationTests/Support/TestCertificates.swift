@@ -67,6 +67,17 @@ struct TestCertificates {
 /// `logDirectory`, then waitpid with a deadline. Not Foundation's Process (nor ManagedProcess):
 /// it notices an exit only once every descendant has closed an inherited descriptor, and
 /// `pg_ctl start` leaves the server running as such a descendant.
+/// Runs a PostgreSQL server program (initdb, pg_ctl, pg_basebackup) as the server's owner: as
+/// `postgres` through runuser when the tests run as root (the server refuses to run as root).
+func runServerTool(_ tool: String, in bin: URL, _ arguments: [String], logDirectory: URL) throws {
+    let path = bin.appendingPathComponent(tool).path
+    if getuid() == 0 {
+        try runTool("/sbin/runuser", ["-u", "postgres", "--", path] + arguments, logDirectory: logDirectory)
+    } else {
+        try runTool(path, arguments, logDirectory: logDirectory)
+    }
+}
+
 func runTool(_ executable: String, _ arguments: [String], logDirectory: URL, timeout: TimeInterval = 60) throws {
     let name = URL(fileURLWithPath: executable).lastPathComponent
     let logPath = logDirectory.appendingPathComponent("tool-\(name)-\(UUID().uuidString.prefix(6)).log").path
