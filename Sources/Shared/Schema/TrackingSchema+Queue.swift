@@ -171,7 +171,7 @@ extension TrackingSchema {
                    coalesce((SELECT extract(epoch FROM clock_timestamp() - changed_at) FROM \(changesTable)\(filter) ORDER BY id LIMIT 1), 0)::float8,
                    \(count(failedTable)),
                    coalesce((SELECT extract(epoch FROM clock_timestamp() - failed_at) FROM \(failedTable)\(filter) ORDER BY id LIMIT 1), 0)::float8,
-                   EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2),
+                   \(table.capture == .wal ? "to_regclass($1) IS NOT NULL AND " + Self.slotUsableSQL : "EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)"),
                    (\(missingColumnsSQL.replacingAll("$1", with: "$3").replacingAll("$2", with: "$4")))
             """
     }
@@ -181,7 +181,8 @@ extension TrackingSchema {
         public var oldestAgeSeconds = 0.0
         public var deadLetters = 0
         public var oldestDeadLetterAgeSeconds = 0.0
-        /// False once the watched table, or our trigger on it, has been dropped under us.
+        /// False once the watched table, or our trigger on it (WAL mode: the slot), has been dropped
+        /// under us (or the slot invalidated).
         public var capturing = true
         /// The configured columns that no longer exist (`"v" of "public"."t"`), if any.
         public var missingColumns: String?
@@ -190,7 +191,8 @@ extension TrackingSchema {
 
     /// Backlog and dead letters with the age of the oldest of each, in one bounded round trip.
     public func backlog(_ db: PostgresConnection) throws(PostgresError) -> Backlog {
-        let r = try db.execute(backlogSQL, [watchedTable, Self.triggerName] + missingColumnsParameters)
+        let capture = table.capture == .wal ? slotName(database: db.parameters.database) : Self.triggerName
+        let r = try db.execute(backlogSQL, [watchedTable, capture] + missingColumnsParameters)
         var b = Backlog()
         b.count = Int(r[0, 0] ?? "0") ?? 0
         b.oldestAgeSeconds = Double(r[0, 1] ?? "0") ?? 0

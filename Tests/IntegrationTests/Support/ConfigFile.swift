@@ -109,6 +109,7 @@ enum ConfigFile {
             set("atomic_data_query", string(table.atomicDataQuery))
             set("publish_endpoint", string(table.publishEndpoint))
             if table.partitions != 1 { set("partitions", String(table.partitions)) }
+            if table.capture != .trigger { set("capture", string(table.capture.rawValue)) }
             for dependency in table.dependencies {
                 lines.append("")
                 lines.append("[[service.watched_tables.dependencies]]")

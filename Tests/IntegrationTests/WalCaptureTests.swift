@@ -1,0 +1,198 @@
+import Foundation
+import Shared
+import XCTest
+
+/// `capture = "wal"`: the lease holder reads the table's logical replication slot and writes the
+/// keys into T_changes; the documents, order and loss guarantees are trigger mode's. These tests
+/// run on a server of their own with wal_level = logical (OwnPostgresServer).
+extension DeliveryReliabilityTests {
+    var walHotspots: WatchedTable {
+        var table = hotspots
+        table.capture = .wal
+        return table
+    }
+
+    var walItems: WatchedTable {
+        var table = items
+        table.capture = .wal
+        return table
+    }
+
+    func useLogicalServer() throws {
+        useServer(try OwnPostgresServer.shared(walLevel: "logical").config)
+    }
+
+    /// Triggers on `tables` that are not PostgreSQL's own (foreign keys): ours, in trigger mode.
+    func userTriggers(_ database: TestDatabase, on tables: [String]) throws -> Int {
+        try database.count("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = ANY ($1::regclass[])",
+                           ["{" + tables.joined(separator: ",") + "}"])
+    }
+
+    func testWALCapture_theSeedsExample_updateInsertDeleteAndARewardArriveAsInTriggerMode_andNoTriggerOfOursIsOnTheTables() throws {
+        try useLogicalServer()
+        // rewards: a deleted reward must say which hotspot it belonged to (its replica identity).
+        let p = try startPipeline(schemaSQL: hotspotsSQL(keys: 3) + "ALTER TABLE rewards REPLICA IDENTITY FULL;", tables: [walHotspots])
+        XCTAssertEqual(try userTriggers(p.database, on: ["hotspots", "rewards"]), 0, "WAL mode puts nothing in the application's write path")
+        let slot = TrackingSchema(table: walHotspots).slotName(database: p.database.name)
+        XCTAssertTrue(slot.hasPrefix("adp_hotspots_"), slot)
+        XCTAssertEqual(try p.database.count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND plugin = 'pgoutput'", [slot]), 1)
+
+        try p.database.execute("UPDATE hotspots SET name = 'renamed', updated_at = now() + interval '1 minute' WHERE id = 1")
+        try p.database.execute("INSERT INTO hotspots (id, name) VALUES (4, 'hotspot 4')")
+        try p.database.execute("DELETE FROM hotspots WHERE id = 2")
+        try p.database.execute("INSERT INTO rewards (hotspot_id, amount) VALUES (3, 40)")
+        try p.database.execute("UPDATE rewards SET note = 'not a change column' WHERE hotspot_id = 3")
+        let requests = try waitForRequests(p.ingestor, count: 4)
+        try waitUntilTrackingTableIsEmpty(p.database, walHotspots)
+        var byKey: [String: RecordedRequest] = [:]
+        for r in requests { byKey[r.body["primary_key"]?.string ?? "?"] = r }
+        XCTAssertEqual(requests.map { $0.body["primary_key"]?.string ?? "?" }, ["1", "4", "2", "3"], "commit order")
+        XCTAssertEqual(byKey["1"]?.body["operation"], "update")
+        XCTAssertEqual(byKey["1"]?.body["atomic_data"]?[0]?["name"], "renamed")
+        XCTAssertEqual(byKey["1"]?.body["change_column_value"]?.string, try p.database.value("SELECT updated_at::text FROM hotspots WHERE id = 1"),
+                       "the change column's text, as the trigger records it")
+        XCTAssertEqual(byKey["4"]?.body["operation"], "insert")
+        XCTAssertEqual(byKey["4"]?.body["atomic_data"]?[0]?["name"], "hotspot 4")
+        XCTAssertEqual(byKey["2"]?.body["operation"], "delete")
+        XCTAssertEqual(byKey["2"]?.body["atomic_data"], [])
+        XCTAssertEqual(byKey["3"]?.body["operation"], "update")
+        XCTAssertEqual(byKey["3"]?.body["cause"], ["table": "rewards", "schema": "public", "operation": "insert"])
+        XCTAssertEqual(byKey["3"]?.body["atomic_data"]?[0]?["amounts"], [.number(40)])
+        for r in requests { XCTAssertEqual(r.status, 200) }
+        XCTAssertEqual(try trackingRowsWritten(p.database), 4, "the note's update changed no listed column: nothing enqueued")
+        XCTAssertEqual(try p.ingestor.requests().count, 4)
+    }
+
+    /// kill -9 of the supervisor (and its worker: the whole instance, its stream cut mid-batch)
+    /// three times during a write stream: the slot is read again from its confirmed position.
+    func testWALCapture_killNineOfTheInstanceThreeTimesDuringAStream_everyFinalStateArrives_andNoKeyGoesBackwards() throws {
+        try useLogicalServer()
+        let keys = 300, changes = 6_000
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: keys))
+        let ingestor = try startIngestor()
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [walItems])
+        config.service.healthCheckAddress = "127.0.0.1"
+        config.service.healthCheckPort = try SupervisorProcess.freePort()
+        config.service.restartDelaySeconds = 0.1
+        config.service.maxRestartDelaySeconds = 0.5
+        config.service.leaseFenceSeconds = 0
+        let configURL = try writeConfig(config)
+        addDiagnostics { Self.trackingTableSummary(database, self.walItems) }
+        func launch() throws -> SupervisorProcess {
+            let s = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory,
+                                          name: "supervisor-\(supervisors.count + 1)")
+            supervisors.append(s)
+            try waitUntil("the supervisor's worker runs") { try s.workerPIDs()["items"] != nil }
+            return s
+        }
+        var supervisor = try launch()
+        let writer = BackgroundWriter(database: database.config, name: "wal-crash-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 2_000)
+        var kills = 0
+        while kills < 3 {
+            let before = try ingestor.requests().count
+            try waitUntil("the instance publishes") { try ingestor.requests().count > before + 20 }
+            let worker = try supervisor.workerPIDs()["items"]
+            supervisor.process.send(SIGKILL)
+            if let worker { kill(worker, SIGKILL) }
+            _ = supervisor.process.waitForExit(timeout: 5)
+            kills += 1
+            supervisor = try launch()
+        }
+        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
+        XCTAssertNil(writer.error)
+        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
+        let (payloads, sameState) = try assertNoKeyWentBackwards(ingestor)
+        XCTAssertEqual(try databaseValues(database).values.reduce(0, +), changes)
+        XCTAssertEqual(try userTriggers(database, on: ["items"]), 0)
+        print("WAL capture, kill -9 of the instance 3 times: \(changes) changes, \(payloads) payloads, \(sameState) consecutive payloads with an unchanged state")
+    }
+
+    /// Two instances: only the leader streams; kill -9 of the leader, and the standby continues
+    /// the same slot from its confirmed position.
+    func testWALCapture_twoInstances_killNineOfTheLeader_theStandbyContinuesTheSameSlot_andNothingIsLost() throws {
+        try useLogicalServer()
+        let keys = 300, changes = 6_000
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: keys))
+        let ingestor = try startIngestor()
+        addDiagnostics { Self.trackingTableSummary(database, self.walItems) }
+        var instances: [String: SupervisorProcess] = [:]
+        for name in ["host-a", "host-b"] {
+            instances[name] = try startInstance(database, ingestor, table: walItems, instance: name)
+        }
+        var leaderName = ""
+        try waitUntil(timeout: 30, "one instance leads") {
+            for (name, s) in instances where try s.health().body["components"]?["tables"]?["items"]?["lease"] == "leader" { leaderName = name }
+            return !leaderName.isEmpty
+        }
+        let standbyName = leaderName == "host-a" ? "host-b" : "host-a"
+        try waitUntil("the standby stands by") { try instances[standbyName]!.health().body["components"]?["tables"]?["items"]?["lease"] == "standby" }
+        let slot = TrackingSchema(table: walItems).slotName(database: database.name)
+        let streamers = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name LIKE 'atomic-data-publisher-wal/items@%'"
+        try waitUntil("the leader streams the slot") { try database.count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", [slot]) == 1 }
+        XCTAssertEqual(try database.count(streamers), 1, "only the lease holder streams")
+        XCTAssertEqual(try database.count("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name = $1",
+                                          ["atomic-data-publisher-wal/items@\(leaderName)"]), 1)
+
+        let writer = BackgroundWriter(database: database.config, name: "wal-takeover-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 2_000)
+        try waitUntil("the leader publishes part of the stream") { try ingestor.requests().count >= 200 }
+        let workerPID = try instances[leaderName]!.workerPIDs()["items"]
+        instances[leaderName]!.process.send(SIGKILL)
+        if let workerPID { kill(workerPID, SIGKILL) }
+        try waitUntil(timeout: 30, "the standby streams the same slot") {
+            try database.count("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name = $1",
+                               ["atomic-data-publisher-wal/items@\(standbyName)"]) == 1
+        }
+        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
+        XCTAssertNil(writer.error)
+        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
+        let (payloads, _) = try assertNoKeyWentBackwards(ingestor)
+        var seen: [String: Int] = [:]
+        for request in try ingestor.requests() where request.status == 200 { seen[request.body["id"]?.string ?? "", default: 0] += 1 }
+        let duplicates = seen.values.reduce(0) { $0 + $1 - 1 }
+        XCTAssertEqual(try database.count("SELECT count(*) FROM pg_replication_slots"), 1, "one slot, continued; none made anew")
+        print("WAL capture takeover after kill -9 of the leader: \(payloads) payloads, \(duplicates) duplicate ids")
+    }
+
+    /// The pain of WAL tools: an idle watched table while the rest of the database writes. The
+    /// slot follows the WAL end (keepalives are confirmed), so it holds back little.
+    func testWALCapture_anIdleWatchedTable_whileAnotherTableWrites200MB_keepsTheSlotsRetainedWALBounded() throws {
+        try useLogicalServer()
+        let p = try startPipeline(schemaSQL: itemsSQL(keys: 10) + "CREATE TABLE noise (id bigserial PRIMARY KEY, payload text NOT NULL);", tables: [walItems])
+        let slot = TrackingSchema(table: walItems).slotName(database: p.database.name)
+        try waitUntil("the worker streams the slot") { try p.database.count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", [slot]) == 1 }
+        let retained = "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1"
+        let start = try XCTUnwrap(try p.database.value("SELECT pg_current_wal_lsn()::text"))
+        var largest = 0
+        var written = 0
+        // 200 statements of about 1 MB of WAL each (1,000 rows of 1 kB).
+        for _ in 0..<200 {
+            try p.database.execute("INSERT INTO noise (payload) SELECT repeat(md5(random()::text), 32) FROM generate_series(1, 1000)")
+            largest = max(largest, try p.database.count(retained, [slot]))
+        }
+        written = try p.database.count("SELECT (pg_current_wal_lsn() - $1::pg_lsn)::bigint", [start])
+        var settled = largest
+        try waitUntil(timeout: 30, "the slot's retained WAL falls below 16 MB once the writes stop") {
+            settled = try p.database.count(retained, [slot])
+            return settled < 16 << 20
+        }
+        print("WAL capture, idle table: \(written >> 20) MB of other WAL written; the slot retained at most \(largest >> 20) MB during the writes, \(settled >> 20) MB after")
+        XCTAssertGreaterThan(written, 200 << 20)
+        XCTAssertLessThan(largest, 128 << 20, "the idle table's slot held back at most 128 MB while 200 MB were written")
+        XCTAssertEqual(try p.database.rowCount("items_changes"), 0)
+        XCTAssertEqual(try p.ingestor.requests().count, 0)
+    }
+
+    func testWALCapture_checkConfig_onAServerWithWalLevelReplica_exits78NamingWalLevel() throws {
+        useServer(try OwnPostgresServer.shared(walLevel: "replica").config)
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: 1))
+        let config = ConfigFile.forTests(database: database.config, ingestorURL: "http://127.0.0.1:9", tables: [walItems])
+        let url = try writeConfig(config)
+        let (status, output) = try runPublisher(["--config", url.path, "check-config"])
+        XCTAssertEqual(status, 78, output)
+        XCTAssertTrue(output.contains("wal_level = logical") && output.contains("wal_level = replica") && output.contains("restart"), output)
+        XCTAssertEqual(try database.count("SELECT count(*) FROM pg_replication_slots"), 0, "check-config creates nothing")
+    }
+}
