@@ -87,9 +87,10 @@ extension DeliveryReliabilityTests {
             return s
         }
         var supervisor = try launch()
-        let writer = BackgroundWriter(database: database.config, name: "wal-crash-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 2_000)
+        let writer = BackgroundWriter(database: database.config, name: "wal-crash-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 10_000)
         var kills = 0
         while kills < 3 {
+            XCTAssertFalse(writer.isDone, "each kill comes during the stream")
             let before = try ingestor.requests().count
             try waitUntil("the instance publishes") { try ingestor.requests().count > before + 20 }
             let worker = try supervisor.workerPIDs()["items"]
