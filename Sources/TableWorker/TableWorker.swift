@@ -862,6 +862,10 @@ final class TableWorker {
                 stats.oldestChangeAgeSeconds = backlog.oldestAgeSeconds
                 stats.deadLetters = backlog.deadLetters
                 stats.oldestDeadLetterAgeSeconds = backlog.oldestDeadLetterAgeSeconds
+                if wal != nil {
+                    stats.walRetainedBytes = backlog.walRetainedBytes
+                    stats.walConfirmedLagBytes = backlog.walConfirmedLagBytes
+                }
                 if !backlog.capturing && table.capture == .wal {
                     throw Stop.permanent(schema.slotLostSentence(database: config.database.databaseName))
                 }

@@ -106,6 +106,11 @@ extension DeliveryReliabilityTests {
         let (payloads, sameState) = try assertNoKeyWentBackwards(ingestor)
         XCTAssertEqual(try databaseValues(database).values.reduce(0, +), changes)
         XCTAssertEqual(try userTriggers(database, on: ["items"]), 0)
+        // The slot's figures, in /health, /metrics and Prometheus, once the worker has read them.
+        try waitUntil("the slot's retained WAL is reported") { try supervisor.health().body["components"]?["tables"]?["items"]?["wal_retained_bytes"]?.int != nil }
+        XCTAssertNotNil(try supervisor.metrics()["tables"]?["items"]?["wal_confirmed_lag_bytes"]?.int)
+        let prometheus = String(decoding: try supervisor.get("/metrics/prometheus").body, as: UTF8.self)
+        XCTAssertTrue(prometheus.contains("atomic_data_publisher_wal_retained_bytes{table=\"items\"}"), prometheus)
         print("WAL capture, kill -9 of the instance 3 times: \(changes) changes, \(payloads) payloads, \(sameState) consecutive payloads with an unchanged state")
     }
 

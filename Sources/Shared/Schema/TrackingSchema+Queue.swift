@@ -172,7 +172,7 @@ extension TrackingSchema {
                    \(count(failedTable)),
                    coalesce((SELECT extract(epoch FROM clock_timestamp() - failed_at) FROM \(failedTable)\(filter) ORDER BY id LIMIT 1), 0)::float8,
                    \(table.capture == .wal ? "to_regclass($1) IS NOT NULL AND " + Self.slotUsableSQL : "EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)"),
-                   (\(missingColumnsSQL.replacingAll("$1", with: "$3").replacingAll("$2", with: "$4")))
+                   (\(missingColumnsSQL.replacingAll("$1", with: "$3").replacingAll("$2", with: "$4")))\(table.capture == .wal ? ",\n" + Self.slotFiguresSQL : "")
             """
     }
 
@@ -186,6 +186,9 @@ extension TrackingSchema {
         public var capturing = true
         /// The configured columns that no longer exist (`"v" of "public"."t"`), if any.
         public var missingColumns: String?
+        /// WAL mode: the bytes the slot holds back, and how far its confirmed position lags.
+        public var walRetainedBytes: Int?
+        public var walConfirmedLagBytes: Int?
         public init() {}
     }
 
@@ -200,6 +203,10 @@ extension TrackingSchema {
         b.oldestDeadLetterAgeSeconds = Double(r[0, 3] ?? "0") ?? 0
         b.capturing = r[0, 4] == "t"
         b.missingColumns = r[0, 5].flatMap { $0.isEmpty ? nil : $0 }
+        if table.capture == .wal {
+            b.walRetainedBytes = r[0, 6].flatMap { Int($0) }
+            b.walConfirmedLagBytes = r[0, 7].flatMap { Int($0) }
+        }
         return b
     }
 

@@ -59,6 +59,13 @@ extension TrackingSchema {
                 AND (to_jsonb(s) ->> 'wal_status') IS DISTINCT FROM 'lost')
         """
 
+    /// The backlog's two extra columns in WAL mode: the slot's retained WAL and confirmed lag, in
+    /// bytes ($2: the slot's name).
+    static let slotFiguresSQL = """
+        (SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $2),
+                   (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $2)
+        """
+
     /// The sentence for a missing or invalidated slot: capture has stopped, with a gap.
     public func slotLostSentence(database: String) -> String {
         "the replication slot \(slotName(database: database)) of \(table.qualifiedName) is missing or invalidated (dropped by hand, lost in a primary failover, or past max_slot_wal_keep_size): changes since are not captured; run `atomic-data-publisher setup` to recreate it, then `atomic-data-publisher backfill --table \(table.name)` to publish what was missed"
