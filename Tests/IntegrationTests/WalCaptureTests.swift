@@ -199,6 +199,42 @@ extension DeliveryReliabilityTests {
         XCTAssertEqual(try p.ingestor.requests().count, 0)
     }
 
+    /// A running trigger-mode table switched to WAL mode (a reload) while the application writes:
+    /// setup creates the slot before it drops the trigger, so every change is recorded by one or
+    /// both, and every key's final state arrives.
+    func testWALCapture_aTriggerModeTableSwitchedToWALModeDuringAStream_losesNothing() throws {
+        try useLogicalServer()
+        let keys = 300, changes = 6_000
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: keys))
+        let ingestor = try startIngestor()
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [items])
+        config.service.healthCheckAddress = "127.0.0.1"
+        config.service.healthCheckPort = try SupervisorProcess.freePort()
+        let configURL = try writeConfig(config)
+        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+        let supervisor = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory, name: "supervisor-1")
+        supervisors.append(supervisor)
+        addDiagnostics { supervisor.process.stderrTail() }
+        try waitUntil("the worker runs") { try supervisor.workerPIDs()["items"] != nil }
+        XCTAssertEqual(try userTriggers(database, on: ["items"]), 1, "trigger mode to begin with")
+        let writer = BackgroundWriter(database: database.config, name: "wal-switch-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 10_000)
+        try waitUntil("the trigger-mode worker publishes part of the stream") { try ingestor.requests().count >= 100 }
+        config.service.watchedTables = [walItems]
+        try ConfigFile.write(config, to: configURL)
+        supervisor.process.send(SIGHUP)
+        try waitUntil(timeout: 30, "the trigger is gone and the slot streamed") {
+            try self.userTriggers(database, on: ["items"]) == 0
+                && database.count("SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'adp_items_%'") == 1
+        }
+        XCTAssertFalse(writer.isDone, "the switch came during the stream")
+        try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
+        XCTAssertNil(writer.error, "no application write failed during the switch")
+        try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
+        let (payloads, _) = try assertNoKeyWentBackwards(ingestor)
+        print("WAL capture, trigger mode switched to WAL mode during a stream: \(payloads) payloads")
+    }
+
     func testWALCapture_checkConfig_onAServerWithWalLevelReplica_exits78NamingWalLevel() throws {
         useServer(try OwnPostgresServer.shared(walLevel: "replica").config)
         let database = try makeDatabase()
