@@ -235,6 +235,24 @@ extension DeliveryReliabilityTests {
         print("WAL capture, trigger mode switched to WAL mode during a stream: \(payloads) payloads")
     }
 
+    /// One statement that updates 300,000 rows arrives as one burst of 300,000 messages: the
+    /// stream takes them at the rate they come (it once fell behind for good, reading libpq's
+    /// buffer in a way that cost more the more was waiting).
+    func testWALCapture_aBurstOf300000RowChanges_isInTheTrackingTableWithinSeconds() throws {
+        try useLogicalServer()
+        let p = try startPipeline(schemaSQL: itemsSQL(keys: 300_000), tables: [walItems]) { config in
+            config.ingestor.baseURL = "http://127.0.0.1:9"  // nothing is published: only capture is measured
+        }
+        let slot = TrackingSchema(table: walItems).slotName(database: p.database.name)
+        try waitUntil("the worker streams the slot") { try p.database.count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", [slot]) == 1 }
+        try p.database.execute("UPDATE items SET v = v + 1")
+        let began = Date()
+        try waitUntil(timeout: 30, "the 300,000 keys are in items_changes") { try p.database.rowCount("items_changes") >= 300_000 }
+        let seconds = Date().timeIntervalSince(began)
+        print("WAL capture: 300,000 row changes of one statement in items_changes \(String(format: "%.1f", seconds)) s after its commit")
+        XCTAssertLessThan(seconds, 15)
+    }
+
     func testWALCapture_checkConfig_onAServerWithWalLevelReplica_exits78NamingWalLevel() throws {
         useServer(try OwnPostgresServer.shared(walLevel: "replica").config)
         let database = try makeDatabase()
