@@ -40,6 +40,8 @@ struct TableStats: Sendable {
             s.oldestChangeAgeSeconds = finished.oldestChangeAgeSeconds
             s.deadLetters = finished.deadLetters
             s.oldestDeadLetterAgeSeconds = finished.oldestDeadLetterAgeSeconds
+            s.walRetainedBytes = finished.walRetainedBytes
+            s.walConfirmedLagBytes = finished.walConfirmedLagBytes
             s.inFlight = 0
         }
         return s
@@ -57,6 +59,8 @@ struct TableStats: Sendable {
         folded.oldestChangeAgeSeconds = current.oldestChangeAgeSeconds
         folded.deadLetters = current.deadLetters
         folded.oldestDeadLetterAgeSeconds = current.oldestDeadLetterAgeSeconds
+        folded.walRetainedBytes = current.walRetainedBytes
+        folded.walConfirmedLagBytes = current.walConfirmedLagBytes
         finished = folded
         self.current = nil
     }

@@ -42,6 +42,9 @@ final class TableWorker {
     private let reader: BatchReader
     /// Reads the next batch on a second connection while the current one is sent.
     private let prefetcher: BatchPrefetcher
+    /// `capture = "wal"`: streams the table's replication slot into T_changes while this worker
+    /// holds the lease (partition 0's worker for a partitioned table: one slot per table).
+    private let wal: WalStreamer?
     /// Counted up each time this worker takes the lease, and each time its session connects: a
     /// batch read ahead is only sent under the grant and session it was read under.
     private var leaseGrants = 0
@@ -110,6 +113,7 @@ final class TableWorker {
         session = DatabaseSession(config: config, schema: schema, logger: logger)
         reader = BatchReader(schema: schema, batchSize: config.service.batchSize)
         prefetcher = BatchPrefetcher(config: config, schema: schema, reader: reader, enabled: sessions.sessions >= 2, logger: logger)
+        wal = table.capture == .wal && partition.index == 0 ? WalStreamer(config: config, schema: schema, logger: logger) : nil
         builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
                                  resetSeconds: config.ingestor.circuitBreakerResetSeconds)
@@ -141,6 +145,7 @@ final class TableWorker {
             if monotonicSeconds() - lastStatsAt >= 1.0 { try? emitStats(refreshBacklog: false) }
         }
         defer { PostgresConnection.heartbeat = nil }
+        defer { wal?.stop() }
         do {
             try connect()
             // Stats first, so the supervisor's READY=1 and STATUS= already show the database up.
@@ -404,6 +409,7 @@ final class TableWorker {
     /// The lease is gone or must go (stale epoch, lost session): drop the session (the lock goes
     /// with it) and stand by; the loop reconnects and writes only what is owed for 2xx answers.
     private func loseLease() {
+        wal?.stop()
         lease.connectionLost()
         generationHeld = false
         session.close()
@@ -449,6 +455,9 @@ final class TableWorker {
     /// the handoff lock until another session holds the lease (or a few seconds pass).
     @discardableResult
     private func handOver() -> Bool {
+        // The slot is the successor's to stream as soon as it holds the lease: what was read is
+        // written and confirmed first (WalStreamer.stop).
+        wal?.stop()
         guard lease.reported == .leader, !runner.abandonedInFlight, let db = try? session.connection() else { return false }
         do {
             guard try schema.holdHandoff(db) else { return false }
@@ -869,6 +878,13 @@ final class TableWorker {
                 stats.oldestChangeAgeSeconds = backlog.oldestAgeSeconds
                 stats.deadLetters = backlog.deadLetters
                 stats.oldestDeadLetterAgeSeconds = backlog.oldestDeadLetterAgeSeconds
+                if wal != nil {
+                    stats.walRetainedBytes = backlog.walRetainedBytes
+                    stats.walConfirmedLagBytes = backlog.walConfirmedLagBytes
+                }
+                if !backlog.capturing && table.capture == .wal {
+                    throw Stop.permanent(schema.slotLostSentence(database: config.database.databaseName))
+                }
                 if !backlog.capturing {
                     throw Stop.permanent("the watched table \(table.qualifiedName) or its capture trigger \(TrackingSchema.triggerName) no longer exists: changes are not being recorded; restore it and run setup, or send SIGHUP to re-install")
                 }
@@ -880,6 +896,7 @@ final class TableWorker {
             }
         }
         if refreshBacklog, session.isConnected { renewLeaseIfDue() }
+        try reconcileWAL()
         stats.database = session.isConnected ? .up : .down
         if !session.isConnected && lease.isHeld { lease.connectionLost() }
         stats.lease = lease.reported
@@ -887,6 +904,14 @@ final class TableWorker {
         stats.takeovers = lease.takeovers
         if let lastPublishUnix { stats.lastPublishAt = Timestamp.iso8601(unixSeconds: lastPublishUnix) }
         emit(.stats(table: workerName, stats: stats))
+    }
+
+    /// WAL mode: stream while the lease is held (the fence included: writing keys sends nothing),
+    /// not otherwise; a lost slot ends the table with its sentence.
+    private func reconcileWAL() throws {
+        guard let wal else { return }
+        if let failure = wal.current.failure { throw Stop.permanent(failure) }
+        if lease.isHeld && session.isConnected { wal.start() } else { wal.stop() }
     }
 
     private func emit(_ message: WorkerMessage) {

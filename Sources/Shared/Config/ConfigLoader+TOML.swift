@@ -151,7 +151,7 @@ extension ConfigLoader {
 
     private static let watchedTableKeys = [
         "name", "schema", "primary_key", "change_column", "change_columns", "operations", "atomic_data_query", "publish_endpoint",
-        "batch_publish_endpoint", "partitions", "dependencies",
+        "batch_publish_endpoint", "partitions", "dependencies", "capture",
     ]
 
     private static let dependencyKeys = ["table", "schema", "key_column", "key_columns", "change_columns"]
@@ -236,6 +236,14 @@ extension ConfigLoader {
         }
         if let value = table["partitions"] {
             watched.partitions = try int(value, file: file, key: "\(prefix).partitions")
+        }
+        if let value = table["capture"] {
+            let key = "\(prefix).capture"
+            let text = try string(value, file: file, key: key, context: context)
+            guard let mode = CaptureMode(rawValue: text) else {
+                throw ConfigError(file: file, key: key, problem: "'\(text)' is not a capture mode\(context); expected \"trigger\" or \"wal\"")
+            }
+            watched.capture = mode
         }
         if let value = table["dependencies"] {
             let key = "\(prefix).dependencies"

@@ -261,6 +261,15 @@ public enum ChangeOperation: String, Codable, Sendable, CaseIterable {
     }
 }
 
+/// How a watched table's changes reach its tracking table (docs/database.md, "WAL capture").
+public enum CaptureMode: String, Codable, Sendable, CaseIterable {
+    /// Triggers on the table and its dependencies write the keys in the writer's transaction.
+    case trigger
+    /// The lease holder reads the table's logical replication slot (pgoutput) and writes the keys
+    /// itself: nothing in the application's write path.
+    case wal
+}
+
 public struct WatchedTable: Codable, Sendable, Equatable {
     public var name: String
     public var schema = "public"
@@ -279,6 +288,8 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     /// Other tables the atomic data query reads: a change to one of their rows enqueues the key
     /// of the watched row it references, so the document is published again.
     public var dependencies: [Dependency] = []
+    /// Where the keys come from: the capture trigger, or the WAL through a logical replication slot.
+    public var capture = CaptureMode.trigger
 
     /// The most partitions a table may have (an index name carries the number).
     public static let maximumPartitions = 64
@@ -298,7 +309,7 @@ public struct WatchedTable: Codable, Sendable, Equatable {
     public var qualifiedName: String { "\(schema).\(name)" }
 
     private enum CodingKeys: String, CodingKey {
-        case name, schema, primaryKey, changeColumns, operations, atomicDataQuery, publishEndpoint, batchPublishEndpoint, partitions, dependencies
+        case name, schema, primaryKey, changeColumns, operations, atomicDataQuery, publishEndpoint, batchPublishEndpoint, partitions, dependencies, capture
     }
 
     public init(from decoder: any Decoder) throws {
@@ -313,6 +324,8 @@ public struct WatchedTable: Codable, Sendable, Equatable {
         batchPublishEndpoint = try c.decodeIfPresent(String.self, forKey: .batchPublishEndpoint) ?? ""
         partitions = try c.decodeIfPresent(Int.self, forKey: .partitions) ?? 1
         dependencies = try c.decodeIfPresent([Dependency].self, forKey: .dependencies) ?? []
+        // Optional: a worker line written by an older supervisor has none (trigger mode).
+        capture = try c.decodeIfPresent(CaptureMode.self, forKey: .capture) ?? .trigger
     }
 }
 

@@ -92,6 +92,11 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     public var leaseHeldSeconds = 0.0
     /// How many times this worker took the lease after another had it.
     public var takeovers = 0
+    /// `capture = "wal"`: the WAL the table's replication slot holds back (from its restart
+    /// position to the server's WAL end), and how far its confirmed position is behind that end.
+    /// nil in trigger mode, and in the workers of partitions other than 0.
+    public var walRetainedBytes: Int?
+    public var walConfirmedLagBytes: Int?
 
     public init() {}
 
@@ -102,6 +107,7 @@ public struct WorkerStats: Codable, Sendable, Equatable {
         case inFlight = "in_flight", deadLetters = "dead_letters", oldestDeadLetterAgeSeconds = "oldest_dead_letter_age_seconds", query, publish, batch, circuitBreaker = "circuit_breaker", database
         case lastPublishAt = "last_publish_at", tableProblem = "table_problem", ingestorProblem = "ingestor_problem", databaseProblem = "database_problem"
         case lease, leaseHolder = "lease_holder", leaseHeldSeconds = "lease_held_seconds", takeovers
+        case walRetainedBytes = "wal_retained_bytes", walConfirmedLagBytes = "wal_confirmed_lag_bytes"
     }
 }
 

@@ -171,8 +171,8 @@ extension TrackingSchema {
                    coalesce((SELECT extract(epoch FROM clock_timestamp() - changed_at) FROM \(changesTable)\(filter) ORDER BY id LIMIT 1), 0)::float8,
                    \(count(failedTable)),
                    coalesce((SELECT extract(epoch FROM clock_timestamp() - failed_at) FROM \(failedTable)\(filter) ORDER BY id LIMIT 1), 0)::float8,
-                   EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2),
-                   (\(missingColumnsSQL.replacingAll("$1", with: "$3").replacingAll("$2", with: "$4")))
+                   \(table.capture == .wal ? "to_regclass($1) IS NOT NULL AND " + Self.slotUsableSQL : "EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)"),
+                   (\(missingColumnsSQL.replacingAll("$1", with: "$3").replacingAll("$2", with: "$4")))\(table.capture == .wal ? ",\n" + Self.slotFiguresSQL : "")
             """
     }
 
@@ -181,16 +181,21 @@ extension TrackingSchema {
         public var oldestAgeSeconds = 0.0
         public var deadLetters = 0
         public var oldestDeadLetterAgeSeconds = 0.0
-        /// False once the watched table, or our trigger on it, has been dropped under us.
+        /// False once the watched table, or our trigger on it (WAL mode: the slot), has been dropped
+        /// under us (or the slot invalidated).
         public var capturing = true
         /// The configured columns that no longer exist (`"v" of "public"."t"`), if any.
         public var missingColumns: String?
+        /// WAL mode: the bytes the slot holds back, and how far its confirmed position lags.
+        public var walRetainedBytes: Int?
+        public var walConfirmedLagBytes: Int?
         public init() {}
     }
 
     /// Backlog and dead letters with the age of the oldest of each, in one bounded round trip.
     public func backlog(_ db: PostgresConnection) throws(PostgresError) -> Backlog {
-        let r = try db.execute(backlogSQL, [watchedTable, Self.triggerName] + missingColumnsParameters)
+        let capture = table.capture == .wal ? slotName(database: db.parameters.database) : Self.triggerName
+        let r = try db.execute(backlogSQL, [watchedTable, capture] + missingColumnsParameters)
         var b = Backlog()
         b.count = Int(r[0, 0] ?? "0") ?? 0
         b.oldestAgeSeconds = Double(r[0, 1] ?? "0") ?? 0
@@ -198,6 +203,10 @@ extension TrackingSchema {
         b.oldestDeadLetterAgeSeconds = Double(r[0, 3] ?? "0") ?? 0
         b.capturing = r[0, 4] == "t"
         b.missingColumns = r[0, 5].flatMap { $0.isEmpty ? nil : $0 }
+        if table.capture == .wal {
+            b.walRetainedBytes = r[0, 6].flatMap { Int($0) }
+            b.walConfirmedLagBytes = r[0, 7].flatMap { Int($0) }
+        }
         return b
     }
 

@@ -279,7 +279,13 @@ public struct TrackingSchema: Sendable {
         DROP TABLE IF EXISTS \(failedTable);
         DROP TABLE IF EXISTS \(backfillTable);
         DROP TABLE IF EXISTS \(leaseTable);
+        DROP PUBLICATION IF EXISTS \(quoteIdentifier(publicationName));
         """
+    }
+
+    /// What `print-sql` shows: the trigger mode's script, or the WAL mode's.
+    public func printableSQL(database: String) -> String {
+        table.capture == .wal ? printableWALSQL(database: database) : printableSQL
     }
 }
 
@@ -321,6 +327,7 @@ extension TrackingSchema {
         if privilege[0, 0] != "t" {
             throw SchemaProblem("the database user has no SELECT privilege on \(table.qualifiedName): grant it (see docs/database.md, least privilege)")
         }
+        if table.capture == .wal { try verifyWAL(on: db) }
     }
 
     /// Create or update the objects, idempotently, in one transaction under an advisory lock.
@@ -330,28 +337,14 @@ extension TrackingSchema {
     public func install(on db: PostgresConnection, warn: (String) -> Void = { _ in }) throws -> Bool {
         try verify(on: db)
         try verifyDependencies(on: db)
+        if table.capture == .wal { return try installWAL(on: db) }
         try db.execute("BEGIN")
         do {
             // IF NOT EXISTS on an object that exists is a NOTICE ("already exists, skipping"), which
             // the worker would log at every start: the expected case is not news.
             try db.execute("SET LOCAL client_min_messages = warning")
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
-            // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
-            // exists, so a least-privilege role can run against objects a DBA created.
-            // Also the backfill progress table, and an `operation` CHECK that accepts 'B' (backfill's
-            // code); and no CHECK on `T_changes.operation` (dropped when this role owns the table).
-            let existing = try db.execute("""
-                SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
-                   AND to_regclass($5) IS NOT NULL AND to_regclass($6) IS NOT NULL
-                   AND (SELECT count(*) FROM pg_attribute WHERE attrelid IN (to_regclass($1), to_regclass($2))
-                        AND attname IN ('permanent_failures', 'cause') AND NOT attisdropped) = 4
-                   AND NOT EXISTS (\(staleOperationChecksSQL(changes: "$1", failed: "$2", select: "1")))
-                   AND NOT (\(droppableOperationCheckSQL(changes: "$1")))
-                """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))",
-                      backfillTable, leaseTable])
-            if existing[0, 0] != "t" {
-                try db.executeScript(createTablesSQL)
-            }
+            try installTrackingTables(on: db)
             try installPartitionIndex(on: db)
             let current = try db.execute("""
                 SELECT p.prosrc, pg_get_triggerdef(t.oid)
@@ -388,6 +381,26 @@ extension TrackingSchema {
         }
     }
 
+    /// Inside setup's transaction: the tracking tables, brought up to date.
+    func installTrackingTables(on db: PostgresConnection) throws {
+        // CREATE ... IF NOT EXISTS still checks CREATE on the schema: skip it when everything
+        // exists, so a least-privilege role can run against objects a DBA created.
+        // Also the backfill progress table, and an `operation` CHECK that accepts 'B' (backfill's
+        // code); and no CHECK on `T_changes.operation` (dropped when this role owns the table).
+        let existing = try db.execute("""
+            SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL
+               AND to_regclass($5) IS NOT NULL AND to_regclass($6) IS NOT NULL
+               AND (SELECT count(*) FROM pg_attribute WHERE attrelid IN (to_regclass($1), to_regclass($2))
+                    AND attname IN ('permanent_failures', 'cause') AND NOT attisdropped) = 4
+               AND NOT EXISTS (\(staleOperationChecksSQL(changes: "$1", failed: "$2", select: "1")))
+               AND NOT (\(droppableOperationCheckSQL(changes: "$1")))
+            """, [changesTable, failedTable, "\(schemaIdent).\(quoteIdentifier(retryIndexName))", "\(schemaIdent).\(quoteIdentifier(keyIndexName))",
+                  backfillTable, leaseTable])
+        if existing[0, 0] != "t" {
+            try db.executeScript(createTablesSQL)
+        }
+    }
+
     public func uninstall(on db: PostgresConnection) throws {
         try db.execute("BEGIN")
         do {
@@ -398,6 +411,9 @@ extension TrackingSchema {
             _ = try? db.execute("ROLLBACK")
             throw error
         }
+        // Outside the transaction, whatever the capture mode: a slot left by an earlier
+        // `capture = "wal"` would hold WAL back for ever.
+        try db.execute(dropSlotSQL(database: db.parameters.database))
     }
 
     /// The body of a `CREATE FUNCTION ... $adp$ ... $adp$` as PostgreSQL stores it in pg_proc.prosrc.

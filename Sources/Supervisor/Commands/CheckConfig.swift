@@ -29,7 +29,10 @@ struct CheckConfig: ParsableCommand {
                 try TrackingSchema(table: table).verify(on: db)
                 try TrackingSchema(table: table).verifyDependencies(on: db)
                 try CommandSupport.prepareAtomicDataQuery(table, on: db)
-                CommandSupport.say("ok      \(table.name): \(table.qualifiedName) key \(table.primaryKey), watching \(table.changeColumns.joined(separator: ", "))\(table.dependencies.isEmpty ? "" : " and " + table.dependencies.map { "\($0.qualifiedName).\($0.keyColumns.joined(separator: ","))" }.joined(separator: ", ")), publishing to \(table.publishEndpoint)")
+                if table.capture == .wal, let room = try TrackingSchema(table: table).walSenderRoom(on: db) {
+                    CommandSupport.say("warning: \(room)")
+                }
+                CommandSupport.say("ok      \(table.name): \(table.qualifiedName) key \(table.primaryKey), watching \(table.changeColumns.joined(separator: ", "))\(table.dependencies.isEmpty ? "" : " and " + table.dependencies.map { "\($0.qualifiedName).\($0.keyColumns.joined(separator: ","))" }.joined(separator: ", ")), publishing to \(table.publishEndpoint)\(table.capture == .wal ? ", captured from the WAL (slot \(TrackingSchema(table: table).slotName(database: config.database.databaseName)))" : "")")
             } catch {
                 failed += 1
                 CommandSupport.say("FAILED  \(table.name): \(error)")

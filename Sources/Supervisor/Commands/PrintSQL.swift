@@ -17,7 +17,7 @@ struct PrintSQL: ParsableCommand {
     func run() throws {
         let (config, _) = CommandSupport.loadConfig(global)
         for t in CommandSupport.tables(config, named: table) {
-            CommandSupport.say(TrackingSchema(table: t).printableSQL)
+            CommandSupport.say(TrackingSchema(table: t).printableSQL(database: config.database.databaseName))
         }
     }
 }

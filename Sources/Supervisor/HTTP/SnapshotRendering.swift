@@ -48,6 +48,8 @@ extension ServiceSnapshot {
             if let p = t.stats.databaseProblem { entry["database_problem"] = p }
             entry["lease"] = t.stats.lease.rawValue
             if let holder = t.stats.leaseHolder { entry["leader"] = holder }
+            if let retained = t.stats.walRetainedBytes { entry["wal_retained_bytes"] = retained }
+            if let lag = t.stats.walConfirmedLagBytes { entry["wal_confirmed_lag_bytes"] = lag }
             t.addPartition(to: &entry)
             if t.stalled {
                 // The worker's figures are as old as its last report: say so, never a stale "0".
@@ -78,14 +80,17 @@ extension ServiceSnapshot {
 
     private func counters(_ s: WorkerStats) -> [String: Any] {
         let attempts = s.publishSuccesses + s.publishFailures
-        return [
+        var figures: [String: Any] = [:]
+        if let retained = s.walRetainedBytes { figures["wal_retained_bytes"] = retained }
+        if let lag = s.walConfirmedLagBytes { figures["wal_confirmed_lag_bytes"] = lag }
+        return figures.merging([
             "changes_processed": s.changesProcessed, "changes_published": s.changesPublished,
             "publish_failures": s.publishFailures, "publish_timeouts": s.publishTimeouts, "retries": s.retries, "query_errors": s.queryErrors,
             "dead_lettered": s.deadLettered, "backlog": s.backlog, "oldest_change_age_seconds": s.oldestChangeAgeSeconds,
             "in_flight": s.inFlight, "dead_letters": s.deadLetters, "oldest_dead_letter_age_seconds": s.oldestDeadLetterAgeSeconds,
             "ingestor_success_rate": attempts == 0 ? 1.0 : Double(s.publishSuccesses) / Double(attempts), "publish_successes": s.publishSuccesses,
             "query_seconds": latency(s.query), "publish_seconds": latency(s.publish), "batch_seconds": latency(s.batch),
-        ]
+        ]) { a, _ in a }
     }
 
     private func latency(_ l: LatencySummary) -> [String: Any] {
@@ -168,6 +173,12 @@ extension ServiceSnapshot {
         family("in_flight_requests", "gauge", "Ingestor requests in flight.", perTable { Double($0.stats.inFlight) })
         family("dead_letters", "gauge", "Changes waiting in the dead-letter table.", perTable { Double($0.stats.deadLetters) })
         family("oldest_dead_letter_age_seconds", "gauge", "Age of the oldest dead letter.", perTable { $0.stats.oldestDeadLetterAgeSeconds })
+        // WAL mode only: a table captured by triggers has no slot, and no sample.
+        let slots = tables.filter { $0.stats.walRetainedBytes != nil }
+        family("wal_retained_bytes", "gauge", "capture = \"wal\": WAL the table's replication slot holds back (restart position to WAL end).",
+               slots.map { ("{\($0.labels)}", Double($0.stats.walRetainedBytes ?? 0)) })
+        family("wal_confirmed_lag_bytes", "gauge", "capture = \"wal\": how far the slot's confirmed position is behind the WAL end.",
+               slots.map { ("{\($0.labels)}", Double($0.stats.walConfirmedLagBytes ?? 0)) })
         family("worker_up", "gauge", "1 when the table's worker is running.", perTable { $0.up ? 1 : 0 })
         family("worker_restarts_total", "counter", "Worker restarts by the supervisor.", perTable { Double($0.restarts) })
         family("worker_failed", "gauge", "1 when the table failed permanently (configuration or permission error) and is not restarted.",

@@ -113,6 +113,7 @@ enum ConfigFile {
             set("publish_endpoint", string(table.publishEndpoint))
             if !table.batchPublishEndpoint.isEmpty { set("batch_publish_endpoint", string(table.batchPublishEndpoint)) }
             if table.partitions != 1 { set("partitions", String(table.partitions)) }
+            if table.capture != .trigger { set("capture", string(table.capture.rawValue)) }
             for dependency in table.dependencies {
                 lines.append("")
                 lines.append("[[service.watched_tables.dependencies]]")

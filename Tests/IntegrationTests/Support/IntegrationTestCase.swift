@@ -51,6 +51,12 @@ class IntegrationTestCase: XCTestCase {
 
     // MARK: - resources
 
+    /// Create this test's databases on another server from here on (`OwnPostgresServer`: a
+    /// setting the shared server may not have, such as wal_level = logical).
+    func useServer(_ config: DatabaseConfig) {
+        server = config
+    }
+
     func makeDatabase() throws -> TestDatabase {
         let database = try TestDatabase.create(on: server)
         databases.append(database)

@@ -87,6 +87,15 @@ final class TestDatabase {
         connection.close()
         let admin = try PostgresConnection.connect(ConnectionParameters(server, applicationName: "adp-integration-tests"))
         defer { admin.close() }
+        // A logical replication slot (WAL capture) keeps a database from being dropped: end its
+        // stream, then drop it (its walsender lets it go a moment after being ended).
+        let deadline = Date().addingTimeInterval(10)
+        while try admin.execute("SELECT count(*) FROM pg_replication_slots WHERE database = $1", [name])[0, 0] != "0" {
+            try admin.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL", [name])
+            try admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active", [name])
+            if Date() > deadline { throw UnexpectedResult(description: "the replication slots of \(name) are still in use after 10 s") }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
         try admin.execute("DROP DATABASE IF EXISTS \(quoteIdentifier(name)) WITH (FORCE)")
         isDropped = true
     }

@@ -1,0 +1,284 @@
+// WAL capture (`capture = "wal"`, docs/database.md "WAL capture"): instead of triggers, the table's
+// lease holder reads a logical replication slot with the built-in pgoutput plugin and writes the
+// keys into T_changes itself; everything downstream of T_changes is unchanged.
+//
+// Invariants:
+// - One publication and one slot per watched table, named after it so an operator recognises
+//   them (`adp_<table>_<8 hex>`); the slot's hex digits also cover the database, because slot
+//   names are unique in the whole cluster. The publication covers the watched table and its
+//   dependencies, inserts, updates and deletes only.
+// - Setup creates the slot after the publication commits (pgoutput reads the publication as of
+//   each change's position, and a logical slot cannot be created in a transaction that wrote),
+//   and drops our capture triggers only after the slot exists: a change committed in between is
+//   recorded twice, never zero times. A trigger-mode setup never drops a slot (its unread changes
+//   would be lost): `teardown` does.
+// - Setup never creates a slot that is missing once the table ran in WAL mode without saying so:
+//   the worker reports a missing or invalidated slot as a failed table (recreate and backfill).
+//   Only `setup` and a worker's first setup of the process create it.
+// - The WAL carries, for a deleted row or a changed key, only the replica identity columns:
+//   the watched key and each dependency's key column must be among them (`verifyWAL`).
+// - A key written here is confirmed to the slot only after the INSERT committed (WalStreamer).
+
+extension TrackingSchema {
+    /// `adp_<table>_<8 hex of schema.table>`: table names are at most 45 bytes, so at most 58.
+    public var publicationName: String { "adp_\(table.name.lowercased())_\(Self.hex8(table.qualifiedName))" }
+
+    /// `adp_<table>_<8 hex of database/schema.table>` (lower case, as slot names must be).
+    public func slotName(database: String) -> String {
+        "adp_\(table.name.lowercased())_\(Self.hex8("\(database)/\(table.qualifiedName)"))"
+    }
+
+    /// The tables the publication covers: the watched table, then its dependencies.
+    var publishedTables: [String] { [watchedTable] + table.dependencies.map(dependencyTable) }
+
+    public var createPublicationSQL: String {
+        "CREATE PUBLICATION \(quoteIdentifier(publicationName)) FOR TABLE \(publishedTables.joined(separator: ", ")) WITH (publish = 'insert, update, delete');"
+    }
+
+    /// Creates the slot unless it exists (run outside a transaction). `failover` (PostgreSQL 17
+    /// and later): the slot is synchronised to physical standbys, so a promoted standby continues it.
+    public func createSlotSQL(database: String, failover: Bool = false) -> String {
+        let name = quoteLiteral(slotName(database: database))
+        return "SELECT lsn FROM pg_create_logical_replication_slot(\(name), 'pgoutput'\(failover ? ", false, false, true" : "")) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = \(name));"
+    }
+
+    public func dropSlotSQL(database: String) -> String {
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = \(quoteLiteral(slotName(database: database)));"
+    }
+
+    /// The command a walsender session runs to stream the slot from its confirmed position.
+    public func startReplicationCommand(database: String) -> String {
+        "START_REPLICATION SLOT \(quoteIdentifier(slotName(database: database))) LOGICAL 0/0 (proto_version '1', publication_names \(quoteLiteral(quoteIdentifier(publicationName))))"
+    }
+
+    /// Whether a slot named ours exists in this database and can still be read: the backlog's
+    /// `capturing` in WAL mode. $2: the slot's name. (`wal_status` through to_jsonb: PostgreSQL
+    /// 12 has no such column.)
+    static let slotUsableSQL = """
+        EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = $2 AND s.database = current_database()
+                AND (to_jsonb(s) ->> 'wal_status') IS DISTINCT FROM 'lost')
+        """
+
+    /// The backlog's two extra columns in WAL mode: the slot's retained WAL and confirmed lag, in
+    /// bytes ($2: the slot's name).
+    static let slotFiguresSQL = """
+        (SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $2),
+                   (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $2)
+        """
+
+    /// The sentence for a missing or invalidated slot: capture has stopped, with a gap.
+    public func slotLostSentence(database: String) -> String {
+        "the replication slot \(slotName(database: database)) of \(table.qualifiedName) is missing or invalidated (dropped by hand, lost in a primary failover, or past max_slot_wal_keep_size): changes since are not captured; run `atomic-data-publisher setup` to recreate it, then `atomic-data-publisher backfill --table \(table.name)` to publish what was missed"
+    }
+
+    // MARK: checks
+
+    /// WAL mode's needs, before anything is created: wal_level, the REPLICATION attribute, room
+    /// for the slot, and replica identities that carry every key the triggers would record.
+    public func verifyWAL(on db: PostgresConnection) throws {
+        let settings = try db.execute("""
+            SELECT current_setting('wal_level'),
+                   (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                   EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                   (SELECT count(*) FROM pg_replication_slots) >= current_setting('max_replication_slots')::int,
+                   (SELECT database FROM pg_replication_slots WHERE slot_name = $1)
+            """, [slotName(database: db.parameters.database)])
+        let level = settings[0, 0] ?? "?"
+        if level != "logical" {
+            throw SchemaProblem("capture = \"wal\" for \(table.qualifiedName) needs wal_level = logical, and the server has wal_level = \(level): set it (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL, a reload is not enough")
+        }
+        if settings[0, 1] != "t" {
+            throw SchemaProblem("capture = \"wal\" for \(table.qualifiedName) reads a replication slot, which needs the REPLICATION attribute: ALTER ROLE \(quoteIdentifier(db.parameters.username)) REPLICATION")
+        }
+        if let other = settings[0, 4], other != db.parameters.database {
+            throw SchemaProblem("the replication slot \(slotName(database: db.parameters.database)) belongs to database \(other), not \(db.parameters.database): drop it (SELECT pg_drop_replication_slot('\(slotName(database: db.parameters.database))') there)")
+        }
+        if settings[0, 2] != "t" && settings[0, 3] == "t" {
+            throw SchemaProblem("capture = \"wal\" for \(table.qualifiedName) needs a replication slot, and all max_replication_slots are in use: raise max_replication_slots (restart needed) or drop a slot no one reads")
+        }
+        var identities: [(relation: String, column: String, role: String)] = [(watchedTable, table.primaryKey, "primary_key of watched table '\(table.name)'")]
+        for dependency in table.dependencies {
+            identities.append((dependencyTable(dependency), dependency.keyColumns[0], "key_column of its dependency \(dependency.qualifiedName)"))
+        }
+        for (relation, column, role) in identities {
+            let covered = try db.execute("""
+                SELECT CASE c.relreplident
+                         WHEN 'f' THEN true
+                         WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY (i.indkey::int2[]))
+                         WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident AND a.attnum = ANY (i.indkey::int2[]))
+                         ELSE false END
+                FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped
+                WHERE c.oid = to_regclass($1)
+                """, [relation, column])
+            if covered.rows.first?[0] != "t" {
+                throw SchemaProblem("the replica identity of \(relation) does not include \(quoteIdentifier(column)) (\(role)), so with capture = \"wal\" a deleted or re-keyed row's WAL record would not say which key to publish: give it a primary key on that column, or run ALTER TABLE \(relation) REPLICA IDENTITY FULL")
+            }
+        }
+    }
+
+    /// For check-config: a sentence when no walsender is free for this table's stream (it is
+    /// not streamed by another instance right now), else nil.
+    public func walSenderRoom(on db: PostgresConnection) throws -> String? {
+        let r = try db.execute("""
+            SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender') >= current_setting('max_wal_senders')::int
+                   AND NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)
+            """, [slotName(database: db.parameters.database)])
+        guard r[0, 0] == "t" else { return nil }
+        return "every max_wal_senders session is in use, so the stream of \(table.qualifiedName) (capture = \"wal\") cannot start: raise max_wal_senders (restart needed)"
+    }
+
+    // MARK: setup
+
+    /// Inside setup's transaction: the publication, covering exactly our tables.
+    func installPublication(on db: PostgresConnection) throws {
+        let state = try db.execute("""
+            SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
+                   coalesce((SELECT array_agg(r.prrelid ORDER BY r.prrelid) FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                             WHERE p.pubname = $1) = (SELECT array_agg(o ORDER BY o) FROM unnest($2::regclass[]::oid[]) o), false)
+            """, [publicationName, Self.textArray(publishedTables)])
+        if state[0, 0] != "t" {
+            try db.execute(createPublicationSQL)
+        } else if state[0, 1] != "t" {
+            try db.execute("ALTER PUBLICATION \(quoteIdentifier(publicationName)) SET TABLE \(publishedTables.joined(separator: ", "))")
+        }
+    }
+
+    /// The trigger-mode objects on the watched table and its dependencies, dropped once the slot
+    /// exists (when switching from trigger mode); nothing when there are none.
+    var captureTriggersTeardownSQL: String {
+        """
+        \(followRenamesTeardownSQL)\(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
+        DROP FUNCTION IF EXISTS \(function)();
+        """
+    }
+
+    /// Setup in WAL mode: tracking tables and the publication in one transaction, then the slot,
+    /// then (switching from trigger mode) the triggers. Returns true when the slot was created
+    /// or a trigger dropped.
+    func installWAL(on db: PostgresConnection) throws -> Bool {
+        try db.execute("BEGIN")
+        do {
+            try db.execute("SET LOCAL client_min_messages = warning")
+            try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
+            try installTrackingTables(on: db)
+            try installPartitionIndex(on: db)
+            try installPublication(on: db)
+            try db.execute("COMMIT")
+        } catch {
+            _ = try? db.execute("ROLLBACK")
+            throw error
+        }
+        var changed = try createSlot(on: db)
+        let triggers = try db.execute("""
+            SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)
+                OR to_regprocedure($3) IS NOT NULL OR EXISTS (\(allDependencyFunctionsSQL))
+            """, [watchedTable, Self.triggerName, function + "()"])
+        if triggers[0, 0] == "t" {
+            try db.execute("BEGIN")
+            do {
+                try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
+                try db.executeScript(captureTriggersTeardownSQL + allDependencyFunctionsTeardownSQL(on: db))
+                try db.execute("COMMIT")
+            } catch {
+                _ = try? db.execute("ROLLBACK")
+                throw error
+            }
+            changed = true
+        }
+        return changed
+    }
+
+    /// Creates the slot unless it exists; true when it was created here.
+    private func createSlot(on db: PostgresConnection) throws(PostgresError) -> Bool {
+        do {
+            let version = Int(try db.execute("SELECT current_setting('server_version_num')")[0, 0] ?? "0") ?? 0
+            return try db.execute(createSlotSQL(database: db.parameters.database, failover: version >= 170000)).rows.count == 1
+        } catch {
+            // Another worker or instance created it at the same moment.
+            if error.sqlState == "42710" { return false }
+            throw error
+        }
+    }
+
+    /// Every dependency function of this watched table, configured or not (their triggers go
+    /// with them).
+    private func allDependencyFunctionsTeardownSQL(on db: PostgresConnection) throws -> String {
+        try db.execute(allDependencyFunctionsSQL).rows.compactMap { $0[0] }.map { "DROP FUNCTION IF EXISTS \($0) CASCADE;\n" }.joined()
+    }
+
+    /// This watched table's dependency functions, configured or not.
+    private var allDependencyFunctionsSQL: String {
+        var bare = table
+        bare.dependencies = []
+        return TrackingSchema(table: bare, partition: partition).staleDependencyFunctionsSQL
+    }
+
+    /// What `print-sql` shows for a WAL-mode table.
+    func printableWALSQL(database: String) -> String {
+        """
+        -- atomic-data-publisher: objects for \(table.qualifiedName) (capture = "wal": no trigger on it)
+        \(leaseCommentSQL)
+        \(wakeCommentSQL)
+        -- Changes are read from the replication slot \(slotName(database: database)) through the publication \(publicationName);
+        -- the role that streams it needs the REPLICATION attribute, and wal_level must be logical.
+        BEGIN;
+        SELECT pg_advisory_xact_lock(\(advisoryLockKey));
+        \(createTablesSQL)\(createPartitionIndexSQL.isEmpty ? "" : "\n" + createPartitionIndexSQL)
+        DROP PUBLICATION IF EXISTS \(quoteIdentifier(publicationName));
+        \(createPublicationSQL)
+        COMMIT;
+        -- The slot, outside any transaction (on PostgreSQL 17 and later, add the arguments false, false, true
+        -- after 'pgoutput': failover, so physical standbys keep a copy); then trigger mode's capture triggers, if any, go.
+        \(createSlotSQL(database: database))
+        BEGIN;
+        SELECT pg_advisory_xact_lock(\(advisoryLockKey));
+        \(captureTriggersTeardownSQL)
+        COMMIT;
+
+        """
+    }
+
+    // MARK: the streamer's write
+
+    /// The streamer's INSERT of a batch of keys, in the order they were read, and the wake-up of a
+    /// sleeping worker in the same transaction (TrackingSchema+Wake.swift). $1 keys, $2 operation
+    /// codes, $3 change column values (several columns: a JSON object of their texts, made into
+    /// the trigger's jsonb of the typed values here), $4 causes, $5 commit times (microseconds
+    /// since 2000-01-01). Returns one row: the number of rows written.
+    public var walInsertSQL: String {
+        let value: String
+        if table.changeColumns.count == 1 {
+            value = "u.v"
+        } else {
+            let pairs = table.changeColumns.map { "\(quoteLiteral($0)), r.\(quoteIdentifier($0))" }.joined(separator: ", ")
+            value = "CASE WHEN u.v IS NOT NULL THEN (SELECT jsonb_build_object(\(pairs))::text FROM jsonb_populate_record(NULL::\(watchedTable), u.v::jsonb) r) END"
+        }
+        let tries: String
+        if table.partitions > 1 {
+            tries = (0..<table.partitions).map { "pg_try_advisory_xact_lock_shared(\(partitionWakeKey), \($0))" }.joined(separator: " AND ")
+        } else {
+            tries = "pg_try_advisory_xact_lock_shared(\(quoteLiteral(String(wakeKey())))::bigint)"
+        }
+        return """
+            WITH ins AS (
+                INSERT INTO \(changesTable) (primary_key, operation, change_column_value, cause, changed_at)
+                SELECT u.k, u.o, \(value), u.c, timestamptz '2000-01-01 00:00:00+00' + u.t * interval '1 microsecond'
+                FROM unnest($1::text[], $2::"char"[], $3::text[], $4::text[], $5::bigint[]) WITH ORDINALITY AS u(k, o, v, c, t, n)
+                ORDER BY u.n
+                RETURNING 1)
+            SELECT c.n FROM (SELECT count(*) AS n FROM ins) c
+            LEFT JOIN LATERAL (SELECT pg_notify(\(quoteLiteral(wakeChannel)), '') WHERE c.n > 0 AND NOT (\(tries))
+                               AND current_setting('max_prepared_transactions') = '0') w ON true
+            """
+    }
+
+    /// A text[] literal whose nil elements are NULL.
+    public static func nullableTextArray(_ values: [String?]) -> String {
+        var parts: [String] = []
+        parts.reserveCapacity(values.count)
+        for value in values {
+            if let value { parts.append(String(textArray([value]).dropFirst().dropLast())) } else { parts.append("NULL") }
+        }
+        return "{" + parts.joined(separator: ",") + "}"
+    }
+}
