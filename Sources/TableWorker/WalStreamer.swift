@@ -59,6 +59,9 @@ final class WalStreamer: Sendable {
     /// Keys written per INSERT at most (one statement, one round trip per batch).
     static let maximumBatch = 5_000
     static let statusMinimumInterval = 0.05
+    /// How long a key read waits for others to share its INSERT (a small part of the 20 ms a
+    /// change may take from commit to the ingestor).
+    static let writeWindow = 0.005
     /// The server ends a walsender that hears nothing for wal_sender_timeout (60 s by default).
     static let statusMaximumInterval = 10.0
     static let takeOverAfterSeconds = 10.0
@@ -174,6 +177,8 @@ final class WalStreamer: Sendable {
         /// Keys read, not yet written; the dependency keys among them (written once per batch).
         var pending: [(key: CapturedKey, committed: Int64)] = []
         var pendingCauses: Set<String> = []
+        /// When the oldest pending key was read.
+        var firstPendingAt = 0.0
         /// Every transaction that concerns us up to here has been read (its keys are pending or written).
         var receivedLSN: UInt64 = 0
         /// Written and committed up to here: what may be confirmed.
@@ -204,14 +209,20 @@ final class WalStreamer: Sendable {
                     try confirm(replication, force: true)
                     return
                 }
-                let ready = Poll.wait(readable: [replication.socket], timeout: 0.1)
+                // Keys wait at most `writeWindow` for more to join their INSERT: one commit (a WAL
+                // flush) per window rather than per burst read, which the writers' own commits
+                // would otherwise queue behind on a durable server.
+                let wait = pending.isEmpty ? 0.1 : max(0, firstPendingAt + WalStreamer.writeWindow - monotonicSeconds())
+                let ready = Poll.wait(readable: [replication.socket], timeout: wait)
                 if !ready.readable.isEmpty || !ready.hangup.isEmpty {
                     while case .data(let bytes) = try replication.readCopyData() {
+                        let before = pending.count
                         try handle(bytes)
+                        if before == 0 && !pending.isEmpty { firstPendingAt = monotonicSeconds() }
                         if pending.count >= WalStreamer.maximumBatch { try write(db) }
                     }
                 }
-                try write(db)
+                if pending.isEmpty || monotonicSeconds() - firstPendingAt >= WalStreamer.writeWindow { try write(db) }
                 try confirm(replication)
             }
         }
