@@ -129,7 +129,7 @@ struct WalKeyExtractor {
             guard let row else { return nil }
             if changes.count == 1 { return row[safe: changes[0]]?.text }
             let pairs = zip(table.changeColumns, changes).map { name, index in
-                "\(Self.jsonString(name)):\(row[safe: index]?.text.map(Self.jsonString) ?? "null")"
+                "\(jsonString(name)):\(row[safe: index]?.text.map(jsonString) ?? "null")"
             }
             return "{" + pairs.joined(separator: ",") + "}"
         }
@@ -158,27 +158,6 @@ struct WalKeyExtractor {
     static func differs(_ old: PgOutput.Value?, _ new: PgOutput.Value?) -> Bool {
         if new == .unchanged { return false }
         return old != new
-    }
-
-    static func jsonString(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
     }
 }
 

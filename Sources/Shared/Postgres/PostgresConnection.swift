@@ -178,7 +178,7 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     }
 
     /// The session is gone, or no longer good for the service: reconnect (with backoff).
-    /// 25006 (read_only_sql_transaction) counts: the server this session is on stopped accepting
+    /// 25006 (read_only_sql_transaction) counts: the server this connection is on stopped accepting
     /// writes (a primary demoted by a failover tool and restarted as a standby, or set
     /// `default_transaction_read_only`), so staying would publish nothing; a new connection lets
     /// libpq pick the server that is the primary now (target_session_attrs=read-write).
