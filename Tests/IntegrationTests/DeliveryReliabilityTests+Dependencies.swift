@@ -188,6 +188,44 @@ extension DeliveryReliabilityTests {
 
     // MARK: - configuration
 
+    /// A partitioned dependency: a statement trigger on the parent would see neither a statement
+    /// addressed to a partition nor a partition created after setup. Rows moved across partitions
+    /// by an UPDATE of the parent arrive as a delete from one and an insert into the other.
+    func testDependency_aPartitionedRewardsTable_writesThroughTheParent_toAPartition_andToAPartitionCreatedAfterSetup_allPublish() throws {
+        let schema = """
+            CREATE TABLE hotspots (id bigint PRIMARY KEY, name text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+            CREATE TABLE rewards (id bigserial, hotspot_id bigint, amount integer NOT NULL, note text) PARTITION BY RANGE (hotspot_id);
+            CREATE TABLE rewards_low PARTITION OF rewards FOR VALUES FROM (1) TO (11);
+            INSERT INTO hotspots (id, name) SELECT g, 'hotspot ' || g FROM generate_series(1, 20) g;
+            """
+        let p = try startPipeline(schemaSQL: schema, tables: [hotspots])
+        try p.database.execute("INSERT INTO rewards (hotspot_id, amount) VALUES (1, 10), (2, 20)")
+        try p.database.execute("INSERT INTO rewards_low (hotspot_id, amount) VALUES (3, 30), (5, 50)")
+        try p.database.execute("CREATE TABLE rewards_high PARTITION OF rewards FOR VALUES FROM (11) TO (21)")
+        try p.database.execute("INSERT INTO rewards_high (hotspot_id, amount) VALUES (12, 5), (12, 6)")
+        try p.database.execute("UPDATE rewards_low SET amount = amount + 1 WHERE hotspot_id = 1")
+        try p.database.execute("UPDATE rewards_low SET note = 'not counted' WHERE hotspot_id = 5")
+        try p.database.execute("UPDATE rewards SET hotspot_id = 4 WHERE hotspot_id = 2")
+        try p.database.execute("UPDATE rewards SET hotspot_id = 15 WHERE hotspot_id = 3")
+        try p.database.execute("DELETE FROM rewards_high WHERE amount = 5")
+
+        let expected: [String: [Int]] = ["1": [11], "2": [], "3": [], "4": [20], "5": [50], "12": [6], "15": [30]]
+        var last: [String: JSON] = [:]
+        try waitUntil(timeout: 30, "every touched hotspot's last document has its rewards") {
+            last = [:]
+            for r in try p.ingestor.requests() where r.status == 200 { if let k = r.body["primary_key"]?.string { last[k] = r.body } }
+            return expected.allSatisfy { key, amounts in last[key]?["atomic_data"]?[0]?["amounts"]?.array?.compactMap(\.int) == amounts }
+        }
+        try waitUntilTrackingTableIsEmpty(p.database, hotspots)
+        XCTAssertEqual(Set(last.keys), Set(expected.keys), "no other hotspot is published")
+        XCTAssertEqual(last["15"]?["cause"], ["table": "rewards", "schema": "public", "operation": "insert"],
+                       "a row moved into another partition arrives as an insert there")
+        XCTAssertEqual(try p.database.value("SELECT count(*)::text FROM pg_trigger WHERE tgrelid = 'rewards_high'::regclass AND tgparentid <> 0"), "3",
+                       "the partition created after setup has the parent's triggers")
+        let uncounted = try p.ingestor.requests().filter { $0.body["primary_key"]?.string == "5" }.count
+        XCTAssertEqual(uncounted, 1, "an update of a column that does not count publishes nothing")
+    }
+
     func testDependency_aKeyColumnThatDoesNotExist_orOfAnotherType_isRefusedByCheckConfigWithExit78() throws {
         let database = try makeDatabase()
         try database.executeScript(hotspotsSQL(keys: 1) + "ALTER TABLE rewards ADD COLUMN hotspot_name text;")

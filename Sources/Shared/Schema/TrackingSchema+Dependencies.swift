@@ -21,6 +21,12 @@
 //   operation 'U' and no change column value: the payload says `operation: "update"` with a
 //   `cause` (Payload.swift).
 // - Objects of a dependency no longer configured are dropped by setup (`staleDependencyObjectsSQL`).
+// - A partitioned dependency gets row-level triggers instead: a statement trigger on the parent
+//   does not fire for a statement addressed to a partition, while a row trigger on the parent is
+//   cloned by PostgreSQL to every partition, those attached later included. The same function
+//   serves both levels (TG_LEVEL), with the same rules per row: an insert or delete records its
+//   key, an update the old and the new key when the key or a change column changed. It costs a
+//   tracking row per row changed instead of per key and statement.
 
 extension TrackingSchema {
     /// The function a dependency's triggers call: `<table>_dep_<8 hex digits of the dependency's
@@ -78,11 +84,33 @@ extension TrackingSchema {
                                  UNION ALL (SELECT \(new) FROM adp_new n EXCEPT ALL SELECT \(old) FROM adp_old o)) c(k)
                 """
         }
+        func insertRow(_ event: String, _ keys: [String]) -> String {
+            let values = keys.map { "(\($0).\(key)::text)" }.joined(separator: ", ")
+            return """
+            INSERT INTO \(changesTable) (primary_key, operation, cause)
+                        SELECT DISTINCT v.k, 'U', \(quoteLiteral(Self.causeText(dependency, event))) FROM (VALUES \(values)) v(k) WHERE v.k IS NOT NULL;
+            """
+        }
+        let rowChanged: String
+        if dependency.changeColumns.isEmpty {
+            rowChanged = "true"
+        } else {
+            let compared = dependency.keyColumns + dependency.changeColumns.filter { !dependency.keyColumns.contains($0) }
+            rowChanged = "ROW(\(compared.map { "OLD.\(quoteIdentifier($0))::text" }.joined(separator: ", "))) IS DISTINCT FROM ROW(\(compared.map { "NEW.\(quoteIdentifier($0))::text" }.joined(separator: ", ")))"
+        }
         return """
         CREATE OR REPLACE FUNCTION \(dependencyFunction(dependency))() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $adp$
         BEGIN
-            IF TG_OP = 'INSERT' THEN
+            IF TG_LEVEL = 'ROW' THEN
+                IF TG_OP = 'INSERT' THEN
+                    \(insertRow("INSERT", ["NEW"]))
+                ELSIF TG_OP = 'DELETE' THEN
+                    \(insertRow("DELETE", ["OLD"]))
+                ELSIF \(rowChanged) THEN
+                    \(insertRow("UPDATE", ["OLD", "NEW"]))
+                END IF;
+            ELSIF TG_OP = 'INSERT' THEN
                 \(insert("INSERT", "SELECT n.\(key)::text AS k FROM adp_new n"))
             ELSIF TG_OP = 'UPDATE' THEN
                 \(insert("UPDATE", updated))
@@ -98,7 +126,11 @@ extension TrackingSchema {
         """
     }
 
-    public func createDependencyTriggerSQL(_ dependency: Dependency, _ event: String) -> String {
+    /// `rowLevel` for a partitioned dependency table (see the invariants above).
+    public func createDependencyTriggerSQL(_ dependency: Dependency, _ event: String, rowLevel: Bool = false) -> String {
+        if rowLevel {
+            return "CREATE TRIGGER \(quoteIdentifier(dependencyTriggerName(event))) AFTER \(event) ON \(dependencyTable(dependency)) FOR EACH ROW EXECUTE FUNCTION \(dependencyFunction(dependency))();"
+        }
         let transition = switch event {
         case "INSERT": "NEW TABLE AS adp_new"
         case "UPDATE": "OLD TABLE AS adp_old NEW TABLE AS adp_new"
@@ -115,7 +147,13 @@ extension TrackingSchema {
             sql += createDependencyFunctionSQL(dependency) + "\n"
             for event in Self.dependencyEvents {
                 sql += "DROP TRIGGER IF EXISTS \(quoteIdentifier(dependencyTriggerName(event))) ON \(dependencyTable(dependency));\n"
-                sql += createDependencyTriggerSQL(dependency, event) + "\n"
+                // Row-level on a partitioned table, statement-level otherwise: decided where it is applied.
+                sql += """
+                    DO $adp_dep$ BEGIN IF (SELECT c.relkind FROM pg_class c WHERE c.oid = \(quoteLiteral(dependencyTable(dependency)))::regclass) = 'p'
+                        THEN EXECUTE \(quoteLiteral(createDependencyTriggerSQL(dependency, event, rowLevel: true)));
+                        ELSE EXECUTE \(quoteLiteral(createDependencyTriggerSQL(dependency, event))); END IF; END $adp_dep$;
+
+                    """
             }
         }
         return sql
@@ -212,8 +250,9 @@ extension TrackingSchema {
             if now.rows.first?[0] != Self.functionBody(sql) || now.rows.first?[1] != "t" {
                 try db.executeScript(sql)
             }
+            let partitioned = try db.execute("SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass($1)", [dependencyTable(dependency)])[0, 0] == "t"
             for event in Self.dependencyEvents {
-                let wanted = createDependencyTriggerSQL(dependency, event)
+                let wanted = createDependencyTriggerSQL(dependency, event, rowLevel: partitioned)
                 let current = try db.execute("SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2",
                                              [dependencyTable(dependency), dependencyTriggerName(event)])
                 if let def = current.rows.first?[0], Self.normalizeTriggerDef(def) == Self.normalizeTriggerDef(wanted.replacingAll(";", with: "")) {

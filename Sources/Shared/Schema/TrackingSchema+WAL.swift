@@ -32,7 +32,7 @@ extension TrackingSchema {
     var publishedTables: [String] { [watchedTable] + table.dependencies.map(dependencyTable) }
 
     public var createPublicationSQL: String {
-        "CREATE PUBLICATION \(quoteIdentifier(publicationName)) FOR TABLE \(publishedTables.joined(separator: ", ")) WITH (publish = 'insert, update, delete');"
+        "CREATE PUBLICATION \(quoteIdentifier(publicationName)) FOR TABLE \(publishedTables.joined(separator: ", ")) WITH (publish = 'insert, update, delete', publish_via_partition_root = true);"
     }
 
     /// Creates the slot unless it exists (run outside a transaction). `failover` (PostgreSQL 17
@@ -134,12 +134,20 @@ extension TrackingSchema {
         let state = try db.execute("""
             SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
                    coalesce((SELECT array_agg(r.prrelid ORDER BY r.prrelid) FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
-                             WHERE p.pubname = $1) = (SELECT array_agg(o ORDER BY o) FROM unnest($2::regclass[]::oid[]) o), false)
+                             WHERE p.pubname = $1) = (SELECT array_agg(o ORDER BY o) FROM unnest($2::regclass[]::oid[]) o), false),
+                   EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1 AND pubviaroot)
             """, [publicationName, Self.textArray(publishedTables)])
         if state[0, 0] != "t" {
             try db.execute(createPublicationSQL)
-        } else if state[0, 1] != "t" {
+            return
+        }
+        if state[0, 1] != "t" {
             try db.execute("ALTER PUBLICATION \(quoteIdentifier(publicationName)) SET TABLE \(publishedTables.joined(separator: ", "))")
+        }
+        if state[0, 2] != "t" {
+            // An earlier release's publication named a partition's changes by the partition,
+            // which no watched table or dependency is configured as.
+            try db.execute("ALTER PUBLICATION \(quoteIdentifier(publicationName)) SET (publish_via_partition_root = true)")
         }
     }
 
