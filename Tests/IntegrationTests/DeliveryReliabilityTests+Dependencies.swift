@@ -226,6 +226,36 @@ extension DeliveryReliabilityTests {
         XCTAssertEqual(uncounted, 1, "an update of a column that does not count publishes nothing")
     }
 
+    /// TRUNCATE fires no row trigger and has no transition table: before it runs, the capture
+    /// records a delete of every watched key, and a dependency's trigger the keys its rows name.
+    func testTruncate_ofADependency_republishesTheHotspotsItsRowsNamed_andOfTheWatchedTable_publishesADeleteOfEveryKey() throws {
+        let p = try startPipeline(schemaSQL: hotspotsSQL(keys: 4), tables: [hotspots])
+        try p.database.execute("INSERT INTO rewards (hotspot_id, amount) VALUES (1, 10), (1, 11), (2, 20), (NULL, 5)")
+        try waitUntilEveryHotspotIsCurrent(p.database, p.ingestor)
+        let before = try p.ingestor.requests().count
+        try p.database.execute("TRUNCATE rewards")
+        try waitUntil(timeout: 30, "hotspots 1 and 2 are published again without rewards") {
+            let counts = try self.rewardCounts(p.ingestor)
+            return counts["1"]?.last == 0 && counts["2"]?.last == 0
+        }
+        try waitUntilTrackingTableIsEmpty(p.database, hotspots)
+        let afterRewards = try p.ingestor.requests().dropFirst(before)
+        XCTAssertEqual(Set(afterRewards.compactMap { $0.body["primary_key"]?.string }), ["1", "2"], "only the hotspots the rewards named")
+        XCTAssertEqual(afterRewards.first?.body["cause"], ["table": "rewards", "schema": "public", "operation": "truncate"])
+
+        let beforeHotspots = try p.ingestor.requests().count
+        try p.database.execute("TRUNCATE hotspots")
+        try waitUntil(timeout: 30, "a delete of each of the 4 hotspots arrives") {
+            Set(try p.ingestor.requests().dropFirst(beforeHotspots).filter { $0.body["operation"] == "delete" }.compactMap { $0.body["primary_key"]?.string })
+                == ["1", "2", "3", "4"]
+        }
+        for request in try p.ingestor.requests().dropFirst(beforeHotspots) {
+            XCTAssertEqual(request.body["atomic_data"], [], "\(request.body)")
+            XCTAssertEqual(request.status, 200)
+        }
+        try waitUntilTrackingTableIsEmpty(p.database, hotspots)
+    }
+
     func testDependency_aKeyColumnThatDoesNotExist_orOfAnotherType_isRefusedByCheckConfigWithExit78() throws {
         let database = try makeDatabase()
         try database.executeScript(hotspotsSQL(keys: 1) + "ALTER TABLE rewards ADD COLUMN hotspot_name text;")
@@ -255,10 +285,10 @@ extension DeliveryReliabilityTests {
         let url = try writeConfig(config, name: "with.toml")
         let triggers = "SELECT count(*)::text FROM pg_trigger WHERE tgrelid = 'rewards'::regclass"
         XCTAssertEqual(try runPublisher(["--config", url.path, "setup"]).status, 0)
-        XCTAssertEqual(try database.value(triggers), "3")
+        XCTAssertEqual(try database.value(triggers), "4")
         let again = try runPublisher(["--config", url.path, "setup"])
         XCTAssertTrue(again.output.contains("already up to date"), again.output)
-        XCTAssertEqual(try database.value(triggers), "3")
+        XCTAssertEqual(try database.value(triggers), "4")
 
         var without = config
         without.service.watchedTables[0].dependencies = []
@@ -294,7 +324,7 @@ extension DeliveryReliabilityTests {
             let tables = try supervisor.health().body["components"]?["tables"]
             return tables?["hotspots"]?["state"] == "running" && tables?["totals"]?["state"] == "running"
         }
-        XCTAssertEqual(try database.value("SELECT count(*)::text FROM pg_trigger WHERE tgrelid = 'rewards'::regclass"), "6")
+        XCTAssertEqual(try database.value("SELECT count(*)::text FROM pg_trigger WHERE tgrelid = 'rewards'::regclass"), "8", "four per watched table")
         try database.execute("INSERT INTO rewards (hotspot_id, amount) VALUES (1, 11), (1, 4)")
         try waitUntil("hotspot 1 and total 1 are both published") {
             let requests = try ingestor.requests()

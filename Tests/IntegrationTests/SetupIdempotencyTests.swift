@@ -65,7 +65,7 @@ final class SetupIdempotencyTests: IntegrationTestCase {
                            "\(request)")
         }
         XCTAssertEqual(requests.count, 251, "one payload per inserted device: \(requests.count) received")
-        XCTAssertEqual(try p.database.value("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.devices'::regclass"), "1")
+        XCTAssertEqual(try p.database.value("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.devices'::regclass"), "2", "the capture and TRUNCATE triggers, once")
         second.stopAndAssertCleanExit()
     }
 

@@ -224,7 +224,7 @@ extension DeliveryReliabilityTests {
         supervisors.append(supervisor)
         addDiagnostics { supervisor.process.stderrTail() }
         try waitUntil("the worker runs") { try supervisor.workerPIDs()["items"] != nil }
-        XCTAssertEqual(try userTriggers(database, on: ["items"]), 1, "trigger mode to begin with")
+        XCTAssertEqual(try userTriggers(database, on: ["items"]), 2, "trigger mode to begin with: the capture and TRUNCATE triggers")
         let writer = BackgroundWriter(database: database.config, name: "wal-switch-writer", rounds: changes / 10, perRound: 10, keys: keys, pauseMicroseconds: 10_000)
         try waitUntil("the trigger-mode worker publishes part of the stream") { try ingestor.requests().count >= 100 }
         config.service.watchedTables = [walItems]

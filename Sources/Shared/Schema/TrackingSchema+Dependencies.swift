@@ -6,7 +6,8 @@
 // Invariants:
 // - One function per (watched table, dependency), in the watched table's schema, SECURITY
 //   DEFINER with a fixed search_path like the capture function; three statement-level triggers on
-//   the dependency table (INSERT, UPDATE, DELETE) call it with their transition tables. A statement
+//   the dependency table (INSERT, UPDATE, DELETE) call it with their transition tables, and a
+//   BEFORE TRUNCATE one reads the keys of the rows about to go. A statement
 //   enqueues each distinct referenced key once, whatever the number of rows it touched: a bulk
 //   insert of 2,000 rewards for 20 hotspots writes 20 tracking rows, not 2,000.
 // - A NULL reference enqueues nothing; nothing the function does can fail on the application's
@@ -44,7 +45,9 @@ extension TrackingSchema {
     /// two schemas never share a trigger.
     public var dependencyTriggerPrefix: String { "adp_\(table.name)_\(Self.hex8(table.qualifiedName))_" }
 
-    public static let dependencyEvents = ["INSERT", "UPDATE", "DELETE"]
+    /// TRUNCATE: `BEFORE TRUNCATE`, statement-level, reading the referenced keys from the rows
+    /// about to go (a TRUNCATE has no transition table and fires no row trigger).
+    public static let dependencyEvents = ["INSERT", "UPDATE", "DELETE", "TRUNCATE"]
 
     public func dependencyTriggerName(_ event: String) -> String {
         dependencyTriggerPrefix + String(event.lowercased().prefix(3))
@@ -114,8 +117,10 @@ extension TrackingSchema {
                 \(insert("INSERT", "SELECT n.\(key)::text AS k FROM adp_new n"))
             ELSIF TG_OP = 'UPDATE' THEN
                 \(insert("UPDATE", updated))
-            ELSE
+            ELSIF TG_OP = 'DELETE' THEN
                 \(insert("DELETE", "SELECT o.\(key)::text AS k FROM adp_old o"))
+            ELSE
+                \(insert("TRUNCATE", "SELECT o.\(key)::text AS k FROM \(dependencyTable(dependency)) o"))
             END IF;
             IF FOUND THEN
                 \(wakeTriggerSQL(anyPartition: true))
@@ -128,6 +133,9 @@ extension TrackingSchema {
 
     /// `rowLevel` for a partitioned dependency table (see the invariants above).
     public func createDependencyTriggerSQL(_ dependency: Dependency, _ event: String, rowLevel: Bool = false) -> String {
+        if event == "TRUNCATE" {
+            return "CREATE TRIGGER \(quoteIdentifier(dependencyTriggerName(event))) BEFORE TRUNCATE ON \(dependencyTable(dependency)) FOR EACH STATEMENT EXECUTE FUNCTION \(dependencyFunction(dependency))();"
+        }
         if rowLevel {
             return "CREATE TRIGGER \(quoteIdentifier(dependencyTriggerName(event))) AFTER \(event) ON \(dependencyTable(dependency)) FOR EACH ROW EXECUTE FUNCTION \(dependencyFunction(dependency))();"
         }
@@ -147,6 +155,10 @@ extension TrackingSchema {
             sql += createDependencyFunctionSQL(dependency) + "\n"
             for event in Self.dependencyEvents {
                 sql += "DROP TRIGGER IF EXISTS \(quoteIdentifier(dependencyTriggerName(event))) ON \(dependencyTable(dependency));\n"
+                if event == "TRUNCATE" {
+                    sql += createDependencyTriggerSQL(dependency, event) + "\n"
+                    continue
+                }
                 // Row-level on a partitioned table, statement-level otherwise: decided where it is applied.
                 sql += """
                     DO $adp_dep$ BEGIN IF (SELECT c.relkind FROM pg_class c WHERE c.oid = \(quoteLiteral(dependencyTable(dependency)))::regclass) = 'p'

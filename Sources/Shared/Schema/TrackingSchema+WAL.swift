@@ -156,6 +156,7 @@ extension TrackingSchema {
     var captureTriggersTeardownSQL: String {
         """
         \(followRenamesTeardownSQL)\(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
+        \(dropTruncateTriggerSQL)
         DROP FUNCTION IF EXISTS \(function)();
         """
     }

@@ -41,6 +41,9 @@ public struct TrackingSchema: Sendable {
     public var functionName: String { "\(table.name)_changes_capture" }
     public var function: String { "\(schemaIdent).\(quoteIdentifier(functionName))" }
     public static let triggerName = "atomic_data_publisher_capture"
+    /// `BEFORE TRUNCATE`, statement-level, the same function: a TRUNCATE removes rows without a
+    /// row trigger, so the function records a delete of every key while the rows are still there.
+    public static let truncateTriggerName = "atomic_data_publisher_truncate"
     public var retryIndexName: String { "\(table.name)_changes_retry_idx" }
     public var keyIndexName: String { "\(table.name)_changes_key_idx" }
     /// The longest suffix added to a table's name (`retryIndexName`): validation keeps the result
@@ -225,6 +228,13 @@ public struct TrackingSchema: Sendable {
         body += ops.contains(.insert) ? record("        ", [(newKey, "(\(newKey), 'I', \(changeValueExpression("NEW")))")]) : "        NULL;\n"
         body += "    ELSIF TG_OP = 'DELETE' THEN\n"
         body += ops.contains(.delete) ? record("        ", [(oldKey, "(\(oldKey), 'D', \(changeValueExpression("OLD")))")]) : "        NULL;\n"
+        if ops.contains(.delete) {
+            // As many tracking rows as the table has rows: a TRUNCATE costs what a DELETE of every
+            // row costs the capture. The alias `o` is one the rename event trigger rewrites.
+            body += "    ELSIF TG_OP = 'TRUNCATE' THEN\n"
+            body += "        \(insert.dropLast(" VALUES".count)) SELECT o.\(pk)::text, 'D', \(changeValueExpression("o")) FROM \(watchedTable) o;\n"
+            body += "        \(wakeTriggerSQL(anyPartition: true))\n"
+        }
         body += "    END IF;\n"
         return """
         CREATE OR REPLACE FUNCTION \(function)() RETURNS trigger LANGUAGE plpgsql
@@ -254,6 +264,14 @@ public struct TrackingSchema: Sendable {
         "CREATE TRIGGER \(quoteIdentifier(Self.triggerName)) AFTER \(triggerEvents) ON \(watchedTable) FOR EACH ROW EXECUTE FUNCTION \(function)();"
     }
 
+    /// Only when deletes are captured.
+    public var createTruncateTriggerSQL: String? {
+        guard table.operations.contains(.delete) else { return nil }
+        return "CREATE TRIGGER \(quoteIdentifier(Self.truncateTriggerName)) BEFORE TRUNCATE ON \(watchedTable) FOR EACH STATEMENT EXECUTE FUNCTION \(function)();"
+    }
+
+    var dropTruncateTriggerSQL: String { "DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.truncateTriggerName)) ON \(watchedTable);" }
+
     /// Everything `setup` does, as a script a DBA can read and apply by hand.
     public var printableSQL: String {
         """
@@ -266,6 +284,7 @@ public struct TrackingSchema: Sendable {
         \(createFunctionSQL)
         DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
         \(createTriggerSQL)
+        \(dropTruncateTriggerSQL)\(createTruncateTriggerSQL.map { "\n" + $0 } ?? "")
         \(printableDependenciesSQL)\(printableFollowRenamesSQL)COMMIT;
 
         """
@@ -274,6 +293,7 @@ public struct TrackingSchema: Sendable {
     public var teardownSQL: String {
         """
         \(followRenamesTeardownSQL)\(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
+        \(dropTruncateTriggerSQL)
         DROP FUNCTION IF EXISTS \(function)();
         DROP TABLE IF EXISTS \(changesTable);
         DROP TABLE IF EXISTS \(failedTable);
@@ -369,6 +389,7 @@ extension TrackingSchema {
                 try db.execute(createTriggerSQL)
                 changed = true
             }
+            try installTruncateTrigger(on: db)
             try installDependencies(on: db)
             if try !installFollowRenames(on: db) {
                 warn(followRenamesMissingWarning)
@@ -379,6 +400,16 @@ extension TrackingSchema {
             _ = try? db.execute("ROLLBACK")
             throw error
         }
+    }
+
+    /// Inside setup's transaction: the TRUNCATE trigger when deletes are captured, none otherwise.
+    private func installTruncateTrigger(on db: PostgresConnection) throws {
+        let current = try db.execute("SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2",
+                                     [watchedTable, Self.truncateTriggerName]).rows.first?[0]
+        let wanted = createTruncateTriggerSQL
+        if let current, let wanted, Self.normalizeTriggerDef(current) == Self.normalizeTriggerDef(wanted.replacingAll(";", with: "")) { return }
+        if current != nil { try db.execute(dropTruncateTriggerSQL) }
+        if let wanted { try db.execute(wanted) }
     }
 
     /// Inside setup's transaction: the tracking tables, brought up to date.
