@@ -111,6 +111,12 @@ extension DeliveryReliabilityTests {
         XCTAssertNotNil(try supervisor.metrics()["tables"]?["items"]?["wal_confirmed_lag_bytes"]?.int)
         let prometheus = String(decoding: try supervisor.get("/metrics/prometheus").body, as: UTF8.self)
         XCTAssertTrue(prometheus.contains("atomic_data_publisher_wal_retained_bytes{table=\"items\"}"), prometheus)
+        // The slot's headroom: this server sets no max_slot_wal_keep_size, so no safe bytes.
+        let slotFigures = try supervisor.health().body["components"]?["tables"]?["items"]
+        XCTAssertEqual(slotFigures?["wal_status"], "reserved")
+        XCTAssertEqual(slotFigures?["wal_safe_bytes"], .null)
+        XCTAssertTrue(prometheus.contains("atomic_data_publisher_wal_status{table=\"items\",status=\"reserved\"} 1"), prometheus)
+        XCTAssertFalse(prometheus.contains("atomic_data_publisher_wal_safe_bytes{"), prometheus)
         print("WAL capture, kill -9 of the instance 3 times: \(changes) changes, \(payloads) payloads, \(sameState) consecutive payloads with an unchanged state")
     }
 
