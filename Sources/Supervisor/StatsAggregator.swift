@@ -42,6 +42,8 @@ struct TableStats: Sendable {
             s.oldestDeadLetterAgeSeconds = finished.oldestDeadLetterAgeSeconds
             s.walRetainedBytes = finished.walRetainedBytes
             s.walConfirmedLagBytes = finished.walConfirmedLagBytes
+            s.walSafeBytes = finished.walSafeBytes
+            s.walStatus = finished.walStatus
             s.inFlight = 0
         }
         return s
@@ -61,6 +63,8 @@ struct TableStats: Sendable {
         folded.oldestDeadLetterAgeSeconds = current.oldestDeadLetterAgeSeconds
         folded.walRetainedBytes = current.walRetainedBytes
         folded.walConfirmedLagBytes = current.walConfirmedLagBytes
+        folded.walSafeBytes = current.walSafeBytes
+        folded.walStatus = current.walStatus
         finished = folded
         self.current = nil
     }

@@ -881,6 +881,8 @@ final class TableWorker {
                 if wal != nil {
                     stats.walRetainedBytes = backlog.walRetainedBytes
                     stats.walConfirmedLagBytes = backlog.walConfirmedLagBytes
+                    stats.walSafeBytes = backlog.walSafeBytes
+                    stats.walStatus = backlog.walStatus
                 }
                 if !backlog.capturing && table.capture == .wal {
                     throw Stop.permanent(schema.slotLostSentence(database: config.database.databaseName))

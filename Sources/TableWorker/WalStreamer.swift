@@ -186,10 +186,13 @@ final class WalStreamer: Sendable {
         var confirmedLSN: UInt64 = 0
         var lastStatusAt = -Double.infinity
         var replyRequested = false
+        /// Keeps the slot's retained WAL bounded while the table is idle (WalSlotNudge.swift).
+        var nudge: WalSlotNudge
 
         init(streamer: WalStreamer) {
             self.streamer = streamer
             extractor = WalKeyExtractor(table: streamer.schema.table)
+            nudge = WalSlotNudge(slotName: streamer.schema.slotName(database: streamer.config.database.databaseName), logger: streamer.logger)
         }
 
         mutating func stream(started: () -> Void) throws {
@@ -224,6 +227,7 @@ final class WalStreamer: Sendable {
                 }
                 if pending.isEmpty || monotonicSeconds() - firstPendingAt >= WalStreamer.writeWindow { try write(db) }
                 try confirm(replication)
+                if pending.isEmpty { nudge.tick(db, now: monotonicSeconds()) }
             }
         }
 

@@ -67,4 +67,36 @@ final class SessionBudgetTests: XCTestCase {
         XCTAssertEqual(try WorkerConfig.decode(line.dropLast()).share, share)
         XCTAssertEqual(share, SessionShare(sessions: 1, budget: SessionBudget(workers: 30, maxConnections: 35)))
     }
+
+    /// A WAL-mode table's stream (the whole table's worker, or partition 0's) holds two sessions
+    /// besides its worker's: counted in the budget before any read-ahead session is handed out.
+    func testWALStreams_takeTwoSessionsEach_beforeAnyReadAhead_andTheAutomaticLimitCountsThem() {
+        var c = config(tables: 3, partitions: 1, maxConnections: 6)
+        c.service.watchedTables[0].capture = .wal
+        c.service.watchedTables[1].partitions = 2
+        c.service.watchedTables[1].capture = .wal
+        let budget = SessionBudget(c)
+        XCTAssertEqual(budget.workers, 4)
+        XCTAssertEqual(budget.streamingWorkers, [0, 1], "t0's worker and t1's partition 0 stream; t1's partition 1 does not")
+        XCTAssertEqual(budget.required, 8)
+        XCTAssertEqual(budget.readAheadWorkers, 0)
+        c.database.maxConnections = 10
+        XCTAssertEqual(shares(c), [2, 2, 1, 1])
+        XCTAssertEqual(SessionBudget(c).peak, 10)
+        XCTAssertEqual(c.workerEntries.map { SessionShare.of(workerName: $0.name, in: c)!.walStreamSessions }, [2, 2, nil, nil])
+        c.database.maxConnections = 0
+        XCTAssertEqual(SessionBudget(c).limit, 12, "automatic: two per worker and two per stream")
+        XCTAssertEqual(SessionBudget(c).peak, 12)
+    }
+
+    func testAConfiguredLimitBelowTheWorkersAndTheirWALStreams_isAConfigurationError() throws {
+        var c = config(tables: 2, maxConnections: 3)
+        c.service.watchedTables[0].capture = .wal
+        c.ingestor.baseURL = "http://127.0.0.1:9"
+        XCTAssertEqual(SessionBudget(c).required, 4)
+        XCTAssertThrowsError(try ConfigLoader.validate(c)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("database.max_connections") && text.contains("1 WAL stream") && text.contains("at least 4"), text)
+        }
+    }
 }

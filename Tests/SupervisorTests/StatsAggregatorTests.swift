@@ -62,4 +62,38 @@ final class StatsAggregatorTests: XCTestCase {
             XCTAssertTrue(line.hasPrefix("atomic_data_publisher_"), String(line))
         }
     }
+
+    /// A WAL table's slot headroom: with a cap (max_slot_wal_keep_size) its safe bytes and status;
+    /// without one, no safe-bytes sample (the alert rules tell the two apart by that), and null in
+    /// /health; a trigger-mode table has neither.
+    func testWALSlotHeadroom_isInHealthAndPrometheus_andWithoutACapHasNoSafeBytesSample() {
+        var capped = stats(published: 0), uncapped = stats(published: 0)
+        capped.walRetainedBytes = 300 << 20
+        capped.walConfirmedLagBytes = 0
+        capped.walSafeBytes = 700 << 20
+        capped.walStatus = "extended"
+        uncapped.walRetainedBytes = 5 << 20
+        uncapped.walConfirmedLagBytes = 0
+        uncapped.walStatus = "reserved"
+        var s = ServiceSnapshot()
+        s.tables = [.init(name: "capped", schema: "public", state: "running", pid: 1, restarts: 0, stats: capped),
+                    .init(name: "uncapped", schema: "public", state: "running", pid: 2, restarts: 0, stats: uncapped),
+                    .init(name: "triggered", schema: "public", state: "running", pid: 3, restarts: 0, stats: stats(published: 0))]
+        let text = s.prometheusText
+        XCTAssertTrue(text.contains("atomic_data_publisher_wal_safe_bytes{table=\"capped\"} 734003200\n"), text)
+        XCTAssertFalse(text.contains("atomic_data_publisher_wal_safe_bytes{table=\"uncapped\"}"), text)
+        XCTAssertTrue(text.contains("atomic_data_publisher_wal_status{table=\"capped\",status=\"extended\"} 1\n"), text)
+        XCTAssertTrue(text.contains("atomic_data_publisher_wal_status{table=\"uncapped\",status=\"reserved\"} 1\n"), text)
+        XCTAssertFalse(text.contains("{table=\"triggered\",status="), text)
+        let health = s.healthJSON
+        XCTAssertTrue(health.contains("\"wal_safe_bytes\":734003200"), health)
+        XCTAssertTrue(health.contains("\"wal_safe_bytes\":null"), health)
+        XCTAssertTrue(health.contains("\"wal_status\":\"extended\""), health)
+
+        var aggregator = TableStats()
+        aggregator.received(capped)
+        aggregator.workerExited()
+        XCTAssertEqual(aggregator.combined.walSafeBytes, 700 << 20, "the last figures outlive the worker, as the retained bytes do")
+        XCTAssertEqual(aggregator.combined.walStatus, "extended")
+    }
 }

@@ -75,7 +75,7 @@ package struct ConfigField: Sendable {
         ConfigField("database", "target_session_attrs", .string(\.database.targetSessionAttrs),
                     "Which server of `host`'s list a session may use (libpq's): `any`, `read-write`, `read-only`, `primary`, `standby`, `prefer-standby`. Empty: `read-write` with several hosts, else libpq's default (`any`)."),
         ConfigField("database", "max_connections", .int(\.database.maxConnections),
-                    "The PostgreSQL sessions this instance may hold in all: one per worker (a table with `partitions = N` has N), the rest read batches ahead, one per worker at most. At least the number of workers. `0`: automatic, two per worker. See [Sessions and resources](operations.md#sessions-and-resources)."),
+                    "The PostgreSQL sessions this instance may hold in all: one per worker (a table with `partitions = N` has N) and two per `capture = \"wal\"` table's stream, the rest read batches ahead, one per worker at most. At least that many. `0`: automatic, two per worker and two per stream. See [Sessions and resources](operations.md#sessions-and-resources)."),
 
         ConfigField("ingestor", "base_url", .string(\.ingestor.baseURL),
                     "`http://` or `https://` with a host. Trailing `/` removed; `publish_endpoint` is appended. `user:password@` in it is sent as HTTP Basic authentication; together with `auth_token` it is a configuration error (only one credential can be sent). Never echoed in messages."),

@@ -29,15 +29,19 @@ extension ConfigLoader {
         try validateSessionBudget(config)
     }
 
-    /// Each worker needs one session: a budget below that could never run them all.
+    /// Each worker needs one session, and each WAL stream two: a budget below that could never run
+    /// them all.
     private static func validateSessionBudget(_ config: PublisherConfig) throws(ConfigError) {
         try atLeast(0, config.database.maxConnections, "database.max_connections")
         let budget = SessionBudget(config)
-        guard budget.configured, budget.limit < budget.workers else { return }
+        guard budget.configured, budget.limit < budget.required else { return }
         let partitioned = config.service.watchedTables.filter { $0.partitions > 1 }.count
         let counted = partitioned == 0 ? "" : " (a table with partitions = N counts N)"
+        let streams = budget.streamingWorkers.count
+        let need = streams == 0 ? "which need one PostgreSQL session each"
+            : "which need one PostgreSQL session each, and \(streams) WAL stream\(streams == 1 ? "" : "s") (capture = \"wal\") two more each: \(budget.required) in all"
         throw ConfigError(key: "database.max_connections",
-                          problem: "is \(budget.limit), below the \(budget.workers) workers this configuration starts\(counted), which need one PostgreSQL session each; set it to at least \(budget.workers) (\(2 * budget.workers) lets every worker read ahead), or 0 for automatic")
+                          problem: "is \(budget.limit), below the \(budget.workers) workers this configuration starts\(counted), \(need); set it to at least \(budget.required) (\(budget.required + budget.workers) lets every worker read ahead), or 0 for automatic")
     }
 
     /// Letters, digits and underscores, not starting with a digit, at most 63 bytes.

@@ -2,9 +2,12 @@
 // shared among its workers.
 //
 // Invariants:
-// - Each worker needs exactly one session (its lease, LISTEN and acknowledgements live on it); a
-//   limit below the number of workers is a configuration error, never a silent shortfall.
-// - The sessions left over (limit - workers) are read-ahead sessions (BatchPrefetcher), at most
+// - Each worker needs exactly one session (its lease, LISTEN and acknowledgements live on it), and
+//   a worker that streams a WAL-mode table's slot (`capture = "wal"`: the whole table's worker, or
+//   partition 0's) two more while it holds the lease (WalStreamer: a replication connection, a
+//   walsender, and the connection that writes the keys). A limit below what they need
+//   (`required`) is a configuration error, never a silent shortfall.
+// - The sessions left over (limit - required) are read-ahead sessions (BatchPrefetcher), at most
 //   one per worker. A worker without one reads every batch on its own session.
 // - The sum of every worker's share never exceeds the limit, so the instance never holds more,
 //   whatever its workers do.
@@ -21,6 +24,11 @@
 public struct SessionBudget: Sendable, Equatable {
     /// Worker processes this configuration starts: one per table, one per partition.
     public let workers: Int
+    /// The workers (indexes in configuration order) that stream a WAL slot, and take
+    /// `walStreamSessions` more sessions for it.
+    public let streamingWorkers: Set<Int>
+    /// WalStreamer's connections: the replication connection and the one that writes the keys.
+    public static let walStreamSessions = 2
     /// The sessions the instance may hold in all: `database.max_connections`, or when it is 0
     /// (automatic) one per worker plus one read-ahead each, which is what every worker may use.
     public let limit: Int
@@ -28,28 +36,39 @@ public struct SessionBudget: Sendable, Equatable {
     public let configured: Bool
 
     public init(_ config: PublisherConfig) {
-        self.init(workers: config.workerEntries.count,
-                  maxConnections: config.database.maxConnections)
+        let entries = config.workerEntries
+        self.init(workers: entries.count, maxConnections: config.database.maxConnections,
+                  streamingWorkers: Set(entries.indices.filter { entries[$0].table.capture == .wal && entries[$0].partition.index == 0 }))
     }
 
-    public init(workers: Int, maxConnections: Int) {
+    public init(workers: Int, maxConnections: Int, streamingWorkers: Set<Int> = []) {
         self.workers = workers
+        self.streamingWorkers = streamingWorkers
         configured = maxConnections > 0
-        limit = configured ? maxConnections : 2 * workers
+        limit = configured ? maxConnections : 2 * workers + streamingWorkers.count * Self.walStreamSessions
     }
+
+    /// The sessions the workers cannot do without: one each, and their WAL streams'.
+    public var required: Int { workers + streamingWorkers.count * Self.walStreamSessions }
 
     /// Workers that may read ahead on a second session: the first ones in configuration order.
-    public var readAheadWorkers: Int { max(0, min(workers, limit - workers)) }
+    public var readAheadWorkers: Int { max(0, min(workers, limit - required)) }
 
     /// The sessions the worker at `index` (0-based, in configuration order, partitions each
-    /// counted) may hold: its own, plus one to read ahead while the spare sessions last.
+    /// counted) may hold besides its WAL stream's: its own, plus one to read ahead while the spare
+    /// sessions last.
     public func sessions(workerIndex index: Int) -> Int {
         index < readAheadWorkers ? 2 : 1
     }
 
+    /// The sessions the WAL stream of the worker at `index` takes (0 for most workers).
+    public func streamSessions(workerIndex index: Int) -> Int {
+        streamingWorkers.contains(index) ? Self.walStreamSessions : 0
+    }
+
     /// The most sessions the workers can hold at once under this budget (the limit, or less when
     /// the limit is more than every worker can use).
-    public var peak: Int { workers + readAheadWorkers }
+    public var peak: Int { required + readAheadWorkers }
 
     /// "database.max_connections = 35" or "database.max_connections automatic (2 per worker)".
     public var setting: String {
@@ -60,15 +79,18 @@ public struct SessionBudget: Sendable, Equatable {
 /// What the supervisor tells one worker about the budget (WorkerConfig): its own sessions and the
 /// instance's, so that a worker refused by the server can say what to change.
 public struct SessionShare: Codable, Sendable, Equatable {
-    /// Sessions this worker may hold: 1, or 2 with a read-ahead session.
+    /// Sessions this worker may hold: 1, or 2 with a read-ahead session (its WAL stream's aside).
     public var sessions: Int
+    /// Sessions its WAL stream takes besides (nil: none, or a supervisor that did not say).
+    public var walStreamSessions: Int?
     /// The instance's limit and its workers (see `SessionBudget`).
     public var instanceLimit: Int
     public var instanceWorkers: Int
     public var configured: Bool
 
-    public init(sessions: Int, budget: SessionBudget) {
+    public init(sessions: Int, budget: SessionBudget, walStreamSessions: Int? = nil) {
         self.sessions = sessions
+        self.walStreamSessions = walStreamSessions
         instanceLimit = budget.limit
         instanceWorkers = budget.workers
         configured = budget.configured
@@ -79,7 +101,8 @@ public struct SessionShare: Codable, Sendable, Equatable {
     public static func of(workerName: String, in config: PublisherConfig) -> SessionShare? {
         let budget = SessionBudget(config)
         guard let index = config.workerEntries.firstIndex(where: { $0.name == workerName }) else { return nil }
-        return SessionShare(sessions: budget.sessions(workerIndex: index), budget: budget)
+        let stream = budget.streamSessions(workerIndex: index)
+        return SessionShare(sessions: budget.sessions(workerIndex: index), budget: budget, walStreamSessions: stream > 0 ? stream : nil)
     }
 }
 

@@ -97,6 +97,10 @@ public struct WorkerStats: Codable, Sendable, Equatable {
     /// nil in trigger mode, and in the workers of partitions other than 0.
     public var walRetainedBytes: Int?
     public var walConfirmedLagBytes: Int?
+    /// `capture = "wal"`: the slot's headroom before `max_slot_wal_keep_size` invalidates it (nil
+    /// without a cap: `safe_wal_size` is NULL), and its `wal_status`.
+    public var walSafeBytes: Int?
+    public var walStatus: String?
 
     public init() {}
 
@@ -108,6 +112,7 @@ public struct WorkerStats: Codable, Sendable, Equatable {
         case lastPublishAt = "last_publish_at", tableProblem = "table_problem", ingestorProblem = "ingestor_problem", databaseProblem = "database_problem"
         case lease, leaseHolder = "lease_holder", leaseHeldSeconds = "lease_held_seconds", takeovers
         case walRetainedBytes = "wal_retained_bytes", walConfirmedLagBytes = "wal_confirmed_lag_bytes"
+        case walSafeBytes = "wal_safe_bytes", walStatus = "wal_status"
     }
 }
 

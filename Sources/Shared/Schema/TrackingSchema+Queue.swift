@@ -189,6 +189,10 @@ extension TrackingSchema {
         /// WAL mode: the bytes the slot holds back, and how far its confirmed position lags.
         public var walRetainedBytes: Int?
         public var walConfirmedLagBytes: Int?
+        /// WAL mode: the slot's headroom before `max_slot_wal_keep_size` invalidates it (nil
+        /// without a cap), and its `wal_status` (reserved, extended, unreserved, lost).
+        public var walSafeBytes: Int?
+        public var walStatus: String?
         public init() {}
     }
 
@@ -206,6 +210,8 @@ extension TrackingSchema {
         if table.capture == .wal {
             b.walRetainedBytes = r[0, 6].flatMap { Int($0) }
             b.walConfirmedLagBytes = r[0, 7].flatMap { Int($0) }
+            b.walSafeBytes = r[0, 8].flatMap { Int($0) }
+            b.walStatus = r[0, 9]
         }
         return b
     }

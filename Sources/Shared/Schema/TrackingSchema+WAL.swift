@@ -59,11 +59,15 @@ extension TrackingSchema {
                 AND (to_jsonb(s) ->> 'wal_status') IS DISTINCT FROM 'lost')
         """
 
-    /// The backlog's two extra columns in WAL mode: the slot's retained WAL and confirmed lag, in
-    /// bytes ($2: the slot's name).
+    /// The backlog's extra columns in WAL mode ($2: the slot's name): the slot's retained WAL and
+    /// confirmed lag in bytes, its headroom before max_slot_wal_keep_size invalidates it
+    /// (`safe_wal_size`: NULL without a cap) and its `wal_status` (both through to_jsonb: PostgreSQL
+    /// 12 has neither column).
     static let slotFiguresSQL = """
         (SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $2),
-                   (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $2)
+                   (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $2),
+                   (SELECT (to_jsonb(s) ->> 'safe_wal_size')::bigint FROM pg_replication_slots s WHERE s.slot_name = $2),
+                   (SELECT to_jsonb(s) ->> 'wal_status' FROM pg_replication_slots s WHERE s.slot_name = $2)
         """
 
     /// The sentence for a missing or invalidated slot: capture has stopped, with a gap.

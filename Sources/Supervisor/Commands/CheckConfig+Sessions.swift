@@ -35,10 +35,15 @@ struct ServerSessions: Equatable {
         if !superuser { figures += ", \(reserved) reserved for superusers" }
         figures += ", \(inUse) in use by other sessions"
         if roleLimit >= 0 && !superuser { figures += "; role CONNECTION LIMIT \(roleLimit) with \(roleInUse) in use" }
-        let fix = free >= budget.workers
-            ? "set database.max_connections to at most \(free) (at least \(budget.workers), one per worker), raise the role's CONNECTION LIMIT or the server's max_connections, or end other sessions"
-            : "not even one session per worker fits, so \(budget.workers - free) of the \(budget.workers) workers would wait for a session: raise the role's CONNECTION LIMIT or the server's max_connections, end other sessions, or watch fewer tables"
-        return "this instance may open up to \(need) PostgreSQL sessions (\(budget.workers) workers, \(budget.setting)) but only \(free) are free for role \(role) (\(figures)): \(fix)"
+        let streams = budget.streamingWorkers.count
+        let least = streams == 0 ? "one per worker" : "one per worker and two per WAL stream"
+        let fix = free >= budget.required
+            ? "set database.max_connections to at most \(free) (at least \(budget.required), \(least)), raise the role's CONNECTION LIMIT or the server's max_connections, or end other sessions"
+            : (streams == 0 ? "not even one session per worker fits, so \(budget.workers - free) of the \(budget.workers) workers would wait for a session"
+                : "not even one session per worker and two per WAL stream fit, so \(budget.required - free) of the \(budget.required) sessions they need would wait")
+                + ": raise the role's CONNECTION LIMIT or the server's max_connections, end other sessions, or watch fewer tables"
+        let counted = streams == 0 ? "\(budget.workers) workers" : "\(budget.workers) workers, \(streams) WAL stream\(streams == 1 ? "" : "s") of 2"
+        return "this instance may open up to \(need) PostgreSQL sessions (\(counted), \(budget.setting)) but only \(free) are free for role \(role) (\(figures)): \(fix)"
     }
 
     static func read(on db: PostgresConnection, instance: String) throws -> ServerSessions {

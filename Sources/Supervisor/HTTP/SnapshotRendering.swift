@@ -50,6 +50,8 @@ extension ServiceSnapshot {
             if let holder = t.stats.leaseHolder { entry["leader"] = holder }
             if let retained = t.stats.walRetainedBytes { entry["wal_retained_bytes"] = retained }
             if let lag = t.stats.walConfirmedLagBytes { entry["wal_confirmed_lag_bytes"] = lag }
+            if t.stats.walRetainedBytes != nil { entry["wal_safe_bytes"] = t.stats.walSafeBytes ?? JSONNull() }
+            if let status = t.stats.walStatus { entry["wal_status"] = status }
             t.addPartition(to: &entry)
             if t.stalled {
                 // The worker's figures are as old as its last report: say so, never a stale "0".
@@ -83,6 +85,8 @@ extension ServiceSnapshot {
         var figures: [String: Any] = [:]
         if let retained = s.walRetainedBytes { figures["wal_retained_bytes"] = retained }
         if let lag = s.walConfirmedLagBytes { figures["wal_confirmed_lag_bytes"] = lag }
+        if s.walRetainedBytes != nil { figures["wal_safe_bytes"] = s.walSafeBytes ?? JSONNull() }
+        if let status = s.walStatus { figures["wal_status"] = status }
         return figures.merging([
             "changes_processed": s.changesProcessed, "changes_published": s.changesPublished,
             "publish_failures": s.publishFailures, "publish_timeouts": s.publishTimeouts, "retries": s.retries, "query_errors": s.queryErrors,
@@ -179,6 +183,11 @@ extension ServiceSnapshot {
                slots.map { ("{\($0.labels)}", Double($0.stats.walRetainedBytes ?? 0)) })
         family("wal_confirmed_lag_bytes", "gauge", "capture = \"wal\": how far the slot's confirmed position is behind the WAL end.",
                slots.map { ("{\($0.labels)}", Double($0.stats.walConfirmedLagBytes ?? 0)) })
+        // Only for a slot with a cap (max_slot_wal_keep_size set): no sample means no cap.
+        family("wal_safe_bytes", "gauge", "capture = \"wal\": WAL that may still be written before max_slot_wal_keep_size invalidates the slot (no sample without a cap).",
+               slots.compactMap { t in t.stats.walSafeBytes.map { ("{\(t.labels)}", Double($0)) } })
+        family("wal_status", "gauge", "capture = \"wal\": 1 for the slot's pg_replication_slots.wal_status (reserved, extended, unreserved, lost).",
+               slots.compactMap { t in t.stats.walStatus.map { ("{\(t.labels),status=\"\($0)\"}", 1) } })
         family("worker_up", "gauge", "1 when the table's worker is running.", perTable { $0.up ? 1 : 0 })
         family("worker_restarts_total", "counter", "Worker restarts by the supervisor.", perTable { Double($0.restarts) })
         family("worker_failed", "gauge", "1 when the table failed permanently (configuration or permission error) and is not restarted.",
