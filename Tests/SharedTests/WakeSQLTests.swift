@@ -38,8 +38,8 @@ final class WakeSQLTests: XCTestCase {
     func testTrigger_wakesAfterEveryRecordedChange_andOnlyThere() {
         let s = schema("items")
         let fragment = s.wakeTriggerSQL()
-        // INSERT, UPDATE (changed key: one two-row INSERT; watched column: one) and DELETE record changes.
-        XCTAssertEqual(s.createFunctionSQL.components(separatedBy: fragment).count - 1, 4, s.createFunctionSQL)
+        // INSERT, UPDATE (changed key: one two-row INSERT; watched column: one), DELETE and TRUNCATE record changes.
+        XCTAssertEqual(s.createFunctionSQL.components(separatedBy: fragment).count - 1, 5, s.createFunctionSQL)
         let insertOnly = schema("items", operations: [.insert])
         XCTAssertEqual(insertOnly.createFunctionSQL.components(separatedBy: fragment).count - 1, 1, insertOnly.createFunctionSQL)
         XCTAssertTrue(s.createFunctionSQL.contains("SECURITY DEFINER SET search_path = pg_catalog, pg_temp"))
