@@ -20,13 +20,25 @@ final class ConnectionBudgetTests: IntegrationTestCase {
     }
 
     func testThirtyTablesUnderABudgetOf35_onAServerOf50_neverHoldMoreThan35_deliverEverything_andLeaveTheApplicationRoom() throws {
-        let tableCount = 30, keys = 200, budget = 35
-        let server = try NetworkPostgresServer(directory: workDirectory.appendingPathComponent("pg"), listen: "127.0.0.1", settings: "max_connections = 50")
+        try drainUnderBudget(tableCount: 30, walTables: 0, budget: 35)
+    }
+
+    /// A WAL-mode table's worker also holds its stream's two sessions (the WAL sender and the key
+    /// writer): the budget counts them before any read-ahead session is handed out.
+    func testSixTablesOneOfThemInWALMode_underABudgetOf10_neverHoldMoreThan10_deliverEverything() throws {
+        try drainUnderBudget(tableCount: 6, walTables: 1, budget: 10)
+    }
+
+    /// The first `walTables` tables have `capture = "wal"`.
+    private func drainUnderBudget(tableCount: Int, walTables: Int, budget: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        let keys = 200, serverMax = 50
+        let settings = "max_connections = \(serverMax)" + (walTables > 0 ? "\nwal_level = logical" : "")
+        let server = try NetworkPostgresServer(directory: workDirectory.appendingPathComponent("pg"), listen: "127.0.0.1", settings: settings)
         postgres = server
         // The server's superuser, over its socket: sets up, samples, and always finds a reserved slot.
         let admin = try PostgresConnection.connect(ConnectionParameters(server.localConfig, applicationName: "budget-test-admin"))
         defer { admin.close() }
-        try admin.executeScript("CREATE ROLE adp LOGIN; CREATE ROLE app LOGIN;")
+        try admin.executeScript("CREATE ROLE adp LOGIN\(walTables > 0 ? " REPLICATION" : ""); CREATE ROLE app LOGIN;")
         try admin.execute("CREATE DATABASE budget OWNER adp")
         var superuser = server.localConfig
         superuser.databaseName = "budget"
@@ -48,8 +60,12 @@ final class ConnectionBudgetTests: IntegrationTestCase {
         }
         let ingestor = try startIngestor()
         try ingestor.setControl(["delay": 0.05])  // batches take long enough to be read ahead
-        let tables = names.map { WatchedTable(name: $0, changeColumns: ["v"], atomicDataQuery: "SELECT id, v FROM \($0) WHERE id = $PRIMARY_KEY",
-                                              publishEndpoint: "/api/v1/\($0)") }
+        let tables = names.enumerated().map { index, name in
+            var table = WatchedTable(name: name, changeColumns: ["v"], atomicDataQuery: "SELECT id, v FROM \(name) WHERE id = $PRIMARY_KEY",
+                                     publishEndpoint: "/api/v1/\(name)")
+            if index < walTables { table.capture = .wal }
+            return table
+        }
         var config = ConfigFile.forTests(database: tcp("adp"), ingestorURL: ingestor.baseURL, tables: tables)
         config.database.maxConnections = budget
         config.service.batchSize = 10
@@ -66,7 +82,7 @@ final class ConnectionBudgetTests: IntegrationTestCase {
 
         let supervisor = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory, name: "supervisor")
         supervisors.append(supervisor)
-        try waitUntil(timeout: 90, "all \(tableCount) workers run with their database up") {
+        try waitUntil(timeout: 90, "all \(tableCount) workers run with their database up", file: file, line: line) {
             let tables = try supervisor.health().body["components"]?["tables"]?.object ?? [:]
             return tables.count == tableCount && tables.values.allSatisfy { $0["state"] == "running" && $0["database"] == "up" }
         }
@@ -78,7 +94,12 @@ final class ConnectionBudgetTests: IntegrationTestCase {
         for name in names { try app.execute("UPDATE \(name) SET v = 1") }
 
         let pending = names.map { "(SELECT count(*) FROM \($0)_changes)" }.joined(separator: " + ")
-        try waitUntil(timeout: 300, "every tracking table is empty") {
+        if walTables > 0 {
+            try waitUntil(timeout: 60, "the WAL tables' slots are streamed", file: file, line: line) {
+                try admin.execute("SELECT count(*) FROM pg_replication_slots WHERE active AND database = 'budget'")[0, 0] == String(walTables)
+            }
+        }
+        try waitUntil(timeout: 300, "every tracking table is empty", file: file, line: line) {
             try setup.execute("SELECT \(pending)")[0, 0] == "0"
         }
         sampler.stop()
@@ -91,19 +112,19 @@ final class ConnectionBudgetTests: IntegrationTestCase {
                   let v = request.body["atomic_data"]?[0]?["v"]?.int else { continue }
             last["\(table)/\(key)"] = v
         }
-        XCTAssertEqual(last.count, tableCount * keys, "every key of every table was published")
-        XCTAssertTrue(last.values.allSatisfy { $0 == 1 }, "every key's last payload carries v = 1")
-        XCTAssertEqual(try setup.execute("SELECT \(names.map { "(SELECT count(*) FROM \($0)_changes_failed)" }.joined(separator: " + "))")[0, 0], "0")
+        XCTAssertEqual(last.count, tableCount * keys, "every key of every table was published", file: file, line: line)
+        XCTAssertTrue(last.values.allSatisfy { $0 == 1 }, "every key's last payload carries v = 1", file: file, line: line)
+        XCTAssertEqual(try setup.execute("SELECT \(names.map { "(SELECT count(*) FROM \($0)_changes_failed)" }.joined(separator: " + "))")[0, 0], "0", file: file, line: line)
 
-        XCTAssertGreaterThan(seen.samples, 50, "sampled throughout the drain")
-        XCTAssertLessThanOrEqual(seen.peak, budget, "the instance never held more sessions than database.max_connections")
-        XCTAssertGreaterThan(seen.readersPeak, 0, "the spare sessions were used to read ahead")
-        XCTAssertLessThanOrEqual(seen.readersPeak, budget - tableCount, "read-ahead sessions stayed within the spare ones")
-        XCTAssertGreaterThan(seen.applicationWrites, 20, "the application wrote throughout")
-        XCTAssertEqual(seen.applicationFailures, [], "the application's role could always connect and write")
-        print("ConnectionBudgetTests: \(tableCount) tables, database.max_connections = \(budget), server max_connections = 50: peak \(seen.peak) sessions of the service (\(seen.readersPeak) reading ahead) over \(seen.samples) samples; the application connected and wrote \(seen.applicationWrites) times, \(seen.applicationFailures.count) failed")
-        XCTAssertEqual(supervisor.process.stop(timeout: 15), .exited(0))
-        XCTAssertEqual(supervisor.unexpectedLogLines(), [])
+        XCTAssertGreaterThan(seen.samples, 50, "sampled throughout the drain", file: file, line: line)
+        XCTAssertLessThanOrEqual(seen.peak, budget, "the instance never held more sessions than database.max_connections (WAL senders included)", file: file, line: line)
+        XCTAssertGreaterThan(seen.readersPeak, 0, "the spare sessions were used to read ahead", file: file, line: line)
+        XCTAssertLessThanOrEqual(seen.readersPeak, budget - tableCount - 2 * walTables, "read-ahead sessions stayed within the spare ones", file: file, line: line)
+        XCTAssertGreaterThan(seen.applicationWrites, 20, "the application wrote throughout", file: file, line: line)
+        XCTAssertEqual(seen.applicationFailures, [], "the application's role could always connect and write", file: file, line: line)
+        print("ConnectionBudgetTests: \(tableCount) tables (\(walTables) in WAL mode), database.max_connections = \(budget), server max_connections = \(serverMax): peak \(seen.peak) sessions of the service (\(seen.readersPeak) reading ahead) over \(seen.samples) samples; the application connected and wrote \(seen.applicationWrites) times, \(seen.applicationFailures.count) failed")
+        XCTAssertEqual(supervisor.process.stop(timeout: 15), .exited(0), file: file, line: line)
+        XCTAssertEqual(supervisor.unexpectedLogLines(), [], file: file, line: line)
     }
 
     func testAWorkerTheServerRefuses_saysWhyInHealthAndReadyz_keepsTrying_isNotRestarted_andConnectsOnceThereIsRoom() throws {
