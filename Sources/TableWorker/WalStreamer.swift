@@ -4,15 +4,15 @@
 // finds them exactly as it finds the capture trigger's rows.
 //
 // Invariants:
-// - Never confirm an LSN before the keys of every transaction committed up to it are durable
+// - Never confirm an LSN before the keys of every transaction committed up to it are committed
 //   in T_changes: the confirmed position is the end of the last transaction whose keys were
 //   written (or, with nothing of ours pending, the last keepalive's WAL end, outside a
-//   transaction: everything before it that concerns us was sent before it), and only once the
-//   server's WAL is flushed past the commit of the INSERT that wrote them (`FlushGate`). The
-//   INSERT itself commits with synchronous_commit off: a durable commit per batch made the
-//   writers' own commits queue behind its WAL flush (about half the writers' rate on a durable
-//   server, docs/performance.md), while holding the confirmation back costs nothing but a
-//   slot position a few milliseconds older.
+//   transaction: everything before it that concerns us was sent before it). The INSERT runs with
+//   synchronous_commit on, so "committed" means on disk when the confirmation leaves. (An
+//   asynchronous commit with the confirmation held until the WAL flush passed it was measured:
+//   on a server whose writers commit asynchronously, this commit's flush is what lets the
+//   walsender decode their changes, and without it commit-to-arrival grew from a p99 of 164 ms
+//   to 307 ms at 1,000 changes/s; docs/performance.md.)
 // - An idle table never holds WAL back: with nothing pending, every keepalive's position is
 //   confirmed at once (at most every `statusMinimumInterval`), so the slot follows the WAL end
 //   while other tables write.
@@ -185,13 +185,11 @@ final class WalStreamer: Sendable {
         var firstPendingAt = 0.0
         /// Every transaction that concerns us up to here has been read (its keys are pending or written).
         var receivedLSN: UInt64 = 0
-        /// Written, committed and flushed up to here: what may be confirmed.
+        /// Written and committed up to here: what may be confirmed.
         var writtenLSN: UInt64 = 0
         var confirmedLSN: UInt64 = 0
         var lastStatusAt = -Double.infinity
         var replyRequested = false
-        var gate = FlushGate()
-        var lastFlushCheckAt = -Double.infinity
 
         init(streamer: WalStreamer) {
             self.streamer = streamer
@@ -202,8 +200,7 @@ final class WalStreamer: Sendable {
             let schema = streamer.schema, database = streamer.config.database.databaseName
             let db = try PostgresConnection.connect(streamer.parameters(suffix: "wal-writer"), heartbeats: false)
             // The confirmation that follows a write must not get ahead of the write's durability.
-            // Asynchronous commits: the confirmation waits for the WAL flush instead (FlushGate).
-            try db.execute("SELECT set_config('synchronous_commit', 'off', false), set_config('jit', 'off', false)")
+            try db.execute("SELECT set_config('synchronous_commit', 'on', false), set_config('jit', 'off', false)")
             // Prepared once: parsing and planning the INSERT for every batch cost the server
             // about a tenth of what the INSERT costs per key.
             try db.prepare(name: Self.insertStatement, sql: schema.walInsertSQL)
@@ -216,14 +213,6 @@ final class WalStreamer: Sendable {
                 if streamer.shouldStop {
                     // What was read is written and confirmed, so a successor starts after it.
                     try write(db)
-                    // The walwriter flushes an asynchronous commit within wal_writer_delay (200 ms
-                    // by default); what is still not flushed after 0.5 s is read again by a successor.
-                    let deadline = monotonicSeconds() + 0.5
-                    while gate.waiting, monotonicSeconds() < deadline {
-                        lastFlushCheckAt = -Double.infinity
-                        try checkFlushed(db)
-                        if gate.waiting { _ = Poll.wait(readable: [], timeout: 0.01) }
-                    }
                     try confirm(replication, force: true)
                     return
                 }
@@ -241,7 +230,6 @@ final class WalStreamer: Sendable {
                     }
                 }
                 if pending.isEmpty || monotonicSeconds() - firstPendingAt >= WalStreamer.writeWindow { try write(db) }
-                try checkFlushed(db)
                 try confirm(replication)
             }
         }
@@ -277,58 +265,24 @@ final class WalStreamer: Sendable {
         static let insertStatement = "adp_wal_insert"
 
         /// Write what is pending in one INSERT (its own transaction); then everything read up to
-        /// `receivedLSN` is in T_changes, and may be confirmed once the gate has seen the WAL
-        /// flushed past that transaction's commit.
+        /// `receivedLSN` is in T_changes.
         mutating func write(_ db: PostgresConnection) throws {
             if !pending.isEmpty {
-                // Two segments, one round trip: the INSERT commits at its sync; the WAL insert
-                // position read in the next transaction is past that commit record's end.
-                let results = try db.pipeline([
-                    [.prepared(name: Self.insertStatement, parameters: [
-                        TrackingSchema.textArray(pending.map(\.key.primaryKey)),
-                        TrackingSchema.textArray(pending.map(\.key.operation)),
-                        TrackingSchema.nullableTextArray(pending.map(\.key.changeValue)),
-                        TrackingSchema.nullableTextArray(pending.map(\.key.cause)),
-                        "{" + pending.map { String($0.committed) }.joined(separator: ",") + "}",
-                    ])],
-                    [.sql("SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text")],
-                ])
-                for segment in results {
-                    for result in segment {
-                        if case .failure(let error) = result { throw error }
-                        if case .aborted = result { throw PostgresError(kind: .query, sqlState: nil, message: "the WAL stream's INSERT was aborted") }
-                    }
-                }
-                guard case .success(let positions) = results[1][0],
-                      let committedBefore = positions.rows.value(0, 0).flatMap(PgOutput.parseLSN),
-                      let flushed = positions.rows.value(0, 1).flatMap(PgOutput.parseLSN)
-                else { throw PgOutput.Malformed(description: "no WAL position after the INSERT") }
-                gate.written(upTo: receivedLSN, committedBefore: committedBefore)
-                gate.flushed(upTo: flushed)
+                let results = try db.pipeline([[.prepared(name: Self.insertStatement, parameters: [
+                    TrackingSchema.textArray(pending.map(\.key.primaryKey)),
+                    TrackingSchema.textArray(pending.map(\.key.operation)),
+                    TrackingSchema.nullableTextArray(pending.map(\.key.changeValue)),
+                    TrackingSchema.nullableTextArray(pending.map(\.key.cause)),
+                    "{" + pending.map { String($0.committed) }.joined(separator: ",") + "}",
+                ])]])
+                if case .failure(let error) = results[0][0] { throw error }
                 let count = pending.count
                 streamer.status.withLock { $0.keysWritten += count }
                 pending.removeAll(keepingCapacity: true)
                 pendingCauses.removeAll(keepingCapacity: true)
-            } else {
-                // Nothing of ours since the last INSERT: what was read since is confirmable with it.
-                gate.written(upTo: receivedLSN, committedBefore: nil)
             }
-            // The walsender decodes only WAL that is flushed: whatever it has sent is on disk. (A
-            // batch cut inside a transaction leaves receivedLSN at the previous commit's end.)
-            gate.flushed(upTo: receivedLSN)
-            writtenLSN = max(writtenLSN, gate.confirmable)
-        }
-
-        /// With batches waiting for their commit's flush and nothing decoded past them (the
-        /// writers quiet), ask the server how far its WAL is flushed, at most every
-        /// `statusMinimumInterval` (the walwriter flushes within wal_writer_delay).
-        mutating func checkFlushed(_ db: PostgresConnection) throws {
-            guard gate.waiting, monotonicSeconds() - lastFlushCheckAt >= WalStreamer.statusMinimumInterval else { return }
-            lastFlushCheckAt = monotonicSeconds()
-            if let text = try db.execute("SELECT pg_current_wal_flush_lsn()::text").rows.value(0, 0), let lsn = PgOutput.parseLSN(text) {
-                gate.flushed(upTo: lsn)
-                writtenLSN = max(writtenLSN, gate.confirmable)
-            }
+            // A batch cut inside a transaction leaves receivedLSN at the previous commit's end.
+            writtenLSN = max(writtenLSN, receivedLSN)
         }
 
         /// Send a standby status update when the written position moved (at most every
@@ -344,58 +298,5 @@ final class WalStreamer: Sendable {
             let lsn = writtenLSN
             streamer.status.withLock { $0.confirmedLSN = lsn }
         }
-    }
-}
-
-/// Which stream position may be confirmed, when the keys read up to it were written by INSERTs
-/// that commit asynchronously. A position is confirmable once the WAL is flushed past the commit
-/// of the INSERT that wrote the keys read before it, and past every earlier INSERT's: then a
-/// crash of the server keeps those keys in T_changes, and a crash before that reads the
-/// positions again from the slot (keys written twice, never lost).
-///
-/// The bounds come from PostgreSQL: `committedBefore` is `pg_current_wal_insert_lsn()` read in
-/// the transaction after the INSERT's (past the INSERT's commit record); flushed positions are
-/// `pg_current_wal_flush_lsn()`, and every position the walsender has sent (logical decoding
-/// reads only flushed WAL).
-struct FlushGate: Equatable {
-    /// Read positions waiting for the WAL flush to reach `flushBound`, in stream order.
-    private(set) var held: [Held] = []
-    /// The last position whose keys are durable in T_changes.
-    private(set) var confirmable: UInt64 = 0
-    private(set) var flushedLSN: UInt64 = 0
-
-    struct Held: Equatable {
-        var received: UInt64
-        var flushBound: UInt64
-    }
-
-    var waiting: Bool { !held.isEmpty }
-
-    /// The keys read up to `received` are committed in T_changes: by an INSERT whose commit lies
-    /// before `committedBefore`, or (nil) by no INSERT since the last one, so they wait for it.
-    mutating func written(upTo received: UInt64, committedBefore: UInt64?) {
-        if let bound = committedBefore {
-            held.append(Held(received: received, flushBound: bound))
-        } else if let last = held.last {
-            if received > last.received { held.append(Held(received: received, flushBound: last.flushBound)) }
-        } else {
-            confirmable = max(confirmable, received)
-        }
-        release()
-    }
-
-    /// The server's WAL is flushed up to `lsn`.
-    mutating func flushed(upTo lsn: UInt64) {
-        flushedLSN = max(flushedLSN, lsn)
-        release()
-    }
-
-    private mutating func release() {
-        var released = 0
-        while released < held.count, held[released].flushBound <= flushedLSN {
-            confirmable = max(confirmable, held[released].received)
-            released += 1
-        }
-        if released > 0 { held.removeFirst(released) }
     }
 }
