@@ -103,7 +103,7 @@ INSERT INTO {t} (id) SELECT g FROM generate_series(1, {rows}) g;
 QUERY = "SELECT id, counter, payload, updated_at FROM {t} WHERE id = $PRIMARY_KEY"
 
 
-def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None, partitions=1, batch=False):
+def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None, partitions=1, batch=False, capture=None):
     service = service or {}
     lines = ["[database]", 'host = "127.0.0.1"', f"port = {pg.port}", 'username = "postgres"', f'database_name = "{db}"',
              "[ingestor]", f'base_url = "http://127.0.0.1:{ingestor_port}"', "[service]"]
@@ -113,6 +113,8 @@ def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=Non
                   f'atomic_data_query = "{QUERY.format(t=t)}"', f'publish_endpoint = "/{t}"', f"partitions = {partitions}"]
         if batch:
             lines += [f'batch_publish_endpoint = "/{t}/batch"']
+        if capture:
+            lines += [f'capture = "{capture}"']
     lines += ["[logging]", 'level = "warning"']
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -431,9 +433,9 @@ pidfile = {self.work}/pgqd.pid
         return n / (max(t) - min(t)), len(t), None, cpu
 
     # ---------- latency ----------
-    def paced_writer(self, db, seconds, rate, first_counter):
+    def paced_writer(self, db, seconds, rate, first_counter, pg=None):
         """UPDATE one distinct key per change at `rate`/s, counter = a unique number; returns {counter: commit time}."""
-        c = self.fast.connect(db)
+        c = (pg or self.fast).connect(db)
         cur = c.cursor()
         commits = {}
         n = int(seconds * rate)
@@ -490,8 +492,10 @@ pidfile = {self.work}/pgqd.pid
         return steady, idle
 
     # ---------- pgbench writers ----------
-    def writers(self):
-        log("writer throughput: pgbench, no trigger / ours (as setup installs it) / pgq.jsontriga")
+    def trigger_variants(self, variants):
+        """bench/trigger-variants' pgbench rounds (4 clients, single-row and 1,000-row UPDATEs,
+        durable and fsync off, each variant next to its own no-capture run): {(mode, script,
+        variant): [(tps, no-capture tps), ...]} in round order."""
         secs = 5 if self.quick else 12
         reps = 1 if self.quick else 2
         # A copy: bash reads a script as it runs, so an edit to the checkout would break this run.
@@ -501,7 +505,7 @@ pidfile = {self.work}/pgqd.pid
         os.makedirs(os.path.join(self.work, "dev", "lib"), exist_ok=True)
         shutil.copy(os.path.join(ROOT, "dev", "lib", "common.sh"), os.path.join(self.work, "dev", "lib", "common.sh"))
         out = subprocess.run([script, "--seconds", str(secs), "--reps", str(reps),
-                              "--variants", "setup pgq", "--multi-variants", "setup pgq", "--raw"],
+                              "--variants", variants, "--multi-variants", variants, "--raw"],
                              env=dict(os.environ, ADP_BIN=self.a.bin), capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
@@ -510,6 +514,11 @@ pidfile = {self.work}/pgqd.pid
         for line in out.stdout.splitlines():
             mode, script, v, r, base = line.split()
             res.setdefault((mode, script, v), []).append((float(r), float(base)))
+        return res
+
+    def writers(self):
+        log("writer throughput: pgbench, no trigger / ours (as setup installs it) / pgq.jsontriga")
+        res = self.trigger_variants("setup pgq")
         for script, label in (("single", "single-row UPDATE"), ("multi", "1,000-row UPDATE")):
             for mode, mlabel in (("durable", "durable"), ("nofsync", "fsync off")):
                 ours = res.get((mode, script, "setup"), [])
@@ -525,6 +534,106 @@ pidfile = {self.work}/pgqd.pid
                          note="ratios per round: ours " + "/".join(f"{r/b:.2f}" for r, b in ours) +
                               ", pgq " + "/".join(f"{r/b:.2f}" for r, b in peer) +
                               "; ours/pgq " + "/".join(f"{a/b:.2f}" for (a, _), (b, _) in zip(ours, peer)))
+
+    # ---------- WAL capture ----------
+    def wal(self):
+        """capture = "wal" against capture = "trigger" (and PgQ for the writers), side by side."""
+        self.wal_writers()
+        self.wal_drain_latency()
+
+    def wal_writers(self):
+        log("WAL capture, writers: pgbench, no capture / WAL mode (the service streaming) / our trigger / pgq.jsontriga")
+        res = self.trigger_variants("wal setup pgq")
+        for script, label in (("single", "single-row UPDATE"), ("multi", "1,000-row UPDATE")):
+            for mode, mlabel in (("durable", "durable"), ("nofsync", "fsync off")):
+                wal, trig, pgq = (res.get((mode, script, v), []) for v in ("wal", "setup", "pgq"))
+                med = lambda xs: statistics.median(r for r, _ in xs) if xs else float("nan")
+                base = [b for _, b in wal + trig + pgq]
+                per_round = lambda xs: "/".join(f"{r / b:.2f}" for r, b in xs)
+                between = lambda xs, ys: "/".join(f"{a / b:.2f}" for (a, _), (b, _) in zip(xs, ys))
+                self.add("wal", f"writers: pgbench {label}, 4 clients, {mlabel}, WAL mode (peer: trigger mode; no capture = limit)",
+                         med(wal), med(trig), statistics.median(base) if base else float("nan"), "tps",
+                         note=f"ratios to no capture per round: wal {per_round(wal)}, trigger {per_round(trig)}, pgq {per_round(pgq)}; "
+                              f"wal/trigger {between(wal, trig)}, wal/pgq {between(wal, pgq)}; pgq {med(pgq):.0f} tps")
+
+    def wal_drain(self, db, capture, n):
+        """The service running and idle, n distinct keys updated in one transaction: n / (commit
+        to the n-th arrival at nginx), the same clock for both capture modes (in WAL mode the keys
+        reach T_changes only once the stream has decoded them). Also the worker's and PostgreSQL's
+        CPU per change over that time."""
+        cfg = publisher_config(os.path.join(self.work, f"wal-{capture}.toml"), self.fast, db, self.nginx_port, capture=capture)
+        pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
+        try:
+            worker = pub.workers(1)[0]
+            if capture == "wal":
+                wait_for(lambda: self.fast.sql(db, "SELECT count(*) FROM pg_replication_slots WHERE active AND database = current_database()")[0][0] == 1,
+                         30, what="the WAL stream")
+            time.sleep(1)
+            off = self.log_offset()
+            cpu0, pg0 = proc_cpu(worker), postgres_cpu()
+            start = time.time()
+            self.commit_distinct(db, n)
+            committed = time.time()
+            wait_for(lambda: len(self.arrivals_since(off)) >= n, 300, step=0.5, what=f"drain, capture = {capture}")
+            cpu = (proc_cpu(worker) - cpu0) / n * 1e6, (postgres_cpu() - pg0) / n * 1e6
+        finally:
+            pub.stop()
+        t = self.arrivals_since(off)
+        return n / (max(t) - committed), n / (max(t) - min(t)), cpu, committed - start
+
+    def wal_drain_latency(self):
+        n, reps = self.a.distinct, (1 if self.quick else 2)
+        dbs = {"trigger": "wal_trigger", "wal": "wal_wal"}
+        for pg in (self.fast, self.durable):
+            for capture, db in dbs.items():
+                pg.sql("postgres", f"CREATE DATABASE {db}")
+                pg.sql(db, ITEMS_DDL.format(t="items", rows=self.a.keys))
+                pg.sql(db, "VACUUM ANALYZE items")
+                cfg = publisher_config(os.path.join(self.work, f"wal-{capture}.toml"), pg, db, self.nginx_port, capture=capture)
+                subprocess.run([self.publisher, "--config", cfg, "setup"], check=True, stdout=subprocess.DEVNULL)
+        log(f"WAL capture: {n:,} distinct keys committed while the service runs, WAL mode and trigger mode alternated, x{reps}")
+        runs = {"trigger": [], "wal": []}
+        for rep in range(reps):
+            for capture in (("wal", "trigger") if rep % 2 else ("trigger", "wal")):
+                runs[capture].append(self.wal_drain(dbs[capture], capture, n))
+        med = lambda c, i: statistics.median(r[i] for r in runs[c])
+        fmt = lambda c, i: "/".join(f"{r[i]:.0f}" for r in runs[c])
+        self.add("wal", f"drain: {n:,} distinct keys, commit to the last arrival, defaults, WAL mode (peer: trigger mode)",
+                 med("wal", 0), med("trigger", 0), getattr(self, "limit", None), "changes/s",
+                 note=f"runs {fmt('wal', 0)}, trigger {fmt('trigger', 0)}; first to last arrival {fmt('wal', 1)}, trigger {fmt('trigger', 1)}; "
+                      f"the UPDATE took {statistics.median(r[3] for r in runs['wal']):.1f} s, trigger {statistics.median(r[3] for r in runs['trigger']):.1f} s")
+        self.add("wal", f"drain: {n:,} distinct keys: the worker's CPU per change, WAL mode (peer: trigger mode)",
+                 statistics.median(r[2][0] for r in runs["wal"]), statistics.median(r[2][0] for r in runs["trigger"]), unit="us",
+                 higher_is_better=False, note="the stream's decoding and INSERTs included")
+        self.add("wal", f"drain: {n:,} distinct keys: PostgreSQL's CPU per change (all its processes), WAL mode (peer: trigger mode)",
+                 statistics.median(r[2][1] for r in runs["wal"]), statistics.median(r[2][1] for r in runs["trigger"]), unit="us",
+                 higher_is_better=False, note="the writer's UPDATE, the walsender and the stream's INSERTs included")
+        secs = 10 if self.quick else 30
+        log(f"WAL capture: {secs}s at 1,000 changes/s, commit to arrival, trigger mode then WAL mode, fsync off then durable")
+        for pg, label in ((self.fast, "fsync off"), (self.durable, "durable")):
+            lat = {}
+            for i, (capture, db) in enumerate(dbs.items()):
+                cfg = publisher_config(os.path.join(self.work, f"wal-lat-{capture}.toml"), pg, db, self.rec_port, capture=capture)
+                pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
+                try:
+                    pub.workers(1)
+                    if capture == "wal":
+                        wait_for(lambda: pg.sql(db, "SELECT count(*) FROM pg_replication_slots WHERE active AND database = current_database()")[0][0] == 1,
+                                 30, what="the WAL stream")
+                    time.sleep(1)
+                    self.dump_arrivals()
+                    got, missing = self.latencies(self.paced_writer(db, secs, 1000, 400_000_000 + i * 10_000_000, pg))
+                    lat[capture] = {p: self.pct(got, p) for p in (50, 99)}
+                    lat[capture]["max"], lat[capture]["missing"] = (got[-1] if got else float("nan")), missing
+                finally:
+                    pub.stop()
+            for p in (50, 99, "max"):
+                self.add("wal", f"latency: commit to arrival at 1,000/s, {label}, {'p' + str(p) if p != 'max' else 'max'}, WAL mode (peer: trigger mode)",
+                         lat["wal"][p], lat["trigger"][p], unit="ms", higher_is_better=False,
+                         note=f"missing wal {lat['wal']['missing']}, trigger {lat['trigger']['missing']}" if p == "max" else "")
+            # The slot would hold WAL back for the rest of the run.
+            cfg = publisher_config(os.path.join(self.work, "wal-teardown.toml"), pg, dbs["wal"], self.nginx_port, capture="wal")
+            subprocess.run([self.publisher, "--config", cfg, "teardown"], check=True, stdout=subprocess.DEVNULL)
 
     # ---------- idle cost ----------
     def idle_tables(self, n=10):
@@ -662,7 +771,8 @@ pidfile = {self.work}/pgqd.pid
         if a.only:
             self.start()
             for section in a.only.split(","):
-                {"wake": self.idle_wakeup, "idle": self.idle_tables, "memory": self.memory_alone, "batch": self.batch_alone}[section]()
+                {"wake": self.idle_wakeup, "idle": self.idle_tables, "memory": self.memory_alone, "batch": self.batch_alone,
+                 "wal": self.wal}[section]()
             self.print_table()
             return
         self.start()
@@ -752,6 +862,7 @@ pidfile = {self.work}/pgqd.pid
         self.idle_wakeup()
         self.idle_tables()
         self.writers()
+        self.wal()
         self.print_table()
 
     def print_table(self):
@@ -801,7 +912,7 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--drains-only", action="store_true")
     ap.add_argument("--markdown", action="store_true", help="print the table as the block docs/performance.md keeps")
-    ap.add_argument("--only", default="", help="comma-separated sections to run alone: wake, idle, memory, batch")
+    ap.add_argument("--only", default="", help="comma-separated sections to run alone: wake, idle, memory, batch, wal")
     a = ap.parse_args()
     a.keys = 100_000                            # rows in the watched table
     a.distinct = 50_000                         # distinct-key drain

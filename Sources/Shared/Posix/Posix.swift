@@ -93,10 +93,17 @@ public enum Poll {
         public var hangup: Set<Int32> = []
     }
 
+    /// poll(2)'s timeout for `seconds`: whole milliseconds rounded up, so a caller that waits
+    /// until a deadline under a millisecond away sleeps once instead of spinning on poll(0) until
+    /// it passes (the WAL stream waits for such deadlines hundreds of times a second).
+    static func milliseconds(_ seconds: Double) -> Int32 {
+        Int32((max(0, min(seconds, 3600)) * 1000).rounded(.up))
+    }
+
     /// poll(2) the descriptors for input for up to `timeout` seconds. EINTR is a normal return.
     public static func wait(readable fds: [Int32], timeout: Double) -> Readiness {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        let ms = Int32(max(0, min(timeout, 3600)) * 1000)
+        let ms = milliseconds(timeout)
         let n = poll(&pfds, nfds_t(pfds.count), ms)
         var result = Readiness()
         if n <= 0 { return result }
@@ -110,7 +117,7 @@ public enum Poll {
     /// poll(2) one descriptor for room to write, for up to `timeout` seconds.
     public static func waitWritable(_ fd: Int32, timeout: Double) -> Bool {
         var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-        let ms = Int32(max(0, min(timeout, 3600)) * 1000)
+        let ms = milliseconds(timeout)
         return poll(&p, 1, ms) > 0 && p.revents & Int16(POLLOUT) != 0
     }
 }
