@@ -45,6 +45,18 @@ final class TableWorker {
     /// `capture = "wal"`: streams the table's replication slot into T_changes while this worker
     /// holds the lease (partition 0's worker for a partitioned table: one slot per table).
     private let wal: WalStreamer?
+    /// Trigger mode (partition 0's worker): streams a slot of ours left by `capture = "wal"` while
+    /// this worker holds the lease, until what it holds from before the triggers is in T_changes.
+    private let leftover: WalStreamer?
+    private var leftoverRead = LeftoverRead.unchecked
+    enum LeftoverRead: Equatable {
+        /// Not looked at under the current lease grant.
+        case unchecked
+        /// Streamed until its confirmed position is at least this (TrackingSchema.triggerCapturePosition).
+        case reading(until: UInt64)
+        /// None left (read and dropped, or none to begin with).
+        case done
+    }
     /// Counted up each time this worker takes the lease, and each time its session connects: a
     /// batch read ahead is only sent under the grant and session it was read under.
     private var leaseGrants = 0
@@ -114,6 +126,7 @@ final class TableWorker {
         reader = BatchReader(schema: schema, batchSize: config.service.batchSize)
         prefetcher = BatchPrefetcher(config: config, schema: schema, reader: reader, enabled: sessions.sessions >= 2, logger: logger)
         wal = table.capture == .wal && partition.index == 0 ? WalStreamer(config: config, schema: schema, logger: logger) : nil
+        leftover = table.capture == .trigger && partition.index == 0 ? WalStreamer(config: config, schema: schema, logger: logger) : nil
         builder = RequestBuilder(config: config, table: table)
         breaker = CircuitBreaker(failureThreshold: config.ingestor.circuitBreakerFailureThreshold,
                                  resetSeconds: config.ingestor.circuitBreakerResetSeconds)
@@ -145,7 +158,7 @@ final class TableWorker {
             if monotonicSeconds() - lastStatsAt >= 1.0 { try? emitStats(refreshBacklog: false) }
         }
         defer { PostgresConnection.heartbeat = nil }
-        defer { wal?.stop() }
+        defer { stopStreams() }
         do {
             try connect()
             // Stats first, so the supervisor's READY=1 and STATUS= already show the database up.
@@ -406,10 +419,16 @@ final class TableWorker {
         }
     }
 
+    /// The slot is streamed only under the lease: what was read is written and confirmed first.
+    private func stopStreams() {
+        wal?.stop()
+        leftover?.stop()
+    }
+
     /// The lease is gone or must go (stale epoch, lost session): drop the session (the lock goes
     /// with it) and stand by; the loop reconnects and writes only what is owed for 2xx answers.
     private func loseLease() {
-        wal?.stop()
+        stopStreams()
         lease.connectionLost()
         generationHeld = false
         session.close()
@@ -457,7 +476,7 @@ final class TableWorker {
     private func handOver() -> Bool {
         // The slot is the successor's to stream as soon as it holds the lease: what was read is
         // written and confirmed first (WalStreamer.stop).
-        wal?.stop()
+        stopStreams()
         guard lease.reported == .leader, !runner.abandonedInFlight, let db = try? session.connection() else { return false }
         do {
             guard try schema.holdHandoff(db) else { return false }
@@ -897,7 +916,10 @@ final class TableWorker {
                 if !error.isConnectionLost { try databaseFailed(error) }
             }
         }
-        if refreshBacklog, session.isConnected { renewLeaseIfDue() }
+        if refreshBacklog, session.isConnected {
+            renewLeaseIfDue()
+            try readLeftoverSlot()  // not from the heartbeat: the session may be mid-query there
+        }
         try reconcileWAL()
         stats.database = session.isConnected ? .up : .down
         if !session.isConnected && lease.isHeld { lease.connectionLost() }
@@ -909,11 +931,83 @@ final class TableWorker {
     }
 
     /// WAL mode: stream while the lease is held (the fence included: writing keys sends nothing),
-    /// not otherwise; a lost slot ends the table with its sentence.
+    /// not otherwise; a lost slot ends the table with its sentence. Trigger mode: a slot left by
+    /// WAL mode is streamed the same way while it is read to its end (`readLeftoverSlot`).
     private func reconcileWAL() throws {
+        if let leftover, leftoverRead != .done {
+            if let failure = leftover.current.failure { throw Stop.permanent(failure) }
+            if !(lease.isHeld && session.isConnected) {
+                // Whoever holds the lease next reads it; looked at again if the lease comes back.
+                leftover.stop()
+                leftoverRead = .unchecked
+            }
+        }
         guard let wal else { return }
         if let failure = wal.current.failure { throw Stop.permanent(failure) }
         if lease.isHeld && session.isConnected { wal.start() } else { wal.stop() }
+    }
+
+    /// Trigger mode, with the lease (docs/database.md, "Switching"): a slot of ours left by
+    /// `capture = "wal"` holds the changes committed before the triggers existed. Take a position
+    /// after the triggers' commit, stream the slot (keys into T_changes, as in WAL mode) until its
+    /// confirmed position has passed it, then drop the slot and the publication. Only the lease
+    /// holder does, and a slot still streamed elsewhere is not dropped (tried again later).
+    private func readLeftoverSlot() throws {
+        guard let leftover, leftoverRead != .done, lease.isHeld, session.isConnected else { return }
+        if let failure = leftover.current.failure { throw Stop.permanent(failure) }
+        let database = config.database.databaseName
+        do {
+            let db = try session.connection()
+            switch leftoverRead {
+            case .done:
+                return
+            case .unchecked:
+                switch try schema.leftoverSlot(on: db) {
+                case .none:
+                    leftoverRead = .done
+                case .lost:
+                    throw Stop.permanent(schema.slotLostSentence(database: database))
+                case .readable:
+                    // No trigger: the backlog's check ends the table with its own sentence.
+                    guard let position = try schema.triggerCapturePosition(on: db) else { return }
+                    leftoverRead = .reading(until: position)
+                    logger.info("reading the replication slot left by capture = \"wal\" up to where the capture triggers took over, then dropping it",
+                                metadata: ["slot": "\(schema.slotName(database: database))", "until_lsn": "\(Self.lsnText(position))"])
+                    leftover.start()
+                }
+            case .reading(let position):
+                guard leftover.current.confirmedLSN >= position else {
+                    leftover.start()
+                    return
+                }
+                leftover.stop()
+                if !leftover.isRunning { try dropLeftoverSlot(db, confirmed: leftover.current.confirmedLSN) }
+            }
+        } catch let error as PostgresError {
+            if !error.isConnectionLost { try databaseFailed(error) }
+        }
+    }
+
+    /// The slot is read past the triggers' position and no longer streamed here: drop it, then
+    /// the publication (nothing reads it; a failure to drop that one only leaves an object behind).
+    private func dropLeftoverSlot(_ db: PostgresConnection, confirmed: UInt64) throws {
+        guard try schema.dropLeftoverSlot(on: db) else { return }
+        leftoverRead = .done
+        let slot = schema.slotName(database: config.database.databaseName)
+        var publication = "dropped it and its publication"
+        do {
+            try db.execute(schema.dropPublicationSQL)
+        } catch {
+            if error.isConnectionLost { throw error }
+            publication = "dropped it; the publication \(schema.publicationName) could not be dropped (\(error)): drop it by hand, nothing reads it"
+        }
+        logger.info("read the replication slot left by capture = \"wal\" past where the capture triggers took over, and \(publication)",
+                    metadata: ["slot": "\(slot)", "confirmed_lsn": "\(Self.lsnText(confirmed))"])
+    }
+
+    /// PostgreSQL's `X/Y` form of a WAL position.
+    static func lsnText(_ lsn: UInt64) -> String {
+        String(lsn >> 32, radix: 16, uppercase: true) + "/" + String(lsn & 0xFFFF_FFFF, radix: 16, uppercase: true)
     }
 
     private func emit(_ message: WorkerMessage) {

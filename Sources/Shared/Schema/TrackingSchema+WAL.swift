@@ -10,14 +10,21 @@
 // - Setup creates the slot after the publication commits (pgoutput reads the publication as of
 //   each change's position, and a logical slot cannot be created in a transaction that wrote),
 //   and drops our capture triggers only after the slot exists: a change committed in between is
-//   recorded twice, never zero times. A trigger-mode setup never drops a slot (its unread changes
-//   would be lost): `teardown` does.
+//   recorded twice, never zero times. A trigger-mode setup never drops a readable slot (its
+//   unread changes would be lost): the lease holder reads it to its end first (below), or
+//   `teardown` drops it; `setup` drops an invalidated one, saying so (what it held is gone).
 // - Setup never creates a slot that is missing once the table ran in WAL mode without saying so:
 //   the worker reports a missing or invalidated slot as a failed table (recreate and backfill).
 //   Only `setup` and a worker's first setup of the process create it.
 // - The WAL carries, for a deleted row or a changed key, only the replica identity columns:
 //   the watched key and each dependency's key column must be among them (`verifyWAL`).
 // - A key written here is confirmed to the slot only after the INSERT committed (WalStreamer).
+// - Back to trigger mode with a slot of ours left (`leftoverSlot`): the lease holder keeps reading
+//   it until its confirmed position has passed `triggerCapturePosition`, a WAL position taken
+//   after the capture triggers are committed, and only then drops it and the publication
+//   (`dropLeftoverSlot`). The position is not stored: any position read after the triggers are
+//   visible will do (a later one costs duplicates, never a gap), so a crash, a restart or another
+//   instance taking over the lease takes a fresh one.
 
 extension TrackingSchema {
     /// `adp_<table>_<8 hex of schema.table>`: table names are at most 45 bytes, so at most 58.
@@ -41,6 +48,8 @@ extension TrackingSchema {
         let name = quoteLiteral(slotName(database: database))
         return "SELECT lsn FROM pg_create_logical_replication_slot(\(name), 'pgoutput'\(failover ? ", false, false, true" : "")) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = \(name));"
     }
+
+    public var dropPublicationSQL: String { "DROP PUBLICATION IF EXISTS \(quoteIdentifier(publicationName));" }
 
     public func dropSlotSQL(database: String) -> String {
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = \(quoteLiteral(slotName(database: database)));"
@@ -237,7 +246,7 @@ extension TrackingSchema {
         BEGIN;
         SELECT pg_advisory_xact_lock(\(advisoryLockKey));
         \(createTablesSQL)\(createPartitionIndexSQL.isEmpty ? "" : "\n" + createPartitionIndexSQL)
-        DROP PUBLICATION IF EXISTS \(quoteIdentifier(publicationName));
+        \(dropPublicationSQL)
         \(createPublicationSQL)
         COMMIT;
         -- The slot, outside any transaction (on PostgreSQL 17 and later, add the arguments false, false, true
@@ -249,6 +258,73 @@ extension TrackingSchema {
         COMMIT;
 
         """
+    }
+
+    // MARK: back to trigger mode
+
+    /// A slot of ours in this database, seen by a trigger-mode worker: left by `capture = "wal"`.
+    public enum LeftoverSlot: Sendable, Equatable {
+        case none
+        /// It can be read: what it holds from before the triggers existed is read into T_changes.
+        case readable
+        /// Invalidated (past max_slot_wal_keep_size, or lost in a failover): what it held is gone.
+        case lost
+    }
+
+    public func leftoverSlot(on db: PostgresConnection) throws(PostgresError) -> LeftoverSlot {
+        let r = try db.execute("""
+            SELECT (to_jsonb(s) ->> 'wal_status') IS DISTINCT FROM 'lost' FROM pg_replication_slots s
+            WHERE s.slot_name = $1 AND s.database = current_database()
+            """, [slotName(database: db.parameters.database)])
+        guard let row = r.rows.first else { return .none }
+        return row[0] == "t" ? .readable : .lost
+    }
+
+    /// A WAL position (bytes since 0/0) after which every change to the watched table and its
+    /// dependencies is recorded by the capture triggers; nil when the trigger is not there.
+    /// Writing to a table waits for CREATE TRIGGER's lock, so every change made without the
+    /// trigger committed before the trigger did; the trigger being visible here means its commit
+    /// record was written before this statement's. This statement commits a transaction id of
+    /// its own with synchronous_commit on (set_config is read at commit, and reset after it), so
+    /// the WAL is flushed past that record before the position is read.
+    public func triggerCapturePosition(on db: PostgresConnection) throws(PostgresError) -> UInt64? {
+        let visible = try db.execute("""
+            SELECT set_config('synchronous_commit', 'on', true), txid_current(),
+                   EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)
+            """, [watchedTable, Self.triggerName])
+        guard visible[0, 2] == "t" else { return nil }
+        return try db.execute("SELECT (pg_current_wal_lsn() - '0/0')::text")[0, 0].flatMap { UInt64($0) }
+    }
+
+    /// Drop the slot by name, as `teardown` does (then drop the publication, `dropPublicationSQL`).
+    /// False when the slot is streamed right now (a former lease holder that has not let it go):
+    /// try again later.
+    public func dropLeftoverSlot(on db: PostgresConnection) throws(PostgresError) -> Bool {
+        do {
+            try db.execute(dropSlotSQL(database: db.parameters.database))
+        } catch {
+            if error.sqlState == "55006" { return false }
+            throw error
+        }
+        return true
+    }
+
+    /// What `print-sql` adds in trigger mode: no statement (the worker reads and drops the slot).
+    func leftoverSlotComment(database: String) -> String {
+        """
+        -- If capture = "wal" ran before: the replication slot \(slotName(database: database)) holds the changes committed before
+        -- these triggers; the lease holder's worker reads it up to where they took over, then drops it and the publication \(publicationName).
+
+        """
+    }
+
+    /// For `setup` in trigger mode: an invalidated slot of ours can never be read again, and the
+    /// worker reports it (a failed table, `slotLostSentence`) until it is gone. Drops it and the
+    /// publication, and returns the sentence to show; nil when there is none.
+    public func dropLostLeftoverSlot(on db: PostgresConnection) throws(PostgresError) -> String? {
+        guard table.capture == .trigger, try leftoverSlot(on: db) == .lost, try dropLeftoverSlot(on: db) else { return nil }
+        try db.execute(dropPublicationSQL)
+        return "dropped the invalidated replication slot \(slotName(database: db.parameters.database)) left by capture = \"wal\", and the publication \(publicationName): what it held from before the capture triggers existed is lost; run `atomic-data-publisher backfill --table \(table.name)` to publish it"
     }
 
     // MARK: the streamer's write

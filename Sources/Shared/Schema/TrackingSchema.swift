@@ -299,13 +299,13 @@ public struct TrackingSchema: Sendable {
         DROP TABLE IF EXISTS \(failedTable);
         DROP TABLE IF EXISTS \(backfillTable);
         DROP TABLE IF EXISTS \(leaseTable);
-        DROP PUBLICATION IF EXISTS \(quoteIdentifier(publicationName));
+        \(dropPublicationSQL)
         """
     }
 
     /// What `print-sql` shows: the trigger mode's script, or the WAL mode's.
     public func printableSQL(database: String) -> String {
-        table.capture == .wal ? printableWALSQL(database: database) : printableSQL
+        table.capture == .wal ? printableWALSQL(database: database) : printableSQL + leftoverSlotComment(database: database)
     }
 }
 
