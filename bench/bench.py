@@ -667,10 +667,11 @@ pidfile = {self.work}/pgqd.pid
     def memory(self):
         a = self.a
         """Memory: idle, then while and after draining a large backlog, at batch 5000 and at the defaults (and the drains' times)."""
-        for label, service in (("batch 5000, 16 in flight", {"batch_size": 5000, "max_concurrent_publishes": 16}),
-                               ("defaults (batch 100, 5 in flight)", {})):
+        for label, service, batch in (("batch 5000, 16 in flight", {"batch_size": 5000, "max_concurrent_publishes": 16}, False),
+                                      ("batch 5000, 16 in flight, batch mode", {"batch_size": 5000, "max_concurrent_publishes": 16}, True),
+                                      ("defaults (batch 100, 5 in flight)", {}, False)):
             log(f"memory: supervisor and worker idle, then during and after a large drain ({label})")
-            cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port, service=service)
+            cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port, service=service, batch=batch)
             pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
             try:
                 worker = pub.workers(1)[0]
