@@ -28,6 +28,7 @@ let package = Package(
         // One system library target per C library; each is imported by exactly one Swift file.
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq"),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl"),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib"),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd"),
         // pipe2, prctl, posix_spawn helpers: need _GNU_SOURCE, so they live in a tiny C target.
         .target(name: "CPosix"),
@@ -47,7 +48,7 @@ let package = Package(
         ),
         .target(
             name: "Shared",
-            dependencies: ["SharedCore", "CLibPQ", "CCurl"],
+            dependencies: ["SharedCore", "CLibPQ", "CCurl", "CZlib"],
             path: "Sources/Shared",
             exclude: ["Backoff.swift", "Config", "JSON", "Logging", "Posix", "Protocol", "Signing", "Systemd", "Text", "Version.swift"],
             sources: ["Postgres", "HTTP", "Schema", "Exports.swift"],

@@ -103,10 +103,13 @@ INSERT INTO {t} (id) SELECT g FROM generate_series(1, {rows}) g;
 QUERY = "SELECT id, counter, payload, updated_at FROM {t} WHERE id = $PRIMARY_KEY"
 
 
-def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None, partitions=1, batch=False, capture=None):
+def publisher_config(path, pg, db, ingestor_port, tables=("items",), service=None, partitions=1, batch=False, capture=None, compression=None):
     service = service or {}
     lines = ["[database]", 'host = "127.0.0.1"', f"port = {pg.port}", 'username = "postgres"', f'database_name = "{db}"',
-             "[ingestor]", f'base_url = "http://127.0.0.1:{ingestor_port}"', "[service]"]
+             "[ingestor]", f'base_url = "http://127.0.0.1:{ingestor_port}"']
+    if compression:
+        lines += [f'compression = "{compression}"']
+    lines += ["[service]"]
     lines += [f"{k} = {v}" for k, v in service.items()]
     for t in tables:
         lines += ["[[service.watched_tables]]", f'name = "{t}"', 'change_column = "counter"',
@@ -243,7 +246,7 @@ class Bench:
             f.write(f"""daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log; user root;
 events {{ worker_connections 1024; }}
 http {{
-  log_format arrival '$msec $status';
+  log_format arrival '$msec $status $request_length $http_content_length';
   access_log {self.access_log} arrival buffer=256k flush=200ms;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
@@ -276,6 +279,19 @@ http {{
         with open(self.access_log) as f:
             f.seek(offset)
             return [float(line.split()[0]) for line in f if line.strip()]
+
+    def request_bytes_since(self, offset):
+        """Bytes on the wire of the requests logged since `offset`: request line and headers
+        ($request_length: nginx answers 204 without reading the body, so it counts none of it)
+        plus the body (its Content-Length)."""
+        total = 0
+        with open(self.access_log) as f:
+            f.seek(offset)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 3:
+                    total += int(fields[2]) + (int(fields[3]) if fields[3].isdigit() else 0)
+        return total
 
     def add(self, section, figure, ours, peer=None, limit=None, unit="", note="", higher_is_better=True):
         self.rows.append((section, figure, ours, peer, limit, unit, note, higher_is_better))
@@ -333,9 +349,9 @@ http {{
     def backlog(self, db, table):
         return self.fast.sql(db, f"SELECT count(*) FROM {table}")[0][0]
 
-    def drain_ours(self, label, n, service, commit, measure_rss=False, partitions=1, batch=False):
+    def drain_ours(self, label, n, service, commit, measure_rss=False, partitions=1, batch=False, compression=None):
         cfg = publisher_config(os.path.join(self.work, f"drain-{label}.toml"), self.fast, "adp", self.nginx_port, service=service,
-                               partitions=partitions, batch=batch)
+                               partitions=partitions, batch=batch, compression=compression)
         commit()
         assert self.backlog("adp", "items_changes") >= n * 0.99, "backlog not committed"
         off = self.log_offset()
@@ -354,9 +370,49 @@ http {{
             pub.stop()
         t = self.arrivals_since(off)
         rate = n / (max(t) - min(t)) if len(t) > 1 else 0
-        return rate, len(t), mem, cpu
+        return rate, len(t), mem, cpu, self.request_bytes_since(off) / n
 
     # ---------- batched delivery ----------
+    def gzip_rows(self, batch, gzipped):
+        """Batch mode with ingestor.compression = "gzip" against batch mode without, from drains of the same run."""
+        n = self.a.distinct
+        med = lambda rs, f: statistics.median(f(r) for r in rs)
+        self.add("batch", f"{n:,} distinct keys, batch mode with gzip", med(gzipped, lambda r: r[0]), med(batch, lambda r: r[0]),
+                 unit="documents/s", note="peer column: batch mode without compression; runs " + "/".join(f"{r[0]:.0f}" for r in gzipped))
+        self.add("batch", "bytes on the wire per document (request line, headers, body), batch mode with gzip",
+                 med(gzipped, lambda r: r[4]), med(batch, lambda r: r[4]), unit="B", higher_is_better=False,
+                 note="peer column: without compression")
+        self.add("batch", "the worker's CPU per document, batch mode with gzip", med(gzipped, lambda r: r[3][0]),
+                 med(batch, lambda r: r[3][0]), unit="us", higher_is_better=False,
+                 note="peer column: without compression; runs " + "/".join(f"{r[3][0]:.1f}" for r in gzipped))
+
+    def gzip_levels(self):
+        """zlib (the library the worker links) at levels 1, 6 and 9 on a batch body like the drains':
+        100 documents of the benchmark table; bytes and CPU per document, side by side."""
+        import zlib
+        docs = []
+        for i in range(1, 101):
+            docs.append(json.dumps({"id": f"public.items:16384:{1000 + i}", "table_name": "items", "schema": "public",
+                                    "primary_key": str(i), "operation": "update", "change_column_value": str(i),
+                                    "changed_at": f"2026-12-07T10:00:{i % 60:02d}.{i:06d}Z",
+                                    "atomic_data": [{"id": i, "counter": i, "payload": "x" * 100,
+                                                     "updated_at": f"2026-12-07T10:00:{i % 60:02d}.{i:06d}+00:00"}],
+                                    "metadata": {"service_name": "atomic-data-publisher", "version": "0.1.0",
+                                                 "timestamp": "2026-12-07T10:00:01.000Z", "retry_count": 0, "publisher_epoch": 1}},
+                                   separators=(",", ":")))
+        body = ("[" + ",".join(docs) + "]").encode()
+        reps = 200 if self.quick else 1000
+        result = {}
+        for level in (1, 6, 9):
+            start = time.process_time()
+            for _ in range(reps):
+                c = zlib.compressobj(level, zlib.DEFLATED, 31)
+                out = c.compress(body) + c.flush()
+            result[level] = (len(out) / 100, (time.process_time() - start) / reps / 100 * 1e6)
+        for level in (1, 6, 9):
+            self.add("batch", f"zlib level {level} on a 100-document batch body: bytes, CPU per document", result[level][0], len(body) / 100,
+                     unit="B", higher_is_better=False, note=f"{result[level][1]:.2f} us CPU per document; peer column: uncompressed")
+
     def batch_rows(self, single, batch, peer):
         """Batch mode against single-document mode and PgQ, from drains of the same run."""
         n = self.a.distinct
@@ -377,12 +433,15 @@ http {{
         self.setup_ours()
         self.start_pgqd()
         log(f"batch: {n:,} distinct keys drained in batch mode, single-document mode and by PgQ, x{reps}")
-        runs = {"single": [], "batch": [], "peer": []}
+        runs = {"single": [], "batch": [], "gzip": [], "peer": []}
         for _ in range(reps):
             runs["single"].append(self.drain_ours("defaults", n, {}, lambda: self.commit_distinct("adp", n)))
             runs["batch"].append(self.drain_ours("batch", n, {}, lambda: self.commit_distinct("adp", n), batch=True))
+            runs["gzip"].append(self.drain_ours("batch-gzip", n, {}, lambda: self.commit_distinct("adp", n), batch=True, compression="gzip"))
             runs["peer"].append(self.drain_peer("distinct", n, lambda: self.commit_distinct("peer", n)))
         self.batch_rows(runs["single"], runs["batch"], runs["peer"])
+        self.gzip_rows(runs["batch"], runs["gzip"])
+        self.gzip_levels()
 
     # ---------- the PgQ peer ----------
     def start_pgqd(self):
@@ -717,10 +776,11 @@ pidfile = {self.work}/pgqd.pid
     def memory(self):
         a = self.a
         """Memory: idle, then while and after draining a large backlog, at batch 5000 and at the defaults (and the drains' times)."""
-        for label, service in (("batch 5000, 16 in flight", {"batch_size": 5000, "max_concurrent_publishes": 16}),
-                               ("defaults (batch 100, 5 in flight)", {})):
+        for label, service, batch in (("batch 5000, 16 in flight", {"batch_size": 5000, "max_concurrent_publishes": 16}, False),
+                                      ("batch 5000, 16 in flight, batch mode", {"batch_size": 5000, "max_concurrent_publishes": 16}, True),
+                                      ("defaults (batch 100, 5 in flight)", {}, False)):
             log(f"memory: supervisor and worker idle, then during and after a large drain ({label})")
-            cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port, service=service)
+            cfg = publisher_config(os.path.join(self.work, "mem.toml"), self.fast, "adp", self.nginx_port, service=service, batch=batch)
             pub = Publisher(self, cfg, os.path.join(self.work, "publisher.log"))
             try:
                 worker = pub.workers(1)[0]

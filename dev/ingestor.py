@@ -21,9 +21,13 @@ control endpoints, so tests can make it fail, stall or refuse a key:
                      {"enforce_epoch": true}    the fencing rule (also --enforce-epoch): remember the
                                                 highest X-Publisher-Epoch per X-Publisher-Lease and
                                                 answer 409 to a request with a lower one
-  GET    /_requests  every publish received, in order: {"path", "headers", "body", "status"}
-                     (plus "verified" when --webhook-secret is given, and "results" for a batch
-                     answered per item); a batch is one request whose body is the list
+  GET    /_requests  every publish received, in order: {"path", "headers", "body", "status", "wire_bytes",
+                     "body_bytes"} (plus "verified" when --webhook-secret is given, and "results" for a batch
+                     answered per item); a batch is one request whose body is the list. A body sent
+                     with Content-Encoding: gzip is decompressed first, as an HTTP server or framework
+                     does before the application reads it (and verified, parsed and printed as such);
+                     "wire_bytes" is the body's size as received, "body_bytes" decoded. Another encoding
+                     is answered 415
   DELETE /_requests  forget them
   GET    /_health    200
   GET    /_bytes?n=N a 200 whose body is N bytes (for response-size limits)
@@ -37,7 +41,9 @@ Usage: ingestor.py [--port N] [--port-file F] [--print]
                                                       standardwebhooks): record "verified", answer 401 if not
 """
 import argparse
+import gzip
 import json
+import zlib
 import os
 import ssl
 import sys
@@ -112,6 +118,17 @@ class Handler(BaseHTTPRequestHandler):
                 control.update(json.loads(raw or b"{}"))
             self._reply(200, dict(control))
             return
+        wire_bytes = len(raw)
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding == "gzip":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error):
+                self._reply(400, {"error": "the body is not valid gzip"})
+                return
+        elif encoding != "identity":
+            self._reply(415, {"error": f"unsupported Content-Encoding {encoding}"})
+            return
         try:
             body = json.loads(raw)
         except ValueError:
@@ -156,6 +173,8 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 record = {"path": self.path, "headers": dict(self.headers.items()), "body": body,
                           "status": 0 if stall or drop else status, "at": time.time()}
+            record["wire_bytes"] = wire_bytes
+            record["body_bytes"] = len(raw)
             if verified is not None:
                 record["verified"] = verified
             if stale:

@@ -50,6 +50,8 @@ final class CommandLineTests: IntegrationTestCase {
             ("missing file", nil, ["no-such.toml", "does not exist"]),
             ("syntax error", valid + "\n[service\nbatch_size = 1\n", ["bad.toml"]),
             ("unknown key", valid.replacingOccurrences(of: "[ingestor]", with: "[ingestor]\nbase_uri = \"http://x\""), ["base_uri", "unknown"]),
+            ("unknown compression", valid.replacingOccurrences(of: "[ingestor]", with: "[ingestor]\ncompression = \"brotli\""),
+             ["ingestor.compression", "'brotli'", "none, gzip"]),
             ("query without $PRIMARY_KEY", valid.replacingOccurrences(of: "WHERE id = $PRIMARY_KEY", with: "WHERE id = 1"), ["atomic_data_query", "$PRIMARY_KEY"]),
             ("non-existent table", valid.replacingOccurrences(of: "name = \"devices\"", with: "name = \"gadgets\"")
                 .replacingOccurrences(of: "FROM devices", with: "FROM gadgets"), ["gadgets", "does not exist"]),

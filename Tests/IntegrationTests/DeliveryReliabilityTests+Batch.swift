@@ -78,6 +78,42 @@ extension DeliveryReliabilityTests {
         print("batch mode under a writer: \(payloads) documents in \(requests.count) requests")
     }
 
+    /// `ingestor.compression = "gzip"` in batch mode: every request is one gzip body with
+    /// `Content-Encoding: gzip`; dev/ingestor.py decompresses it and the `standardwebhooks` library
+    /// verifies the signature on the decompressed array, so it is byte for byte the array that was
+    /// signed (and whose digest ends the Idempotency-Key); each key arrives once, as a standard payload.
+    func testBatchMode_gzip_everyRequestCompressed_decodesToTheSignedArray_eachKeyOnce() throws {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        let p = try startPipeline(schemaSQL: itemsSQL(keys: 300), tables: [batchedItems], webhookSecrets: [secret]) { config in
+            config.ingestor.signingSecret = secret
+            config.ingestor.compression = "gzip"
+            config.service.maxDocumentsPerRequest = 50
+        }
+        try p.database.execute("UPDATE items SET v = 1")
+        try waitUntilEveryFinalStateArrived(p.database, p.ingestor)
+        let requests = try p.ingestor.requests()
+        assertBatches(requests, atMost: 50)
+        var decodedBytes = 0, wireBytes = 0
+        for request in requests {
+            XCTAssertEqual(request.header("Content-Encoding"), "gzip", "\(request.headers)")
+            XCTAssertEqual(request.verified, true, "the signature is of the decompressed body: \(request.headers)")
+            XCTAssertEqual(request.status, 200)
+            let wire = try XCTUnwrap(request.wireBytes)
+            XCTAssertEqual(Int(request.header("Content-Length") ?? ""), wire)
+            wireBytes += wire
+            decodedBytes += try XCTUnwrap(request.bodyBytes)
+        }
+        let documents = requests.flatMap(\.documents)
+        XCTAssertEqual(documents.compactMap { $0["primary_key"]?.string }.sorted(), (1...300).map(String.init).sorted(), "every key once")
+        for document in documents {
+            XCTAssertEqual(document.keys, Self.payloadKeys)
+            let key = Int(document["primary_key"]?.string ?? "") ?? 0
+            XCTAssertEqual(document["atomic_data"], .array([.object(["id": .number(Double(key)), "v": 1])]), "\(document)")
+        }
+        XCTAssertLessThan(wireBytes * 4, decodedBytes, "arrays of one table's documents compress well")
+        print("batch mode with gzip: 300 documents in \(requests.count) requests, \(wireBytes) bytes on the wire for \(decodedBytes) of JSON")
+    }
+
     func testBatchMode_perItemResults_onlyTheRefusedDocumentIsRetried_andDeadLettered() throws {
         let p = try startPipeline(schemaSQL: itemsSQL(keys: 100), tables: [batchedItems]) { config in
             config.service.deadLetterAfterAttempts = 3

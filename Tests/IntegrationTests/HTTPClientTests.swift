@@ -42,6 +42,31 @@ final class HTTPClientTests: IntegrationTestCase {
         XCTAssertEqual(received.last?.body, ["primary_key": "b"], "the second body whole, nothing of the first")
     }
 
+    /// A handle keeps a fixed header block's lines between requests that carry the same block,
+    /// and drops them for one that carries another block or none; a request's own headers go
+    /// with it only.
+    func testFixedHeaderBlocks_stayWhileTheSameBlockIsSent_ownHeadersNeverReachTheNextRequest() throws {
+        let ingestor = try startIngestor()
+        let client = HTTPClient(timeoutMilliseconds: 5_000, connectTimeoutMilliseconds: 2_000, maxConnections: 1)
+        let a = HTTPHeaderBlock([("Content-Type", "application/json"), ("X-Fixed-A", "a")])
+        let b = HTTPHeaderBlock([("Content-Type", "application/json"), ("X-Fixed-B", "b")])
+        let url = ingestor.baseURL + "/api/v1/items"
+        let requests = [
+            HTTPRequest(url: url, fixedHeaders: a, headers: [("X-Own", "1")], body: Array(#"{"primary_key":"1"}"#.utf8)),
+            HTTPRequest(url: url, fixedHeaders: a, headers: [("X-Own-Two", "2"), ("X-Own-Three", "3")], body: Array(#"{"primary_key":"2"}"#.utf8)),
+            HTTPRequest(url: url, fixedHeaders: a, headers: [], body: Array(#"{"primary_key":"3"}"#.utf8)),
+            HTTPRequest(url: url, fixedHeaders: b, headers: [("X-Own", "4")], body: Array(#"{"primary_key":"4"}"#.utf8)),
+            HTTPRequest(url: url, headers: [("Content-Type", "application/json")], body: Array(#"{"primary_key":"5"}"#.utf8)),
+        ]
+        for request in requests { XCTAssertEqual(try client.perform(request).get().status, 200) }
+        let received = try ingestor.requests()
+        XCTAssertEqual(received.map { $0.body["primary_key"]?.string ?? "?" }, ["1", "2", "3", "4", "5"])
+        let seen = received.map { r in ["x-fixed-a", "x-fixed-b", "x-own", "x-own-two", "x-own-three"].filter { r.header($0) != nil } }
+        XCTAssertEqual(seen, [["x-fixed-a", "x-own"], ["x-fixed-a", "x-own-two", "x-own-three"], ["x-fixed-a"], ["x-fixed-b", "x-own"], []])
+        XCTAssertEqual(received[3].header("X-Own"), "4")
+        XCTAssertTrue(received.allSatisfy { $0.header("Expect") == nil && $0.header("Content-Type") == "application/json" }, "\(received.map(\.headers))")
+    }
+
     /// The proxy variables are read once (ProxySettings), the way libcurl reads them per transfer:
     /// http_proxy is used, no_proxy exempts a host, and HTTP_PROXY is ignored as libcurl ignores it.
     func testProxyVariables_readOnce_areHonouredLikeLibcurlDoes() throws {

@@ -55,4 +55,32 @@ final class WebhookSigningTests: IntegrationTestCase {
         XCTAssertEqual(requests.first?.header("webhook-signature")?.split(separator: " ").count, 2)
         try waitUntilTrackingTableIsEmpty(p.database, devices)
     }
+
+    /// `ingestor.compression = "gzip"`: the body is compressed on the wire, and the signature is of
+    /// the body the receiver reads once it has undone the encoding: the `standardwebhooks` library,
+    /// handed the decompressed body, verifies it (so those are the very bytes that were signed).
+    func testWithGzip_eachPublishIsCompressed_andVerifiesOnTheDecompressedBody() throws {
+        let p = try startPipeline(schemaSQL: try TestTables.devicesSQL(), tables: [devices], webhookSecrets: [secret]) { config in
+            config.ingestor.signingSecret = self.secret
+            config.ingestor.compression = "gzip"
+        }
+        let name = String(repeating: "a long, repetitive device name ", count: 20)
+        try p.database.execute("INSERT INTO devices VALUES (1, '\(name)', 'v1', '2026-11-28 10:00:00+00')")
+        try p.database.execute("INSERT INTO devices VALUES (2, 'two', 'v1', '2026-11-28 10:00:00+00')")
+        let requests = try waitForRequests(p.ingestor, count: 2)
+        try waitUntilTrackingTableIsEmpty(p.database, devices)
+        XCTAssertEqual(Set(requests.compactMap { $0.body["primary_key"]?.string }), ["1", "2"])
+        for request in requests {
+            XCTAssertEqual(request.header("Content-Encoding"), "gzip", "\(request.headers)")
+            XCTAssertEqual(request.verified, true, "\(request) \(request.headers)")
+            XCTAssertEqual(request.status, 200)
+            XCTAssertEqual(request.body["table_name"], "devices", "decoded to the standard payload: \(request)")
+            XCTAssertEqual(request.body["atomic_data"]?[0]?["firmware"], "v1")
+            let wire = try XCTUnwrap(request.wireBytes)
+            XCTAssertEqual(Int(request.header("Content-Length") ?? ""), wire, "Content-Length is the compressed size")
+        }
+        let long = try XCTUnwrap(requests.first { $0.body["primary_key"]?.string == "1" })
+        XCTAssertEqual(long.body["atomic_data"]?[0]?["name"]?.string, name, "the document decodes to what the database holds")
+        XCTAssertLessThan(try XCTUnwrap(long.wireBytes) * 2, try XCTUnwrap(long.bodyBytes), "the repetitive document went compressed")
+    }
 }

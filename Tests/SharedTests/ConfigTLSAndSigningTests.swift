@@ -167,4 +167,15 @@ final class ConfigTLSAndSigningTests: XCTestCase {
         }
         XCTAssertEqual(problem { $0.database.sslmode = "verify_full" }?.key, "database.sslmode")
     }
+
+    func testCompression_noneOrGzip_anythingElseNamesTheKeyAndTheValues() {
+        XCTAssertEqual(PublisherConfig().ingestor.compression, "none", "off by default")
+        XCTAssertNil(problem { $0.ingestor.compression = "gzip" })
+        XCTAssertNil(problem { $0.ingestor.compression = "none" })
+        for wrong in ["GZIP", "br", ""] {
+            let error = problem { $0.ingestor.compression = wrong }
+            XCTAssertEqual(error?.key, "ingestor.compression", wrong)
+            XCTAssertTrue(error?.problem.contains("none, gzip") ?? false, "\(String(describing: error))")
+        }
+    }
 }

@@ -108,7 +108,7 @@ final class PayloadTests: XCTestCase {
         let request = builder.request(for: documents, unixNow: 1_800_000_000, lease: (name: "public.items", epoch: 7))
         XCTAssertEqual(request.url, "http://127.0.0.1:9/items/batch")
         XCTAssertEqual(String(decoding: request.body, as: UTF8.self), #"[{"a":1},{"b":2}]"#)
-        let headers = Dictionary(request.headers, uniquingKeysWith: { $1 })
+        let headers = Dictionary(request.allHeaders, uniquingKeysWith: { $1 })
         XCTAssertEqual(headers["Idempotency-Key"], "public.items:1:5+2." + Payload.digestHex(request.body))
         XCTAssertEqual(headers["X-Publisher-Epoch"], "7")
         XCTAssertEqual(headers["X-Publisher-Instance"], "host-a")
@@ -116,9 +116,9 @@ final class PayloadTests: XCTestCase {
         let signer = try WebhookSigner(secret: config.ingestor.signingSecret)
         XCTAssertEqual(headers["webhook-signature"], signer.signature(id: "public.items:1:5+2", timestamp: 1_800_000_000, body: request.body))
         // The same documents later (a retry): the same key; another set: another key.
-        let again = Dictionary(builder.request(for: documents, unixNow: 1_800_000_009).headers, uniquingKeysWith: { $1 })
+        let again = Dictionary(builder.request(for: documents, unixNow: 1_800_000_009).allHeaders, uniquingKeysWith: { $1 })
         XCTAssertEqual(again["Idempotency-Key"], headers["Idempotency-Key"])
-        let other = Dictionary(builder.request(for: [documents[0]], unixNow: 1_800_000_000).headers, uniquingKeysWith: { $1 })
+        let other = Dictionary(builder.request(for: [documents[0]], unixNow: 1_800_000_000).allHeaders, uniquingKeysWith: { $1 })
         XCTAssertNotEqual(other["Idempotency-Key"], headers["Idempotency-Key"])
     }
 }

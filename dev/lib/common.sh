@@ -6,7 +6,7 @@ ADP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 adp_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages the build and the tests need. Installed only when missing.
-ADP_APT_PACKAGES=(libpq-dev libcurl4-openssl-dev libsystemd-dev postgresql pkg-config python3 curl iproute2 util-linux)
+ADP_APT_PACKAGES=(libpq-dev libcurl4-openssl-dev libsystemd-dev zlib1g-dev postgresql pkg-config python3 curl iproute2 util-linux)
 
 adp_install_packages() {
     local missing=()

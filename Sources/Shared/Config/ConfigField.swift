@@ -101,6 +101,8 @@ package struct ConfigField: Sendable {
                     "Its private key. Empty: the key is in `client_cert`'s file. Needs `client_cert`."),
         ConfigField("ingestor", "allow_insecure_http", .bool(\.ingestor.allowInsecureHTTP),
                     "Allow `auth_token` or `signing_secret` with a plain `http://` `base_url` whose host is not loopback. Environment: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`."),
+        ConfigField("ingestor", "compression", .string(\.ingestor.compression),
+                    "`none` or `gzip`: request bodies gzip-compressed, sent with `Content-Encoding: gzip`; the signature and `Idempotency-Key` cover the uncompressed body (see [Compression](delivery.md#compression))."),
         ConfigField("ingestor", "circuit_breaker_failure_threshold", .int(\.ingestor.circuitBreakerFailureThreshold),
                     "Consecutive transient failures that open a worker's breaker."),
         ConfigField("ingestor", "circuit_breaker_reset_seconds", .double(\.ingestor.circuitBreakerResetSeconds),

@@ -13,6 +13,8 @@ import Darwin
 
 extension ConfigLoader {
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+    /// `ingestor.compression`'s values.
+    public static let compressions = ["none", "gzip"]
     public static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
     /// libpq's (14 and later) values of `target_session_attrs`.
     public static let targetSessionAttrs = ["any", "read-write", "read-only", "primary", "standby", "prefer-standby"]
@@ -123,6 +125,10 @@ extension ConfigLoader {
                               problem: "must be at least retry_delay_seconds (\(ingestor.retryDelaySeconds)), found \(ingestor.maxRetryDelaySeconds)")
         }
         try atLeast(1, ingestor.circuitBreakerFailureThreshold, "ingestor.circuit_breaker_failure_threshold")
+        guard compressions.contains(ingestor.compression) else {
+            throw ConfigError(key: "ingestor.compression",
+                              problem: "'\(ingestor.compression)' is not a compression; expected one of \(compressions.joined(separator: ", "))")
+        }
         try positive(ingestor.circuitBreakerResetSeconds, "ingestor.circuit_breaker_reset_seconds")
 
         for (value, key) in [(ingestor.signingSecret, "ingestor.signing_secret"),

@@ -174,7 +174,12 @@ public struct IngestorConfig: Codable, Sendable, Equatable {
     public var clientKey = ""
     /// Allow a token or signing secret to travel over plain http:// to a host that is not loopback.
     public var allowInsecureHTTP = false
+    /// How request bodies are encoded on the wire: "none", or "gzip" (`Content-Encoding: gzip`).
+    public var compression = "none"
     public init() {}
+
+    /// Bodies are gzip-compressed.
+    public var gzip: Bool { compression == "gzip" }
 }
 
 public struct ServiceConfig: Codable, Sendable, Equatable {

@@ -20,6 +20,11 @@
 //   other header becomes a String. Header names are lower-cased, values trimmed of blanks.
 // - TLS peer and host verification are always on; `HTTPTLSOptions` only says which CA to trust
 //   and which client certificate to present.
+// - A handle keeps what stays the same from one request to the next, and only that: the header
+//   list's head (a request's `HTTPHeaderBlock` and "Expect:") while requests carry the same
+//   block, its own lines replaced each time; and its URL parsed once (CURLOPT_CURLU) while
+//   requests go to the same URL. Measured under callgrind in single-document mode: 5,200 and
+//   10,500 instructions less per request (docs/performance.md, "Per request").
 // - Bodies are copied into libcurl (COPYPOSTFIELDS): no Swift buffer is referenced after a call
 //   returns. `curl_global_init` runs once, from `HTTPClient.globalInit()`, before threads start.
 
@@ -37,15 +42,33 @@ import Dispatch
 public struct HTTPRequest: Sendable {
     public var url: String
     public var method: String
+    /// Sent first: headers shared by many requests, turned into libcurl's list once per handle.
+    public var fixedHeaders: HTTPHeaderBlock?
+    /// This request's own headers, after `fixedHeaders`.
     public var headers: [(String, String)]
     public var body: [UInt8]
 
-    public init(url: String, method: String = "POST", headers: [(String, String)] = [], body: [UInt8] = []) {
+    public init(url: String, method: String = "POST", fixedHeaders: HTTPHeaderBlock? = nil, headers: [(String, String)] = [],
+                body: [UInt8] = []) {
         self.url = url
         self.method = method
+        self.fixedHeaders = fixedHeaders
         self.headers = headers
         self.body = body
     }
+
+    /// Every header as sent: the fixed block's, then the request's own.
+    public var allHeaders: [(String, String)] { (fixedHeaders?.headers ?? []) + headers }
+}
+
+/// Request headers that are the same for many requests (a worker's Content-Type, User-Agent,
+/// instance, Authorization). A pooled handle keeps them as the head of its libcurl header list
+/// for as long as its requests carry the same block (the same object), so they are not copied
+/// into libcurl again for every request; only the request's own headers are.
+public final class HTTPHeaderBlock: Sendable {
+    public let headers: [(String, String)]
+
+    public init(_ headers: [(String, String)]) { self.headers = headers }
 }
 
 public struct HTTPResponse: Sendable {
@@ -154,7 +177,16 @@ public final class HTTPClient: @unchecked Sendable {
         var bodyLimit = HTTPClient.defaultMaximumBodyBytes
         var headers: [String: String] = [:]
         var headerBytes = 0
+        /// The handle's header list: the fixed block's lines and "Expect:", then this request's own.
         var headerList: UnsafeMutablePointer<curl_slist>?
+        /// The last node of the fixed part (the request's own lines hang after it).
+        var fixedLast: UnsafeMutablePointer<curl_slist>?
+        /// The block the fixed part was built from (nil with a list: no block, "Expect:" alone).
+        var fixedBlock: HTTPHeaderBlock?
+        /// The URL parsed once (CURLOPT_CURLU) and the text it was parsed from; set on the handle
+        /// again only when a request's URL differs.
+        var parsedURL: OpaquePointer?
+        var parsedURLText: String?
         var isTLS = false
         /// Lower-case names of the response headers to keep; nil: all.
         var keptHeaders: [[UInt8]]?
@@ -178,6 +210,7 @@ public final class HTTPClient: @unchecked Sendable {
             headers[name] = value
         }
         deinit {
+            if let parsedURL { curl_url_cleanup(parsedURL) }
             if let headerList { curl_slist_free_all(headerList) }
             if let handle { curl_easy_cleanup(handle) }
             errorBuffer.deallocate()
@@ -407,8 +440,7 @@ public final class HTTPClient: @unchecked Sendable {
     }
 
     private func checkin(_ transfer: Transfer) {
-        if let list = transfer.headerList { curl_slist_free_all(list) }
-        transfer.headerList = nil
+        // The header list stays with the handle: its fixed part serves the next request.
         transfer.body = []
         transfer.bodyTruncated = false
         transfer.headers = [:]
@@ -488,7 +520,22 @@ public final class HTTPClient: @unchecked Sendable {
             try configureOnce(h, transfer, check)
             transfer.configured = true
         }
-        try check(curlx_setopt_ptr(h, CURLOPT_URL, request.url), "CURLOPT_URL")
+        if transfer.parsedURLText != request.url {
+            transfer.parsedURLText = nil
+            if transfer.parsedURL == nil { transfer.parsedURL = curl_url() }
+            guard let parsed = transfer.parsedURL else {
+                throw HTTPTransportError(code: Int(CURLE_OUT_OF_MEMORY.rawValue), message: "curl_url failed", isTimeout: false)
+            }
+            if curl_url_set(parsed, CURLUPART_URL, request.url, 0) == CURLUE_OK {
+                try check(curlx_setopt_ptr(h, CURLOPT_CURLU, UnsafeRawPointer(parsed)), "CURLOPT_CURLU")
+                transfer.parsedURLText = request.url
+            } else {
+                // A URL the parser refuses is left to libcurl's own checks, so it fails as it
+                // would without the parsed handle: CURLOPT_URL refuses it, or the transfer does.
+                try check(curlx_setopt_ptr(h, CURLOPT_CURLU, nil), "CURLOPT_CURLU")
+                try check(curlx_setopt_ptr(h, CURLOPT_URL, request.url), "CURLOPT_URL")
+            }
+        }
         if transfer.proxyIsHTTPS != transfer.isTLS {
             transfer.proxyIsHTTPS = nil
             try check(curlx_setopt_ptr(h, CURLOPT_PROXY, transfer.isTLS ? proxy.https : proxy.http), "CURLOPT_PROXY")
@@ -546,30 +593,67 @@ public final class HTTPClient: @unchecked Sendable {
         try check(curlx_setopt_ptr(h, CURLOPT_HEADERDATA, context), "CURLOPT_HEADERDATA")
     }
 
+    private static let headerListFailed = HTTPTransportError(code: Int(CURLE_OUT_OF_MEMORY.rawValue), message: "curl_slist_append failed", isTimeout: false)
+
+    /// "Name: value" appended to `list` (libcurl copies it), assembled in one reused buffer.
+    private func append(_ name: String, _ value: String, to list: UnsafeMutablePointer<curl_slist>?) -> UnsafeMutablePointer<curl_slist>? {
+        lineBuffer.removeAll(keepingCapacity: true)
+        lineBuffer.append(contentsOf: name.utf8)
+        lineBuffer.append(0x3A)
+        lineBuffer.append(0x20)
+        lineBuffer.append(contentsOf: value.utf8)
+        lineBuffer.append(0)
+        return lineBuffer.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { curl_slist_append(list, $0.baseAddress) }
+        }
+    }
+
+    /// The handle's header list for `request`: the fixed part is rebuilt only when the request's
+    /// block is another one; the previous request's own lines are dropped and this one's appended.
+    private func setHeaders(_ transfer: Transfer, _ request: HTTPRequest) throws(HTTPTransportError) {
+        let outOfMemory = Self.headerListFailed
+        if transfer.headerList == nil || transfer.fixedBlock !== request.fixedHeaders {
+            if let list = transfer.headerList { curl_slist_free_all(list) }
+            transfer.headerList = nil
+            transfer.fixedLast = nil
+            transfer.fixedBlock = nil
+            // libcurl adds "Expect: 100-continue" to large POSTs, which costs a round trip.
+            guard var list = curl_slist_append(nil, "Expect:") else { throw outOfMemory }
+            for (name, value) in request.fixedHeaders?.headers ?? [] {
+                guard let appended = append(name, value, to: list) else {
+                    curl_slist_free_all(list)
+                    throw outOfMemory
+                }
+                list = appended
+            }
+            var last = list
+            while let next = last.pointee.next { last = next }
+            transfer.headerList = list
+            transfer.fixedLast = last
+            transfer.fixedBlock = request.fixedHeaders
+        } else if let last = transfer.fixedLast, let own = last.pointee.next {
+            last.pointee.next = nil
+            curl_slist_free_all(own)
+        }
+        guard let last = transfer.fixedLast else { throw outOfMemory }
+        var tail = last
+        for (name, value) in request.headers {
+            guard let appended = append(name, value, to: tail) else {
+                if let own = last.pointee.next { curl_slist_free_all(own) }
+                last.pointee.next = nil
+                throw outOfMemory
+            }
+            // curl_slist_append returns the list it was given; the new node is its last.
+            tail = appended
+            while let next = tail.pointee.next { tail = next }
+        }
+    }
+
     /// The options of one request: its headers and its method and body (the URL is set by the caller).
     private func setRequestOptions(_ h: UnsafeMutableRawPointer, _ transfer: Transfer, _ request: HTTPRequest,
                                    _ check: (CURLcode, String) throws(HTTPTransportError) -> Void) throws(HTTPTransportError) {
-        var list: UnsafeMutablePointer<curl_slist>? = nil
-        for (name, value) in request.headers {
-            // "Name: value" as a C string, assembled in one reused buffer (libcurl copies it).
-            lineBuffer.removeAll(keepingCapacity: true)
-            lineBuffer.append(contentsOf: name.utf8)
-            lineBuffer.append(0x3A)
-            lineBuffer.append(0x20)
-            lineBuffer.append(contentsOf: value.utf8)
-            lineBuffer.append(0)
-            let appended = lineBuffer.withUnsafeBufferPointer { bytes in
-                bytes.withMemoryRebound(to: CChar.self) { curl_slist_append(list, $0.baseAddress) }
-            }
-            guard let appended else {
-                if let list { curl_slist_free_all(list) }
-                throw HTTPTransportError(code: Int(CURLE_OUT_OF_MEMORY.rawValue), message: "curl_slist_append failed", isTimeout: false)
-            }
-            list = appended
-        }
-        // libcurl adds "Expect: 100-continue" to large POSTs, which costs a round trip.
-        if let appended = curl_slist_append(list, "Expect:") { list = appended }
-        transfer.headerList = list
+        try setHeaders(transfer, request)
+        let list = transfer.headerList
         try check(curlx_setopt_ptr(h, CURLOPT_HTTPHEADER, list), "CURLOPT_HTTPHEADER")
 
         if request.method == "GET" {

@@ -82,6 +82,7 @@ enum ConfigFile {
         set("allow_insecure_http", c.ingestor.allowInsecureHTTP ? "true" : "false")
         set("circuit_breaker_failure_threshold", String(c.ingestor.circuitBreakerFailureThreshold))
         set("circuit_breaker_reset_seconds", number(c.ingestor.circuitBreakerResetSeconds))
+        if c.ingestor.compression != "none" { set("compression", string(c.ingestor.compression)) }
 
         section("service")
         set("polling_interval_seconds", number(c.service.pollingIntervalSeconds))

@@ -13,6 +13,10 @@ struct RecordedRequest: CustomStringConvertible {
     var verified: Bool? = nil
     /// A batch answered per item: each document's status, by its id.
     var results: [String: Int]? = nil
+    /// The body's size as received (compressed, with Content-Encoding: gzip; `body` is decoded).
+    var wireBytes: Int? = nil
+    /// The body's size once decoded (what `verified` and `body` are of).
+    var bodyBytes: Int? = nil
 
     func header(_ name: String) -> String? { headers[name.lowercased()] }
 
@@ -124,7 +128,8 @@ final class Ingestor {
             if let list = item["results"]?.array {
                 results = Dictionary(list.compactMap { r in r["id"]?.string.flatMap { id in r["status"]?.int.map { (id, $0) } } }, uniquingKeysWith: { $1 })
             }
-            return RecordedRequest(path: path, headers: lowered, body: body, status: status, verified: item["verified"]?.bool, results: results)
+            return RecordedRequest(path: path, headers: lowered, body: body, status: status, verified: item["verified"]?.bool, results: results,
+                                   wireBytes: item["wire_bytes"]?.int, bodyBytes: item["body_bytes"]?.int)
         }
     }
 
