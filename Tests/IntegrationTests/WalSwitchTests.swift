@@ -57,7 +57,7 @@ extension DeliveryReliabilityTests {
         try held.execute("COMMIT")
 
         try waitUntil(timeout: 60, "the slot and the publication are gone") { try self.leftoverSlotAndPublication(database) == 0 }
-        XCTAssertEqual(try userTriggers(database, on: ["items"]), 1)
+        XCTAssertEqual(try userTriggers(database, on: ["items"]), 2, "the capture and TRUNCATE triggers")
         try waitUntil(timeout: 120, "the writer is done") { writer.isDone }
         XCTAssertNil(writer.error, "no application write failed during the switch")
         try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 120)
@@ -107,7 +107,7 @@ extension DeliveryReliabilityTests {
         try waitUntilEveryFinalStateArrived(database, ingestor, timeout: 180)
         XCTAssertEqual(Set(try databaseValues(database).values), [rounds])
         _ = try assertNoKeyWentBackwards(ingestor)
-        XCTAssertEqual(try userTriggers(database, on: ["items"]), 1)
+        XCTAssertEqual(try userTriggers(database, on: ["items"]), 2, "the capture and TRUNCATE triggers")
     }
 
     /// A rolling switch over two instances: host-b restarted with `"trigger"` stands by while

@@ -318,13 +318,18 @@ extension TrackingSchema {
         """
     }
 
-    /// For `setup` in trigger mode: an invalidated slot of ours can never be read again, and the
-    /// worker reports it (a failed table, `slotLostSentence`) until it is gone. Drops it and the
-    /// publication, and returns the sentence to show; nil when there is none.
-    public func dropLostLeftoverSlot(on db: PostgresConnection) throws(PostgresError) -> String? {
-        guard table.capture == .trigger, try leftoverSlot(on: db) == .lost, try dropLeftoverSlot(on: db) else { return nil }
+    /// For `setup`, before the install: an invalidated slot of ours can never be read again, and
+    /// the worker reports it (a failed table, `slotLostSentence`) until it is gone. Drops it (in
+    /// trigger mode with the publication; in WAL mode the install then creates a new slot, which
+    /// captures from now on), and returns the sentence to show; nil when there is none.
+    public func dropLostSlot(on db: PostgresConnection) throws(PostgresError) -> String? {
+        guard try leftoverSlot(on: db) == .lost, try dropLeftoverSlot(on: db) else { return nil }
+        let slot = slotName(database: db.parameters.database)
+        if table.capture == .wal {
+            return "dropped the invalidated replication slot \(slot) and created it anew: changes committed while it was invalid were not captured; run `atomic-data-publisher backfill --table \(table.name)` to publish them"
+        }
         try db.execute(dropPublicationSQL)
-        return "dropped the invalidated replication slot \(slotName(database: db.parameters.database)) left by capture = \"wal\", and the publication \(publicationName): what it held from before the capture triggers existed is lost; run `atomic-data-publisher backfill --table \(table.name)` to publish it"
+        return "dropped the invalidated replication slot \(slot) left by capture = \"wal\", and the publication \(publicationName): what it held from before the capture triggers existed is lost; run `atomic-data-publisher backfill --table \(table.name)` to publish it"
     }
 
     // MARK: the streamer's write

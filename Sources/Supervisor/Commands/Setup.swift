@@ -20,11 +20,12 @@ struct Setup: ParsableCommand {
         for t in CommandSupport.tables(config, named: table) {
             do {
                 let schema = TrackingSchema(table: t)
-                let changed = try schema.install(on: db, warn: { CommandSupport.say("warning: \($0)") })
-                CommandSupport.say("\(t.qualifiedName): \(changed ? "trigger installed" : "already up to date")")
                 // Only here, not in a worker's setup: the worker reports the lost slot until an
                 // operator has seen this sentence.
-                if let dropped = try schema.dropLostLeftoverSlot(on: db) { CommandSupport.say("warning: \(t.qualifiedName): \(dropped)") }
+                let dropped = try schema.dropLostSlot(on: db)
+                let changed = try schema.install(on: db, warn: { CommandSupport.say("warning: \($0)") })
+                CommandSupport.say("\(t.qualifiedName): \(changed ? "trigger installed" : "already up to date")")
+                if let dropped { CommandSupport.say("warning: \(t.qualifiedName): \(dropped)") }
             } catch {
                 CommandSupport.fail("setup of \(t.qualifiedName) failed: \(error)", status: ExitStatus.config)
             }
