@@ -71,7 +71,7 @@ final class PrimaryFailoverTests: IntegrationTestCase {
         let s = try SupervisorProcess(configURL: try writeConfig(config), healthPort: config.service.healthCheckPort,
                                       directory: workDirectory, name: "supervisor")
         supervisor = s
-        addDiagnostics { s.process.stderrTail() }
+        addDiagnostics { s.process.stderrTail(lines: 80) }
 
         // The application: a stream of increments through the failover, against whichever server
         // is the primary (the same host list, read-write).
@@ -93,6 +93,14 @@ final class PrimaryFailoverTests: IntegrationTestCase {
         try pair.promoteStandby()
         let promotedAt = Date()
         let committedAtPromotion = w.commits
+        addDiagnostics {
+            guard let db = try? pair.connect(port: pair.standbyPort) else { return "--- the promoted standby is unreachable ---" }
+            defer { db.close() }
+            let total = (try? db.execute("SELECT count(*) FROM items_changes")[0, 0]) ?? "?"
+            let rows = (try? db.execute("SELECT id, primary_key, attempts, coalesce(last_error, ''), next_attempt_at::text FROM items_changes ORDER BY id LIMIT 10").rows) ?? []
+            return "--- items_changes on the promoted standby: \(total) row(s) (id | key | attempts | last_error | next_attempt_at) ---\n"
+                + rows.map { "  " + $0.map { $0 ?? "NULL" }.joined(separator: " | ") }.joined(separator: "\n")
+        }
         try waitUntil(timeout: 60, "publishing resumes after the promotion (\(order))", file: file, line: line) {
             try self.arrivals(ingestor).contains { $0 > promotedAt.timeIntervalSince1970 }
         }
