@@ -27,6 +27,28 @@ extension DeliveryReliabilityTests {
         Int(request.body["id"]?.string?.split(separator: ":").last ?? "") ?? -1
     }
 
+    /// The WAL tests' usual start on the logical server: a database with `items` 1...`keys` (and
+    /// `extraSQL`), an ingestor, and a configuration of `table` with a health port;
+    /// `crashTolerant`: restarts within 0.5 s and no lease fence, for the kill -9 tests.
+    func walSetup(keys: Int, extraSQL: String = "", table: WatchedTable? = nil, crashTolerant: Bool = false) throws
+        -> (database: TestDatabase, ingestor: Ingestor, config: PublisherConfig, configURL: URL) {
+        try useLogicalServer()
+        let database = try makeDatabase()
+        try database.executeScript(itemsSQL(keys: keys) + extraSQL)
+        let ingestor = try startIngestor()
+        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [table ?? walItems])
+        config.service.healthCheckAddress = "127.0.0.1"
+        config.service.healthCheckPort = try SupervisorProcess.freePort()
+        if crashTolerant {
+            config.service.restartDelaySeconds = 0.1
+            config.service.maxRestartDelaySeconds = 0.5
+            config.service.leaseFenceSeconds = 0
+        }
+        let configURL = try writeConfig(config)
+        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+        return (database, ingestor, config, configURL)
+    }
+
     /// Triggers on `tables` that are not PostgreSQL's own (foreign keys): ours, in trigger mode.
     func userTriggers(_ database: TestDatabase, on tables: [String]) throws -> Int {
         try database.count("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = ANY ($1::regclass[])",
@@ -73,19 +95,8 @@ extension DeliveryReliabilityTests {
     /// kill -9 of the supervisor (and its worker: the whole instance, its stream cut mid-batch)
     /// three times during a write stream: the slot is read again from its confirmed position.
     func testWALCapture_killNineOfTheInstanceThreeTimesDuringAStream_everyFinalStateArrives_andNoKeyGoesBackwards() throws {
-        try useLogicalServer()
         let keys = 300, changes = 6_000
-        let database = try makeDatabase()
-        try database.executeScript(itemsSQL(keys: keys))
-        let ingestor = try startIngestor()
-        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [walItems])
-        config.service.healthCheckAddress = "127.0.0.1"
-        config.service.healthCheckPort = try SupervisorProcess.freePort()
-        config.service.restartDelaySeconds = 0.1
-        config.service.maxRestartDelaySeconds = 0.5
-        config.service.leaseFenceSeconds = 0
-        let configURL = try writeConfig(config)
-        addDiagnostics { Self.trackingTableSummary(database, self.walItems) }
+        let (database, ingestor, config, configURL) = try walSetup(keys: keys, crashTolerant: true)
         func launch() throws -> SupervisorProcess {
             let s = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory,
                                           name: "supervisor-\(supervisors.count + 1)")
@@ -221,16 +232,10 @@ extension DeliveryReliabilityTests {
     /// setup creates the slot before it drops the trigger, so every change is recorded by one or
     /// both, and every key's final state arrives.
     func testWALCapture_aTriggerModeTableSwitchedToWALModeDuringAStream_losesNothing() throws {
-        try useLogicalServer()
         let keys = 300, changes = 6_000
-        let database = try makeDatabase()
-        try database.executeScript(itemsSQL(keys: keys))
-        let ingestor = try startIngestor()
-        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [items])
-        config.service.healthCheckAddress = "127.0.0.1"
-        config.service.healthCheckPort = try SupervisorProcess.freePort()
-        let configURL = try writeConfig(config)
-        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+        let setup = try walSetup(keys: keys, table: items)
+        let (database, ingestor, configURL) = (setup.database, setup.ingestor, setup.configURL)
+        var config = setup.config
         let supervisor = try SupervisorProcess(configURL: configURL, healthPort: config.service.healthCheckPort, directory: workDirectory, name: "supervisor-1")
         supervisors.append(supervisor)
         addDiagnostics { supervisor.process.stderrTail() }

@@ -8,14 +8,7 @@ import XCTest
 /// what was lost.
 extension DeliveryReliabilityTests {
     func testWALCapture_aSlotInvalidatedByMaxSlotWalKeepSize_failsTheTable_andSetupRecreatesIt_sayingToBackfill() throws {
-        try useLogicalServer()
-        let database = try makeDatabase()
-        try database.executeScript(itemsSQL(keys: 10) + "CREATE TABLE filler (id bigserial PRIMARY KEY, pad text NOT NULL);")
-        let ingestor = try startIngestor()
-        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [walItems])
-        config.service.healthCheckAddress = "127.0.0.1"
-        config.service.healthCheckPort = try SupervisorProcess.freePort()
-        let configURL = try writeConfig(config)
+        let (database, ingestor, config, configURL) = try walSetup(keys: 10, extraSQL: "CREATE TABLE filler (id bigserial PRIMARY KEY, pad text NOT NULL);")
         XCTAssertEqual(try runPublisher(["--config", configURL.path, "setup"]).status, 0)
         let slot = TrackingSchema(table: walItems).slotName(database: database.name)
         let status = "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1), 'none')"

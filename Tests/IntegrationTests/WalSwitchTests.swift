@@ -25,16 +25,10 @@ extension DeliveryReliabilityTests {
     /// worker has let the slot go and the new worker's CREATE TRIGGER waits for it: those
     /// changes are in the WAL and under no trigger, so only reading the slot publishes them.
     func testWALCapture_aWALModeTableSwitchedToTriggerModeDuringAStream_losesNothing_andTheSlotAndPublicationGo() throws {
-        try useLogicalServer()
         let keys = 300, streamed = 250, changes = 6_000
-        let database = try makeDatabase()
-        try database.executeScript(itemsSQL(keys: keys))
-        let ingestor = try startIngestor()
-        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [walItems])
-        config.service.healthCheckAddress = "127.0.0.1"
-        config.service.healthCheckPort = try SupervisorProcess.freePort()
-        let configURL = try writeConfig(config)
-        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+        let setup = try walSetup(keys: keys)
+        let (database, ingestor, configURL) = (setup.database, setup.ingestor, setup.configURL)
+        var config = setup.config
         let supervisor = try launchSwitchInstance(config, configURL)
         try waitUntil("the WAL worker streams the slot") {
             try database.count("SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'adp_items_%'") == 1
@@ -72,19 +66,10 @@ extension DeliveryReliabilityTests {
     /// worker reads the slot's backlog (300,000 row changes made while no instance ran): the next
     /// instance reads it to the end, then drops it.
     func testWALCapture_switchedToTriggerMode_killNineWhileTheLeftoverSlotIsRead_theNextInstanceFinishesIt() throws {
-        try useLogicalServer()
         let keys = 1_000, rounds = 300
-        let database = try makeDatabase()
-        try database.executeScript(itemsSQL(keys: keys))
-        let ingestor = try startIngestor()
-        var config = ConfigFile.forTests(database: database.config, ingestorURL: ingestor.baseURL, tables: [walItems])
-        config.service.healthCheckAddress = "127.0.0.1"
-        config.service.healthCheckPort = try SupervisorProcess.freePort()
-        config.service.restartDelaySeconds = 0.1
-        config.service.maxRestartDelaySeconds = 0.5
-        config.service.leaseFenceSeconds = 0
-        let configURL = try writeConfig(config)
-        addDiagnostics { Self.trackingTableSummary(database, self.items) }
+        let setup = try walSetup(keys: keys, crashTolerant: true)
+        let (database, ingestor, configURL) = (setup.database, setup.ingestor, setup.configURL)
+        var config = setup.config
         var supervisor = try launchSwitchInstance(config, configURL)
         let activeSlot = "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'adp_items_%'"
         try waitUntil("the WAL worker streams the slot") { try database.count(activeSlot) == 1 }
@@ -131,7 +116,7 @@ extension DeliveryReliabilityTests {
         let b = try startInstance(database, ingestor, table: items, instance: "host-b")
         addDiagnostics { b.process.stderrTail(lines: 40) }
         try waitUntil(timeout: 30, "host-b stands by, its triggers in place") {
-            try b.health().body["components"]?["tables"]?["items"]?["lease"] == "standby" && self.userTriggers(database, on: ["items"]) == 1
+            try b.health().body["components"]?["tables"]?["items"]?["lease"] == "standby" && self.userTriggers(database, on: ["items"]) == 2
         }
         // WalStreamer.takeOverAfterSeconds (10 s, not visible from here), and a few stats rounds:
         // host-a's walsender is the same session throughout (ended, it would be a new one), and
