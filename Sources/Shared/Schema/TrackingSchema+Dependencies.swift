@@ -264,16 +264,8 @@ extension TrackingSchema {
             }
             let partitioned = try db.execute("SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass($1)", [dependencyTable(dependency)])[0, 0] == "t"
             for event in Self.dependencyEvents {
-                let wanted = createDependencyTriggerSQL(dependency, event, rowLevel: partitioned)
-                let current = try db.execute("SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2",
-                                             [dependencyTable(dependency), dependencyTriggerName(event)])
-                if let def = current.rows.first?[0], Self.normalizeTriggerDef(def) == Self.normalizeTriggerDef(wanted.replacingAll(";", with: "")) {
-                    continue
-                }
-                if !current.rows.isEmpty {
-                    try db.execute("DROP TRIGGER \(quoteIdentifier(dependencyTriggerName(event))) ON \(dependencyTable(dependency))")
-                }
-                try db.execute(wanted)
+                try Self.ensureTrigger(on: db, table: dependencyTable(dependency), name: dependencyTriggerName(event),
+                                       wanted: createDependencyTriggerSQL(dependency, event, rowLevel: partitioned))
             }
         }
     }

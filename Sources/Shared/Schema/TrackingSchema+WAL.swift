@@ -164,8 +164,9 @@ extension TrackingSchema {
         }
     }
 
-    /// The trigger-mode objects on the watched table and its dependencies, dropped once the slot
-    /// exists (when switching from trigger mode); nothing when there are none.
+    /// The trigger-mode objects on the watched table and its dependencies: dropped once the slot
+    /// exists (when switching from trigger mode), and by `teardown` (`teardownSQL`); nothing when
+    /// there are none.
     var captureTriggersTeardownSQL: String {
         """
         \(followRenamesTeardownSQL)\(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);

@@ -292,9 +292,7 @@ public struct TrackingSchema: Sendable {
 
     public var teardownSQL: String {
         """
-        \(followRenamesTeardownSQL)\(dependenciesTeardownSQL)DROP TRIGGER IF EXISTS \(quoteIdentifier(Self.triggerName)) ON \(watchedTable);
-        \(dropTruncateTriggerSQL)
-        DROP FUNCTION IF EXISTS \(function)();
+        \(captureTriggersTeardownSQL)
         DROP TABLE IF EXISTS \(changesTable);
         DROP TABLE IF EXISTS \(failedTable);
         DROP TABLE IF EXISTS \(backfillTable);
@@ -366,11 +364,6 @@ extension TrackingSchema {
             try db.execute("SELECT pg_advisory_xact_lock($1)", [String(advisoryLockKey)])
             try installTrackingTables(on: db)
             try installPartitionIndex(on: db)
-            let current = try db.execute("""
-                SELECT p.prosrc, pg_get_triggerdef(t.oid)
-                FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-                WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2
-                """, [watchedTable, Self.triggerName])
             // The trigger function runs as its owner (SECURITY DEFINER), so the application's
             // own roles need no grants on the tracking table.
             let functionNow = try db.execute(
@@ -378,18 +371,8 @@ extension TrackingSchema {
             if functionNow.rows.first?[0] != Self.functionBody(createFunctionSQL) || functionNow.rows.first?[1] != "t" {
                 try db.executeScript(createFunctionSQL)
             }
-            var changed = false
-            let wantedDef = createTriggerSQL.replacingAll(";", with: "")
-            if let row = current.rows.first, Self.normalizeTriggerDef(row[1] ?? "") == Self.normalizeTriggerDef(wantedDef) {
-                // Already right: leave it alone.
-            } else {
-                if !current.rows.isEmpty {
-                    try db.execute("DROP TRIGGER \(quoteIdentifier(Self.triggerName)) ON \(watchedTable)")
-                }
-                try db.execute(createTriggerSQL)
-                changed = true
-            }
-            try installTruncateTrigger(on: db)
+            let changed = try Self.ensureTrigger(on: db, table: watchedTable, name: Self.triggerName, wanted: createTriggerSQL)
+            try Self.ensureTrigger(on: db, table: watchedTable, name: Self.truncateTriggerName, wanted: createTruncateTriggerSQL)
             try installDependencies(on: db)
             if try !installFollowRenames(on: db) {
                 warn(followRenamesMissingWarning)
@@ -402,14 +385,18 @@ extension TrackingSchema {
         }
     }
 
-    /// Inside setup's transaction: the TRUNCATE trigger when deletes are captured, none otherwise.
-    private func installTruncateTrigger(on db: PostgresConnection) throws {
+    /// Inside setup's transaction: trigger `name` on `table` becomes `wanted` (its CREATE TRIGGER;
+    /// nil: no such trigger). One already as wanted is left alone (replacing it would take the
+    /// table's lock for nothing); true when anything was dropped or created.
+    @discardableResult
+    static func ensureTrigger(on db: PostgresConnection, table: String, name: String, wanted: String?) throws -> Bool {
         let current = try db.execute("SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2",
-                                     [watchedTable, Self.truncateTriggerName]).rows.first?[0]
-        let wanted = createTruncateTriggerSQL
-        if let current, let wanted, Self.normalizeTriggerDef(current) == Self.normalizeTriggerDef(wanted.replacingAll(";", with: "")) { return }
-        if current != nil { try db.execute(dropTruncateTriggerSQL) }
+                                     [table, name]).rows.first?[0]
+        if let current, let wanted, normalizeTriggerDef(current) == normalizeTriggerDef(wanted.replacingAll(";", with: "")) { return false }
+        if current == nil && wanted == nil { return false }
+        if current != nil { try db.execute("DROP TRIGGER \(quoteIdentifier(name)) ON \(table)") }
         if let wanted { try db.execute(wanted) }
+        return true
     }
 
     /// Inside setup's transaction: the tracking tables, brought up to date.
